@@ -1,0 +1,70 @@
+// What every CPU optimizer entry point shares: argument checking, the chunk plan over a
+// tensor list, the OpenMP loop over chunks, and the dispatch on the parameter dtype.
+// Knows no optimizer.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fused_optim/chunking.h"
+#include "fused_optim/dtypes.h"
+
+namespace fused_optim::cpu {
+
+// Addresses of one optimizer group as sent from Python: lists[k][t] is the k-th tensor role
+// (param, grad, exp_avg, ...) of tensor t. Raw integers, so the module needs no libtorch.
+using AddressLists = std::vector<std::vector<uintptr_t>>;
+
+// Throws std::invalid_argument (a ValueError in Python) before anything is written.
+// role_dtypes[k] is the storage dtype of role k.
+void check_lists(const char* op, const AddressLists& lists, const std::vector<DType>& role_dtypes,
+                 const std::vector<int64_t>& numels);
+void check_per_tensor(const char* op, const char* what, size_t got, size_t ntensors);
+DType parse_dtype(const char* op, int code);
+void check_threads(const char* op, int num_threads);
+
+// Chunk prefix of a list (see chunking.h). Zero-size tensors own no chunk.
+struct ChunkPlan {
+  std::vector<int64_t> prefix;
+  int64_t total() const { return prefix.back(); }
+};
+ChunkPlan plan_chunks(const std::vector<int64_t>& numels);
+
+// Runs body(ChunkSpan, chunk_index) for every chunk of the list on num_threads OpenMP threads.
+// Lists with little work stay on the calling thread: waking the pool costs more than it saves.
+template <class Body>
+void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, int num_threads,
+                    Body&& body) {
+  const int64_t nchunks = plan.total();
+  const int64_t ntensors = int64_t(numels.size());
+  const bool parallel = nchunks > 1 && num_threads > 1;
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (parallel)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    body(locate_chunk(plan.prefix.data(), numels.data(), ntensors, kChunkElems, c), c);
+  }
+}
+
+template <class T>
+T* address(uintptr_t a, int64_t offset) {
+  return reinterpret_cast<T*>(a) + offset;
+}
+
+// Calls f(P{}) with P the C++ storage type of the parameter dtype.
+template <class F>
+decltype(auto) dispatch_param_dtype(DType d, F&& f) {
+  switch (d) {
+    case DType::kFloat32: return f(float{});
+    case DType::kFloat64: return f(double{});
+    case DType::kBFloat16: return f(bf16_bits{});
+    case DType::kFloat16: return f(fp16_bits{});
+  }
+  throw std::invalid_argument("unknown dtype");
+}
+
+// The state dtype paired with a parameter dtype: fp64 for fp64, fp32 otherwise.
+inline DType state_dtype_for(DType param) {
+  return param == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+}
+
+}  // namespace fused_optim::cpu

@@ -1,0 +1,40 @@
+// Entry points of fused_optim._cpu, one per optimizer pass; bound in bindings_cpu.cpp.
+// Each takes one param group: its address lists, element counts, per-tensor steps, the
+// parameter dtype code and the group's hyperparameters as plain numbers.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "driver.h"
+
+namespace fused_optim::cpu {
+
+// lists: param, grad, exp_avg, exp_avg_sq[, max_exp_avg_sq when amsgrad]
+void adam_step(const AddressLists& lists, const std::vector<int64_t>& numels,
+               const std::vector<double>& steps, int dtype, double lr, double beta1, double beta2,
+               double eps, double weight_decay, bool decoupled, bool amsgrad, bool maximize,
+               int num_threads);
+
+// Pass 1. lists: param, grad, exp_avg_sq. Returns the group's sum of vhat, deterministic.
+double adai_second_moment(const AddressLists& lists, const std::vector<int64_t>& numels,
+                          const std::vector<double>& steps, int dtype, double beta2,
+                          double weight_decay, bool decoupled, int num_threads);
+
+// Pass 2. lists: param, grad, exp_avg, exp_avg_sq, beta1_prod.
+void adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
+                 const std::vector<double>& steps, int dtype, double lr, double beta0, double beta2,
+                 double eps, double weight_decay, bool decoupled, double vbar, int num_threads);
+
+// lists: param, grad, exp_avg, exp_avg_sq[, max_exp_avg_sq when amsgrad]
+void adamomentum_step(const AddressLists& lists, const std::vector<int64_t>& numels,
+                      const std::vector<double>& steps, int dtype, double lr, double beta1,
+                      double beta2, double eps, double weight_decay, bool decoupled, bool amsgrad,
+                      bool rectify, int num_threads);
+
+// lists: param, grad, exp_avg, exp_avg_sq. One global step; alpha and blend come from the
+// host's fp64 predicate (reference: dualadam_blend_weight).
+void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels, int dtype,
+                   double lr, double beta1, double beta2, double eps, double weight_decay,
+                   double global_step, double alpha, bool blend, int num_threads);
+
+}  // namespace fused_optim::cpu

@@ -1,0 +1,90 @@
+// Element types the kernels serve, their codes on the Python boundary, and the conversions
+// between storage types and the fp32/fp64 registers the math runs in.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "fused_optim/platform.h"
+
+namespace fused_optim {
+
+// Codes passed from Python (fused_optim/_dtypes.py holds the same table).
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
+
+inline const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat64: return "float64";
+    case DType::kBFloat16: return "bfloat16";
+    case DType::kFloat16: return "float16";
+  }
+  return "unknown";
+}
+
+inline int64_t dtype_size(DType d) {
+  switch (d) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat64: return 8;
+    case DType::kBFloat16: return 2;
+    case DType::kFloat16: return 2;
+  }
+  return 0;
+}
+
+// Storage wrappers for the 16-bit types: plain bit containers, so host code needs no
+// compiler support for bf16/fp16 arithmetic (all arithmetic happens after conversion).
+struct bf16_bits { uint16_t x; };
+struct fp16_bits { uint16_t x; };
+
+FO_HOST_DEVICE FO_INLINE uint32_t float_as_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof(u));
+  return u;
+}
+FO_HOST_DEVICE FO_INLINE float bits_as_float(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// bf16 <-> fp32, rounding to nearest even, NaN kept quiet: the rounding torch (c10::BFloat16)
+// applies, so a bf16 result equals torch's cast of the same fp32 value.
+FO_HOST_DEVICE FO_INLINE float load_value(bf16_bits b) { return bits_as_float(uint32_t(b.x) << 16); }
+FO_HOST_DEVICE FO_INLINE void store_value(bf16_bits& b, float f) {
+  uint32_t u = float_as_bits(f);
+  const bool is_nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  b.x = uint16_t(is_nan ? ((u >> 16) | 0x40u) : rounded);
+}
+
+// fp16 <-> fp32 through the compiler's IEEE half type (round to nearest even, as torch). On
+// x86-64 with F16C the conversions are single vector instructions in the AVX clones.
+FO_HOST_DEVICE FO_INLINE float load_value(fp16_bits h) {
+#if defined(__CUDA_ARCH__)
+  return __half2float(__ushort_as_half(h.x));
+#else
+  _Float16 v;
+  memcpy(&v, &h.x, sizeof(v));
+  return float(v);
+#endif
+}
+FO_HOST_DEVICE FO_INLINE void store_value(fp16_bits& h, float f) {
+#if defined(__CUDA_ARCH__)
+  h.x = __half_as_ushort(__float2half_rn(f));
+#else
+  _Float16 v = _Float16(f);
+  memcpy(&h.x, &v, sizeof(v));
+#endif
+}
+
+FO_HOST_DEVICE FO_INLINE float load_value(float f) { return f; }
+FO_HOST_DEVICE FO_INLINE void store_value(float& dst, float f) { dst = f; }
+FO_HOST_DEVICE FO_INLINE double load_value(double d) { return d; }
+FO_HOST_DEVICE FO_INLINE void store_value(double& dst, double d) { dst = d; }
+
+// The register type the math runs in for a storage type: fp64 for fp64, fp32 otherwise.
+template <class Storage> struct math_type { using type = float; };
+template <> struct math_type<double> { using type = double; };
+template <class Storage> using math_t = typename math_type<Storage>::type;
+
+}  // namespace fused_optim

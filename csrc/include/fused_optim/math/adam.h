@@ -1,0 +1,68 @@
+// Adam / AdamW per-element update. Mirrors fused_optim/reference/adam.py (adam_step), which
+// follows torch.optim.Adam's single-tensor path operation by operation.
+#pragma once
+#include <cmath>
+
+#include "fused_optim/platform.h"
+
+namespace fused_optim::math {
+
+// Per-tensor scalars, from the tensor's own step, in fp64 (reference: adam_scalars).
+struct AdamScalars {
+  double step_size;  // lr / (1 - beta1^t)
+  double bc2_sqrt;   // sqrt(1 - beta2^t)
+};
+
+FO_HOST_DEVICE inline AdamScalars adam_scalars(double lr, double beta1, double beta2, double step) {
+  const double bc1 = 1.0 - pow(beta1, step);
+  const double bc2 = 1.0 - pow(beta2, step);
+  return AdamScalars{lr / bc1, sqrt(bc2)};
+}
+
+template <class T>
+struct AdamHyper {
+  T lr, decay, beta1, beta2, eps, weight_decay;  // decay = 1 - lr wd
+  T one_minus_beta1, one_minus_beta2;  // complements are formed in fp64 on the host, then rounded:
+                                      // 1 - float(0.999) is off by 1e-5 relative
+  bool decoupled;  // AdamW: p *= 1 - lr wd; Adam: g += wd p
+  bool maximize;
+};
+
+template <class T>
+FO_HOST_DEVICE inline AdamHyper<T> adam_hyper(double lr, double beta1, double beta2, double eps,
+                                              double weight_decay, bool decoupled, bool maximize) {
+  AdamHyper<T> h;
+  h.lr = T(lr);
+  h.decay = T(1.0 - lr * weight_decay);
+  h.beta1 = T(beta1);
+  h.beta2 = T(beta2);
+  h.eps = T(eps);
+  h.weight_decay = T(weight_decay);
+  h.one_minus_beta1 = T(1.0 - beta1);
+  h.one_minus_beta2 = T(1.0 - beta2);
+  h.decoupled = decoupled;
+  h.maximize = maximize;
+  return h;
+}
+
+// AMSGRAD is a template flag because it changes which memory the loop touches.
+template <bool AMSGRAD, class T>
+FO_HOST_DEVICE FO_INLINE void adam_element(T& p, T g, T& m, T& v, T& vmax, const AdamHyper<T>& h,
+                                           T step_size, T bc2_sqrt) {
+  if (h.maximize) g = -g;
+  if (h.weight_decay != T(0)) {
+    if (h.decoupled) p = p * h.decay;
+    else g = g + h.weight_decay * p;
+  }
+  m = m + h.one_minus_beta1 * (g - m);  // torch: exp_avg.lerp_(grad, 1 - beta1)
+  v = v * h.beta2 + h.one_minus_beta2 * g * g;
+  T second = v;
+  if (AMSGRAD) {
+    vmax = vmax > v ? vmax : v;
+    second = vmax;
+  }
+  const T denom = sqrt(second) / bc2_sqrt + h.eps;
+  p = p + (-step_size) * m / denom;  // torch addcdiv_: self + value * t1 / t2
+}
+
+}  // namespace fused_optim::math

@@ -1,0 +1,58 @@
+// InvAdam / DualAdam per-element update. Mirrors fused_optim/reference/dualadam.py
+// (dualadam_step), which follows the authors' code.
+#pragma once
+#include <cmath>
+
+#include "fused_optim/platform.h"
+
+namespace fused_optim::math {
+
+// Scalars shared by every tensor of a group (the step is global).
+template <class T>
+struct DualAdamHyper {
+  T lr, decay, beta1, beta2, eps, weight_decay;  // decay = 1 - lr wd
+  T one_minus_beta1, one_minus_beta2;  // complements are formed in fp64 on the host, then rounded:
+                                      // 1 - float(0.999) is off by 1e-5 relative
+  T bc1, bc2;    // 1 - beta^t_global, rounded from fp64
+  T alpha, one_minus_alpha;  // weights of the inverse and Adam terms while blending
+  bool blend;                // alpha >= switch_rate, decided in fp64
+};
+
+// The blend weight and predicate are decided by the caller in fp64 (see reference); the bias
+// corrections use the GLOBAL step.
+template <class T>
+FO_HOST_DEVICE inline DualAdamHyper<T> dualadam_hyper(double lr, double beta1, double beta2,
+                                                      double eps, double weight_decay,
+                                                      double global_step, double alpha,
+                                                      bool blend) {
+  DualAdamHyper<T> h;
+  h.lr = T(lr);
+  h.decay = T(1.0 - lr * weight_decay);
+  h.beta1 = T(beta1);
+  h.beta2 = T(beta2);
+  h.eps = T(eps);
+  h.weight_decay = T(weight_decay);
+  h.one_minus_beta1 = T(1.0 - beta1);
+  h.one_minus_beta2 = T(1.0 - beta2);
+  h.bc1 = T(1.0 - pow(beta1, global_step));
+  h.bc2 = T(1.0 - pow(beta2, global_step));
+  h.alpha = T(alpha);
+  h.one_minus_alpha = T(1.0 - alpha);
+  h.blend = blend;
+  return h;
+}
+
+template <class T>
+FO_HOST_DEVICE FO_INLINE void dualadam_element(T& p, T g, T& m, T& v, const DualAdamHyper<T>& h) {
+  if (h.weight_decay != T(0)) p = p * h.decay;
+  m = m * h.beta1 + h.one_minus_beta1 * g;
+  v = v * h.beta2 + h.one_minus_beta2 * g * g;
+  const T mhat = m / h.bc1;
+  const T vhat = v / h.bc2;
+  const T d = sqrt(vhat) + h.eps;
+  const T adam = mhat / d;
+  const T update = h.blend ? h.alpha * (mhat * d) + h.one_minus_alpha * adam : adam;
+  p = p - h.lr * update;
+}
+
+}  // namespace fused_optim::math

@@ -1,0 +1,126 @@
+"""The "cpu" backend: the reference's step functions, computed by the native module.
+
+Each function has the signature of its counterpart in fused_optim.reference and hands the
+whole tensor list to ONE native call (per pass). The native side iterates over raw memory,
+so every tensor of one element index (param, grad, states) must share a dense layout; where
+one does not (a strided view, say), that index goes through contiguous staging copies that
+are written back after the call.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+
+from . import _cpu
+
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: its elements fill numel() consecutive slots in some order."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+class _Staged:
+    """Address lists for one native call. roles[k][i] is role k (param, grad, ...) of element
+    index i; `writable` marks the roles the call writes, copied back by finish()."""
+
+    def __init__(self, roles: Sequence[Sequence[torch.Tensor]], writable: Sequence[bool]):
+        n = len(roles[0])
+        self.numels = [t.numel() for t in roles[0]]
+        columns = [list(r) for r in roles]
+        self._write_back = []
+        for i in range(n):
+            first = columns[0][i]
+            same_layout = all(c[i].stride() == first.stride() for c in columns)
+            if same_layout and _is_dense(first):
+                continue
+            for k, column in enumerate(columns):
+                original = column[i]
+                column[i] = original.contiguous()
+                if writable[k]:
+                    self._write_back.append((original, column[i]))
+        self.addresses = [[t.data_ptr() for t in c] for c in columns]
+
+    def finish(self) -> None:
+        for original, staged in self._write_back:
+            original.copy_(staged)
+
+
+def _dtype_code(params: List[torch.Tensor]) -> int:
+    return _DTYPE_CODES[params[0].dtype]
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def adam_step(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[torch.Tensor]], steps, *,
+    lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
+) -> None:
+    roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
+    staged = _Staged(roles, [True, False, True, True, True])
+    _cpu.adam_step(
+        staged.addresses, staged.numels, steps, _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
+        eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
+        num_threads=_threads(),
+    )
+    staged.finish()
+
+
+def adamomentum_step(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[torch.Tensor]], steps, *,
+    lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, rectify,
+) -> None:
+    roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
+    staged = _Staged(roles, [True, False, True, True, True])
+    _cpu.adamomentum_step(
+        staged.addresses, staged.numels, steps, _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
+        eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
+        num_threads=_threads(),
+    )
+    staged.finish()
+
+
+def dualadam_step(
+    params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta1, beta2, eps, weight_decay, switch_rate,
+) -> None:
+    from .reference import dualadam_blend_weight
+
+    alpha, blend = dualadam_blend_weight(global_step, switch_rate)
+    staged = _Staged([params, grads, exp_avgs, exp_avg_sqs], [True, False, True, True])
+    _cpu.dualadam_step(
+        staged.addresses, staged.numels, _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+        weight_decay=weight_decay, global_step=float(global_step), alpha=alpha, blend=blend,
+        num_threads=_threads(),
+    )
+    staged.finish()
+
+
+def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled) -> torch.Tensor:
+    staged = _Staged([params, grads, exp_avg_sqs], [False, False, True])
+    total = _cpu.adai_second_moment(
+        staged.addresses, staged.numels, steps, _dtype_code(params), beta2=beta2,
+        weight_decay=weight_decay, decoupled=decoupled, num_threads=_threads(),
+    )
+    staged.finish()
+    return torch.tensor(total, dtype=torch.float64)
+
+
+def adai_update(
+    params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *,
+    lr, beta0, beta2, eps, weight_decay, decoupled, vbar,
+) -> None:
+    staged = _Staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], [True, False, True, False, True])
+    _cpu.adai_update(
+        staged.addresses, staged.numels, steps, _dtype_code(params), lr=lr, beta0=beta0, beta2=beta2,
+        eps=eps, weight_decay=weight_decay, decoupled=decoupled, vbar=float(vbar), num_threads=_threads(),
+    )
+    staged.finish()

@@ -1,0 +1,8 @@
+"""The optimizer classes: thin torch.optim.Optimizer subclasses over the backends."""
+from .adai import Adai, AdaiW
+from .adam import Adam, AdamW
+from .adamomentum import AdaMomentum
+from .base import FusedOptimizer
+from .dualadam import DualAdam, InvAdam
+
+__all__ = ["Adai", "AdaiW", "AdaMomentum", "Adam", "AdamW", "DualAdam", "FusedOptimizer", "InvAdam"]

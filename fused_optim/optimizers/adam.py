@@ -1,0 +1,55 @@
+"""Adam and AdamW with torch.optim's semantics, on the fused backends."""
+from . import _validation as check
+from .base import FusedOptimizer
+
+
+class Adam(FusedOptimizer):
+    """torch.optim.Adam (L2 weight decay); AdamW below decouples it. State: step, exp_avg,
+    exp_avg_sq (+ max_exp_avg_sq with amsgrad), the keys torch.optim uses, so state dicts
+    move between this class and torch.optim.Adam in both directions."""
+
+    decoupled = False
+    state_initial_values = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+                 *, maximize=False, backend="auto"):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+        self.hyper(defaults, None)
+        super().__init__(params, defaults, backend)
+
+    def hyper(self, group, index):
+        beta1, beta2 = check.betas_pair(group["betas"], index)
+        return dict(
+            lr=check.non_negative("lr", group["lr"], index),
+            beta1=check.in_range("betas[0]", beta1, 0.0, 1.0, high_open=True, group_index=index),
+            beta2=check.in_range("betas[1]", beta2, 0.0, 1.0, high_open=True, group_index=index),
+            eps=check.non_negative("eps", group["eps"], index),
+            weight_decay=check.non_negative("weight_decay", group["weight_decay"], index),
+            amsgrad=check.flag("amsgrad", group["amsgrad"], index),
+            maximize=check.flag("maximize", group["maximize"], index),
+        )
+
+    def state_layout(self, hyper):
+        if hyper["amsgrad"]:
+            return {**self.state_initial_values, "max_exp_avg_sq": 0.0}
+        return self.state_initial_values
+
+    def _update(self, batches):
+        for b in batches:
+            states = self._states(b)
+            b.impl.adam_step(
+                b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
+                self._column(states, "max_exp_avg_sq") if b.hyper["amsgrad"] else None,
+                self._next_steps(states), decoupled=self.decoupled, **b.hyper,
+            )
+            self._commit_steps(states)
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: decoupled weight decay, p *= 1 - lr wd, default 1e-2."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
+                 *, maximize=False, backend="auto"):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, backend=backend)

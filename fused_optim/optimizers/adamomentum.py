@@ -1,0 +1,48 @@
+"""AdaMomentum (Wang et al., "Rethinking the Momentum Estimation in Adaptive Methods";
+published later as AdaM3): the second moment tracks the squared MOMENTUM, not the gradient."""
+from . import _validation as check
+from .base import FusedOptimizer
+
+
+class AdaMomentum(FusedOptimizer):
+    """State: step, exp_avg, exp_avg_sq (the authors' exp_avg_var), + max_exp_avg_sq with
+    amsgrad. eps is added into exp_avg_sq every step, as in the authors' code."""
+
+    state_initial_values = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+    state_aliases = {"exp_avg_var": "exp_avg_sq", "max_exp_avg_var": "max_exp_avg_sq"}
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0.0, decoupled=True,
+                 amsgrad=False, rectify=False, *, backend="auto"):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
+                        amsgrad=amsgrad, rectify=rectify)
+        self.hyper(defaults, None)
+        super().__init__(params, defaults, backend)
+
+    def hyper(self, group, index):
+        beta1, beta2 = check.betas_pair(group["betas"], index)
+        return dict(
+            lr=check.non_negative("lr", group["lr"], index),
+            beta1=check.in_range("betas[0]", beta1, 0.0, 1.0, high_open=True, group_index=index),
+            # beta2 > 0: rectify's rho_inf = 2 / (1 - beta2) - 1 and the bias correction need it
+            beta2=check.in_range("betas[1]", beta2, 0.0, 1.0, low_open=True, high_open=True, group_index=index),
+            eps=check.non_negative("eps", group["eps"], index),
+            weight_decay=check.non_negative("weight_decay", group["weight_decay"], index),
+            decoupled=check.flag("decoupled", group["decoupled"], index),
+            amsgrad=check.flag("amsgrad", group["amsgrad"], index),
+            rectify=check.flag("rectify", group["rectify"], index),
+        )
+
+    def state_layout(self, hyper):
+        if hyper["amsgrad"]:
+            return {**self.state_initial_values, "max_exp_avg_sq": 0.0}
+        return self.state_initial_values
+
+    def _update(self, batches):
+        for b in batches:
+            states = self._states(b)
+            b.impl.adamomentum_step(
+                b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
+                self._column(states, "max_exp_avg_sq") if b.hyper["amsgrad"] else None,
+                self._next_steps(states), **b.hyper,
+            )
+            self._commit_steps(states)

@@ -1,0 +1,217 @@
+"""FusedOptimizer: what every optimizer class shares. Validation, param groups, lazily
+created state, state_dict import/export, backend choice and the split of each step into
+batches (one per group and param dtype) that the backends process in one call each.
+No update math lives here: subclasses hand their batches to a backend's step functions.
+"""
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from .. import backends
+from ..reference._common import math_dtype
+
+
+@dataclass
+class Batch:
+    """Params of one group and one dtype that have a grad this step, and who updates them."""
+
+    group: Dict[str, Any]
+    hyper: Dict[str, Any]  # the group's validated hyperparameters
+    backend: str
+    impl: Any  # module with the backend's step functions (reference signatures)
+    params: List[torch.Tensor]
+    grads: List[torch.Tensor]
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    # Per-param tensor states created at a param's first step: name -> initial value (0 or 1).
+    # Subclasses extend it through state_layout() when a flag (amsgrad) adds a state.
+    state_initial_values: Dict[str, float] = {}
+    # Keys other implementations use for our states (authors' code), renamed on load.
+    state_aliases: Dict[str, str] = {}
+    # Whether each param keeps its own step counter (all but DualAdam).
+    per_param_step = True
+
+    def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto"):
+        self._backend_request = backends.requested_backend(backend)
+        super().__init__(params, defaults)
+
+    @property
+    def backend(self) -> str:
+        """The backend asked for ("auto" resolves per group at each step)."""
+        return self._backend_request
+
+    # Subclasses define:
+    #   hyper(group, index) -> dict: the group's hyperparameters as plain numbers and flags,
+    #       validated (ValueError naming the value and the group);
+    #   _update(batches): hand the validated batches of one step to the backends.
+
+    def state_layout(self, hyper: Dict[str, Any]) -> Dict[str, float]:
+        """The tensor states a param of a group with these hyperparameters needs."""
+        return self.state_initial_values
+
+    # ----- param groups ----------------------------------------------------------------------
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self.hyper(group, len(self.param_groups) - 1)
+            self._check_params(group["params"])
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _device(self) -> Optional[torch.device]:
+        for group in self.param_groups:
+            for p in group["params"]:
+                return p.device
+        return None
+
+    def _check_params(self, params: List[torch.Tensor]) -> None:
+        device = self._device()
+        for p in params:
+            if p.is_complex():
+                raise ValueError(f"{type(self).__name__} does not support complex parameters (got {p.dtype})")
+            if p.dtype not in backends.SUPPORTED_DTYPES:
+                raise ValueError(
+                    f"{type(self).__name__} supports parameter dtypes "
+                    f"{[str(d) for d in backends.SUPPORTED_DTYPES]}, got {p.dtype}"
+                )
+            if p.device != device:
+                raise ValueError(
+                    f"all parameters of one {type(self).__name__} must be on one device; got {device} and {p.device}"
+                )
+        if params:
+            backends.choose(self._backend_request, device)  # an explicit backend that cannot serve raises here
+
+    # ----- step ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None):
+        """One optimization step. Everything is checked before anything is modified: a bad
+        grad or hyperparameter raises with params and state untouched."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._update(self._collect())
+        return loss
+
+    def _collect(self) -> List[Batch]:
+        batches: List[Batch] = []
+        device = None
+        name = type(self).__name__
+        for index, group in enumerate(self.param_groups):
+            hyper = self.hyper(group, index)
+            by_dtype: Dict[torch.dtype, List[List[torch.Tensor]]] = {}
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse or g.layout != torch.strided:
+                    raise RuntimeError(f"{name} does not support sparse gradients")
+                if p.is_complex() or g.is_complex():
+                    raise ValueError(f"{name} does not support complex parameters or gradients")
+                if p.dtype not in backends.SUPPORTED_DTYPES:
+                    raise ValueError(f"{name} does not support parameter dtype {p.dtype}")
+                if g.dtype != p.dtype:
+                    raise ValueError(f"{name}: a gradient of dtype {g.dtype} for a parameter of dtype {p.dtype}")
+                if g.shape != p.shape:
+                    raise ValueError(f"{name}: a gradient of shape {tuple(g.shape)} for a parameter of shape {tuple(p.shape)}")
+                if g.device != p.device:
+                    raise ValueError(f"{name}: a gradient on {g.device} for a parameter on {p.device}")
+                if device is None:
+                    device = p.device
+                elif p.device != device:
+                    raise ValueError(f"all parameters of one {name} must be on one device; got {device} and {p.device}")
+                lists = by_dtype.setdefault(p.dtype, [[], []])
+                lists[0].append(p)
+                lists[1].append(g)
+            if not by_dtype:
+                continue
+            backend = backends.choose(self._backend_request, device)
+            impl = backends.implementation(backend)
+            for params, grads in by_dtype.values():
+                batches.append(Batch(group, hyper, backend, impl, params, grads))
+        return batches
+
+    # ----- state -----------------------------------------------------------------------------
+    def _states(self, batch: Batch) -> List[Dict[str, Any]]:
+        """The state of each param of a batch, creating what is missing (after validation)."""
+        layout = self.state_layout(batch.hyper)
+        states = []
+        for p in batch.params:
+            state = self.state[p]
+            if self.per_param_step and "step" not in state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            for key, initial in layout.items():
+                if key not in state:
+                    state[key] = torch.full_like(
+                        p, initial, dtype=math_dtype(p.dtype), memory_format=torch.preserve_format
+                    )
+            states.append(state)
+        return states
+
+    @staticmethod
+    def _next_steps(states: List[Dict[str, Any]]) -> List[float]:
+        """Each param's step after this update, without committing it yet."""
+        return [float(s["step"]) + 1.0 for s in states]
+
+    @staticmethod
+    def _commit_steps(states: List[Dict[str, Any]]) -> None:
+        torch._foreach_add_([s["step"] for s in states], 1.0)
+
+    @staticmethod
+    def _column(states: List[Dict[str, Any]], key: str) -> List[torch.Tensor]:
+        return [s[key] for s in states]
+
+    # ----- state_dict ------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Loads our own state dicts and those of torch.optim / the authors' code (keys renamed,
+        int steps accepted). Tensors are copied (no aliasing of the given dict) and keep the
+        state dtype our kernels use (torch would cast them to the param dtype)."""
+        imported = self._import_state_dict(state_dict)
+        super().load_state_dict(imported)
+        self._restore_state(imported)
+
+    def _import_state_dict(self, state_dict: Dict[str, Any]) -> Dict[str, Any]:
+        if "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("a state dict needs 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"the state dict has {len(saved_groups)} param groups, this optimizer {len(self.param_groups)}"
+            )
+        imported_state = {}
+        for param_id, saved in state_dict["state"].items():
+            imported_state[param_id] = {
+                self.state_aliases.get(key, key): (value.detach().clone() if torch.is_tensor(value) else value)
+                for key, value in saved.items()
+            }
+        for index, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved_group["params"]) != len(group["params"]):
+                raise ValueError(f"param group {index} has a different number of params in the state dict")
+            for param_id, p in zip(saved_group["params"], group["params"]):
+                for key, value in imported_state.get(param_id, {}).items():
+                    if torch.is_tensor(value) and key != "step" and value.shape != p.shape:
+                        raise ValueError(
+                            f"state {key!r} of shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}"
+                        )
+        imported = dict(state_dict)
+        imported["state"] = imported_state
+        imported["param_groups"] = copy.deepcopy(saved_groups)
+        return imported
+
+    def _restore_state(self, imported: Dict[str, Any]) -> None:
+        for saved_group, group in zip(imported["param_groups"], self.param_groups):
+            for param_id, p in zip(saved_group["params"], group["params"]):
+                saved = imported["state"].get(param_id)
+                if not saved:
+                    continue
+                state = self.state[p]
+                for key, value in saved.items():
+                    if key == "step":
+                        state[key] = torch.tensor(float(value), dtype=torch.float32)
+                    elif torch.is_tensor(value) and value.is_floating_point():
+                        state[key] = value.to(device=p.device, dtype=math_dtype(p.dtype))

@@ -1,0 +1,75 @@
+"""InvAdam and DualAdam (seed 004): InvAdam multiplies the momentum by the adaptive term
+instead of dividing; DualAdam blends from InvAdam to Adam as alpha = max(0, 1 - t xi) decays."""
+import warnings
+
+from . import _validation as check
+from .base import FusedOptimizer
+
+
+class DualAdam(FusedOptimizer):
+    """State: exp_avg, exp_avg_sq per param, and ONE step counter for the whole optimizer
+    (authors' code), saved in state_dict as "global_step" (OURS: the authors do not save it).
+    The counter advances on every step() call, even when no param has a grad."""
+
+    state_initial_values = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+    state_aliases = {"m": "exp_avg", "v": "exp_avg_sq"}
+    per_param_step = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, switch_rate=0.01, weight_decay=0.0,
+                 *, backend="auto"):
+        defaults = dict(lr=lr, betas=betas, eps=eps, switch_rate=switch_rate, weight_decay=weight_decay)
+        self.hyper(defaults, None)
+        self.global_step = 0
+        super().__init__(params, defaults, backend)
+
+    def hyper(self, group, index):
+        beta1, beta2 = check.betas_pair(group["betas"], index)
+        return dict(
+            lr=check.non_negative("lr", group["lr"], index),
+            beta1=check.in_range("betas[0]", beta1, 0.0, 1.0, high_open=True, group_index=index),
+            beta2=check.in_range("betas[1]", beta2, 0.0, 1.0, high_open=True, group_index=index),
+            eps=check.non_negative("eps", group["eps"], index),
+            switch_rate=check.in_range("switch_rate", group["switch_rate"], 0.0, 1.0, group_index=index),
+            weight_decay=check.non_negative("weight_decay", group["weight_decay"], index),
+        )
+
+    def _collect(self):
+        batches = super()._collect()
+        # the global step advances on every call, after validation succeeded
+        self.global_step += 1
+        return batches
+
+    def _update(self, batches):
+        for b in batches:
+            states = self._states(b)
+            b.impl.dualadam_step(
+                b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
+                global_step=self.global_step, **b.hyper,
+            )
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["global_step"] = self.global_step
+        return sd
+
+    def load_state_dict(self, state_dict):
+        global_step = state_dict.get("global_step")
+        if global_step is None:
+            if state_dict.get("state"):
+                warnings.warn(
+                    "DualAdam.load_state_dict: no 'global_step' in the state dict (the authors' code does not "
+                    "save it); the step count restarts at 0", RuntimeWarning, stacklevel=2,
+                )
+            global_step = 0
+        global_step = int(global_step)
+        if global_step < 0:
+            raise ValueError(f"global_step must be >= 0, got {global_step}")
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "global_step"})
+        self.global_step = global_step
+
+
+class InvAdam(DualAdam):
+    """InvAdam = DualAdam with switch_rate 0: p -= lr mhat (sqrt(vhat) + eps), forever."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, backend="auto"):
+        super().__init__(params, lr, betas, eps, 0.0, weight_decay, backend=backend)

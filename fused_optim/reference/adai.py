@@ -1,0 +1,79 @@
+"""Adai (adaptive inertia) as the authors' code computes it, spec section "Adai", split at
+the global reduction: pass 1 updates v and returns the group's sum of vhat; the caller sums
+over ALL groups, divides by the element count, and pass 2 applies the inertia update.
+Native mirror: csrc/include/fused_optim/math/adai.h.
+"""
+from typing import List
+
+import torch
+
+from ._common import as_math, write_back
+
+
+def adai_bias_correction2(beta2: float, step: float) -> float:
+    return 1 - beta2**step
+
+
+def adai_second_moment(
+    params: List[torch.Tensor],
+    grads: List[torch.Tensor],
+    exp_avg_sqs: List[torch.Tensor],
+    steps: List[float],
+    *,
+    beta2: float,
+    weight_decay: float,
+    decoupled: bool,
+) -> torch.Tensor:
+    """Pass 1: v = beta2 v + (1 - beta2) g_eff^2. Returns sum(vhat) as a 0-dim fp64 tensor on
+    the params' device (no host sync). p.grad is never modified (OURS)."""
+    total = torch.zeros((), dtype=torch.float64, device=params[0].device if params else "cpu")
+    for i, param in enumerate(params):
+        v = exp_avg_sqs[i]
+        g = grads[i].to(v.dtype)
+        if weight_decay != 0 and not decoupled:
+            g = g.add(as_math(param), alpha=weight_decay)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        total += (v / adai_bias_correction2(beta2, steps[i])).sum(dtype=torch.float64)
+    return total
+
+
+def adai_inertia_ratio(vhat: torch.Tensor, vbar: torch.Tensor) -> torch.Tensor:
+    """vhat / vbar; when vbar == 0 every counted vhat is 0 and the ratio is taken as 1 (OURS:
+    the authors' code gives NaN; 1 is the limit of uniformly vanishing moments)."""
+    vbar = vbar.to(vhat.dtype)
+    return torch.where(vbar == 0, torch.ones_like(vhat), vhat / vbar)
+
+
+def adai_update(
+    params: List[torch.Tensor],
+    grads: List[torch.Tensor],
+    exp_avgs: List[torch.Tensor],
+    exp_avg_sqs: List[torch.Tensor],
+    beta1_prods: List[torch.Tensor],
+    steps: List[float],
+    *,
+    lr: float,
+    beta0: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    vbar: torch.Tensor,
+) -> None:
+    """Pass 2, given vbar = (sum of vhat over every param with a grad) / (their element count)."""
+    for i, param in enumerate(params):
+        p = as_math(param)
+        g = grads[i].to(p.dtype)
+        m, v, beta1_prod = exp_avgs[i], exp_avg_sqs[i], beta1_prods[i]
+        if weight_decay != 0:
+            if decoupled:
+                p.mul_(1 - lr * weight_decay)
+            else:
+                # g_eff uses p from before this step's decay; p itself is not decayed (L2)
+                g = g.add(p, alpha=weight_decay)
+        vhat = v / adai_bias_correction2(beta2, steps[i])
+        beta1 = (1.0 - adai_inertia_ratio(vhat, vbar).mul_(beta0)).clamp_(0.0, 1 - eps)
+        beta1_prod.mul_(beta1)
+        m.mul_(beta1).addcmul_(1 - beta1, g)
+        p.sub_(m / (1 - beta1_prod), alpha=lr)
+        write_back(param, p)
