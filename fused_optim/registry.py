@@ -1,0 +1,71 @@
+"""One table of the optimizers: tests and benchmarks iterate over it, so a new optimizer
+gets the whole parity matrix and its benchmark rows by adding one entry."""
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
+
+from .optimizers import Adai, AdaiW, AdaMomentum, Adam, AdamW, DualAdam, InvAdam
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    cls: type
+    # Hyperparameter cases (constructor kwargs) the tests cover; the first is the default use.
+    cases: Dict[str, Dict[str, Any]]
+    # Per-param tensor states with the default flags (amsgrad adds max_exp_avg_sq).
+    state_names: Tuple[str, ...]
+    # Bytes per element one step must move with fp32 params and states, default flags:
+    # the reads and writes of params, grads and states (see csrc/cpu/<opt>.cpp).
+    bytes_per_element: int
+    # Bytes per element the CPU backend actually moves (Adai: two passes, see csrc/cpu/adai.cpp).
+    bytes_moved_cpu: int
+
+
+ADAM_STATES = ("exp_avg", "exp_avg_sq")
+
+OPTIMIZERS: Dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in [
+        OptimizerSpec(
+            "Adam", Adam,
+            {"default": {}, "l2": {"weight_decay": 0.1}, "amsgrad": {"amsgrad": True, "weight_decay": 0.05},
+             "maximize": {"maximize": True, "betas": (0.8, 0.99), "eps": 1e-6}},
+            ADAM_STATES, 28, 28,
+        ),
+        OptimizerSpec(
+            "AdamW", AdamW,
+            {"default": {}, "amsgrad_maximize": {"amsgrad": True, "maximize": True, "weight_decay": 0.1}},
+            ADAM_STATES, 28, 28,
+        ),
+        OptimizerSpec(
+            "Adai", Adai,
+            {"default": {"lr": 0.5}, "l2": {"lr": 0.5, "weight_decay": 0.05},
+             "decoupled": {"lr": 0.5, "weight_decay": 0.05, "decoupled": True},
+             "betas_eps": {"lr": 0.1, "betas": (0.3, 0.9), "eps": 0.05}},
+            ("exp_avg", "exp_avg_sq", "beta1_prod"), 40, 44,
+        ),
+        OptimizerSpec(
+            "AdaiW", AdaiW, {"default": {"lr": 0.5, "weight_decay": 0.05}},
+            ("exp_avg", "exp_avg_sq", "beta1_prod"), 40, 44,
+        ),
+        OptimizerSpec(
+            "AdaMomentum", AdaMomentum,
+            {"default": {}, "l2": {"decoupled": False, "weight_decay": 0.05},
+             "decoupled_wd": {"weight_decay": 0.05}, "amsgrad": {"amsgrad": True},
+             # betas[1] = 0.9 makes rho_t cross 5 at step 6: both rectify regimes are covered
+             "rectify": {"rectify": True, "betas": (0.9, 0.9), "eps": 1e-8},
+             "rectify_amsgrad": {"rectify": True, "amsgrad": True, "betas": (0.8, 0.9), "eps": 1e-8}},
+            ADAM_STATES, 28, 28,
+        ),
+        OptimizerSpec(
+            "DualAdam", DualAdam,
+            # switch_rate 0.3: blending at steps 1-2, pure Adam from step 3
+            {"default": {}, "fast_switch": {"switch_rate": 0.3}, "wd": {"switch_rate": 0.2, "weight_decay": 0.05}},
+            ADAM_STATES, 28, 28,
+        ),
+        OptimizerSpec(
+            "InvAdam", InvAdam, {"default": {}, "wd": {"weight_decay": 0.05, "eps": 1e-3}},
+            ADAM_STATES, 28, 28,
+        ),
+    ]
+}
