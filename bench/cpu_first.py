@@ -16,6 +16,7 @@ import torch
 
 import fused_optim
 from fused_optim.reference import authors
+from fused_optim.registry import OPTIMIZERS as OPTIMIZER_TABLE
 
 # implementations, in the order of the rows (and of the timed calls in each round)
 IMPLS = ("cpu", "torch", "authors", "fused", "foreach")
@@ -34,21 +35,24 @@ class OptimizerCase:
     kwargs: Dict  # hyperparameters, identical for every implementation of the row
     authors: Optional[Callable] = None
     peer: Optional[Callable] = None  # torch.optim class measured fused/foreach in this group
-    # bytes per fp32 element: what our native design moves, and the least any design must move
-    bytes_moved: int = 28  # read p, g, m, v; write p, m, v
-    bytes_min: int = 28
+
+    @property
+    def bytes_moved(self) -> int:
+        """Bytes per fp32 element our native design moves (registry; csrc/cpu/<opt>.cpp)."""
+        return OPTIMIZER_TABLE[self.name].bytes_moved_cpu
+
+    @property
+    def bytes_min(self) -> int:
+        """Bytes per fp32 element any design must move."""
+        return OPTIMIZER_TABLE[self.name].bytes_per_element
 
 
-# Adai's native design (csrc/cpu/adai.cpp) moves 44 B: pass 1 reads g, v, writes v (12);
-# pass 2 reads p, g, m, v, beta1_prod, writes p, m, beta1_prod (32). The minimum is 40: carrying
-# sum(v) across steps, pass 1 would read only g. Both hold for decoupled or zero weight decay,
-# which is what is benchmarked (coupled L2 also reads p in pass 1: 48 / 44).
+# Benchmarked with decoupled or zero weight decay: Adai's coupled L2 also reads p in pass 1.
 OPTIMIZERS = (
     OptimizerCase("AdamW", fused_optim.AdamW, {}, peer=torch.optim.AdamW),
     OptimizerCase("Adam", fused_optim.Adam, {}, peer=torch.optim.Adam),
-    OptimizerCase("Adai", fused_optim.Adai, dict(lr=0.1), authors.AuthorsAdai, bytes_moved=44, bytes_min=40),
-    OptimizerCase("AdaiW", fused_optim.AdaiW, dict(lr=0.1, weight_decay=5e-4), authors.AuthorsAdaiW,
-                  bytes_moved=44, bytes_min=40),
+    OptimizerCase("Adai", fused_optim.Adai, dict(lr=0.1), authors.AuthorsAdai),
+    OptimizerCase("AdaiW", fused_optim.AdaiW, dict(lr=0.1, weight_decay=5e-4), authors.AuthorsAdaiW),
     OptimizerCase("AdaMomentum", fused_optim.AdaMomentum, {}, authors.AuthorsAdaMomentum),
     OptimizerCase("InvAdam", fused_optim.InvAdam, {}, authors.AuthorsInvAdam),
     OptimizerCase("DualAdam", fused_optim.DualAdam, {}, authors.AuthorsDualAdam),

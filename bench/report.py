@@ -114,7 +114,7 @@ def table(cases: List[Dict], rows: List[Dict]) -> str:
                 f"{_ratio(r['time_vs_foreach']):>9} {_ratio(r['time_vs_authors']):>9}")
     lines += ["", "Each optimizer's rows and its yardstick add_ row were timed interleaved, step by step.",
               "B/el: bytes per element counted for GB/s and % yard (the bytes our native design moves; "
-              "* = more than the minimum: Adai moves 44, must move 40).",
+              "* = more than the minimum any design must move).",
               "t/x: median time / median time of x in the same case (x: torch.optim fused or foreach "
               "AdamW, Adam's own for Adam; the optimizer's authors' loop). < 1 is faster."]
     return "\n".join(lines)

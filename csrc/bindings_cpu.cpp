@@ -24,9 +24,11 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("dtype"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("decoupled"), py::arg("amsgrad"), py::arg("maximize"),
         py::arg("num_threads"));
-  m.def("adai_second_moment", &adai_second_moment, release, py::arg("lists"), py::arg("numels"),
-        py::arg("steps"), py::arg("dtype"), py::arg("beta2"), py::arg("weight_decay"),
-        py::arg("decoupled"), py::arg("num_threads"));
+  m.def("adai_vhat_sum", &adai_vhat_sum, release, py::arg("lists"), py::arg("numels"),
+        py::arg("steps"), py::arg("v_sums"), py::arg("dtype"), py::arg("beta2"),
+        py::arg("weight_decay"), py::arg("decoupled"), py::arg("num_threads"));
+  m.def("tensor_sums", &tensor_sums, release, py::arg("lists"), py::arg("numels"),
+        py::arg("dtype"), py::arg("num_threads"));
   m.def("adai_update", &adai_update, release, py::arg("lists"), py::arg("numels"),
         py::arg("steps"), py::arg("dtype"), py::arg("lr"), py::arg("beta0"), py::arg("beta2"),
         py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("vbar"),

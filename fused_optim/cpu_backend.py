@@ -9,6 +9,7 @@ are written back after the call.
 from typing import List, Optional, Sequence
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _cpu
 
@@ -104,13 +105,41 @@ def dualadam_step(
     staged.finish()
 
 
+# Adai: the native passes split the step differently from the reference (csrc/cpu/adai.cpp):
+# pass 1 reads only the grads and derives sum(v_new) from each tensor's sum(v) carried over
+# from our previous update pass; pass 2 updates v with everything else. The pair has the
+# reference pair's effect; pass 1 alone does not write v.
+# Carried sums are keyed by the exp_avg_sq tensor and valid while its version counter is the
+# one recorded after our write: any other in-place write (the torch backend, user code) bumps
+# it, and load_state_dict makes new tensors, so a stale sum is never used.
+_adai_v_sums = WeakIdKeyDictionary()
+
+
+def _carried_v_sums(exp_avg_sqs: List[torch.Tensor]) -> List[float]:
+    sums = []
+    missing = []
+    for i, v in enumerate(exp_avg_sqs):
+        entry = _adai_v_sums.get(v)
+        if entry is not None and entry[1] == v._version:
+            sums.append(entry[0])
+        else:
+            sums.append(0.0)
+            missing.append(i)
+    if missing:
+        states = [exp_avg_sqs[i] for i in missing]
+        staged = _Staged([states], [False])
+        computed = _cpu.tensor_sums(staged.addresses, staged.numels, _dtype_code(states), num_threads=_threads())
+        for i, value in zip(missing, computed):
+            sums[i] = value
+    return sums
+
+
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled) -> torch.Tensor:
-    staged = _Staged([params, grads, exp_avg_sqs], [False, False, True])
-    total = _cpu.adai_second_moment(
-        staged.addresses, staged.numels, steps, _dtype_code(params), beta2=beta2,
-        weight_decay=weight_decay, decoupled=decoupled, num_threads=_threads(),
+    staged = _Staged([params, grads], [False, False])
+    total = _cpu.adai_vhat_sum(
+        staged.addresses, staged.numels, steps, _carried_v_sums(exp_avg_sqs), _dtype_code(params),
+        beta2=beta2, weight_decay=weight_decay, decoupled=decoupled, num_threads=_threads(),
     )
-    staged.finish()
     return torch.tensor(total, dtype=torch.float64)
 
 
@@ -118,9 +147,11 @@ def adai_update(
     params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *,
     lr, beta0, beta2, eps, weight_decay, decoupled, vbar,
 ) -> None:
-    staged = _Staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], [True, False, True, False, True])
-    _cpu.adai_update(
+    staged = _Staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], [True, False, True, True, True])
+    v_sums = _cpu.adai_update(
         staged.addresses, staged.numels, steps, _dtype_code(params), lr=lr, beta0=beta0, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, vbar=float(vbar), num_threads=_threads(),
     )
     staged.finish()
+    for v, total in zip(exp_avg_sqs, v_sums):
+        _adai_v_sums[v] = (total, v._version)

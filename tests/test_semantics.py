@@ -259,3 +259,36 @@ def test_auto_on_a_device_without_native_backend_warns_once_and_uses_torch():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert backends.choose("auto", torch.device("meta")) == "torch"
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the native cpu backend is not built")
+@pytest.mark.parametrize("how", ["in_place_write", "load_state_dict", "torch_backend_step"])
+def test_adai_cpu_sees_every_outside_change_of_exp_avg_sq(how):
+    """The cpu backend carries sum(exp_avg_sq) between steps (csrc/cpu/adai.cpp); any change
+    made elsewhere must invalidate it, or the global mean would be stale."""
+    params = make_params("4097", torch.float32) + make_params("7", torch.float32, seed=4)
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    opt = fused_optim.Adai(params, lr=0.5, backend="cpu")
+    ref = fused_optim.Adai(twins, lr=0.5, backend="torch")
+    for step in range(1, 6):
+        grads = grads_for(params, step)
+        set_grads(params, grads)
+        set_grads(twins, grads)
+        if step == 3:
+            if how == "in_place_write":
+                for o, ps in ((opt, params), (ref, twins)):
+                    o.state[ps[0]]["exp_avg_sq"].mul_(4.0)
+            elif how == "load_state_dict":
+                sd = ref.state_dict()
+                opt.load_state_dict(sd)
+                with torch.no_grad():
+                    for p, q in zip(params, twins):
+                        p.copy_(q)
+            else:
+                opt._backend_request = "torch"
+        if step == 4:
+            opt._backend_request = "cpu"
+        opt.step()
+        ref.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)

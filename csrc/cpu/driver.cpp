@@ -54,4 +54,12 @@ ChunkPlan plan_chunks(const std::vector<int64_t>& numels) {
   return plan;
 }
 
+std::vector<double> per_tensor_sums(const ChunkPlan& plan, std::vector<double>& partials) {
+  const size_t ntensors = plan.prefix.size() - 1;
+  std::vector<double> sums(ntensors);
+  for (size_t t = 0; t < ntensors; ++t)
+    sums[t] = tree_sum(partials.data() + plan.prefix[t], plan.prefix[t + 1] - plan.prefix[t]);
+  return sums;
+}
+
 }  // namespace fused_optim::cpu

@@ -9,6 +9,7 @@
 
 #include "fused_optim/chunking.h"
 #include "fused_optim/dtypes.h"
+#include "fused_optim/reduction.h"
 
 namespace fused_optim::cpu {
 
@@ -44,6 +45,24 @@ void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, i
     body(locate_chunk(plan.prefix.data(), numels.data(), ntensors, kChunkElems, c), c);
   }
 }
+
+// Sum of term(i) over [0, n): element i adds into lane i % kReduceLanes, lanes combine in the
+// fixed tree of reduction.h. term may also write memory (the Adai update pass does).
+template <class Term>
+FO_INLINE double lane_sum(int64_t n, Term&& term) {
+  double lanes[kReduceLanes] = {};
+  int64_t i = 0;
+  for (; i + kReduceLanes <= n; i += kReduceLanes) {
+#pragma omp simd
+    for (int j = 0; j < kReduceLanes; ++j) lanes[j] += double(term(i + j));
+  }
+  for (int j = 0; i + j < n; ++j) lanes[j] += double(term(i + j));
+  return combine_lanes(lanes);
+}
+
+// Per-tensor sums from per-chunk partial sums: tensor t's chunks, in their fixed tree.
+// Destroys the partials.
+std::vector<double> per_tensor_sums(const ChunkPlan& plan, std::vector<double>& partials);
 
 template <class T>
 T* address(uintptr_t a, int64_t offset) {

@@ -15,15 +15,23 @@ void adam_step(const AddressLists& lists, const std::vector<int64_t>& numels,
                double eps, double weight_decay, bool decoupled, bool amsgrad, bool maximize,
                int num_threads);
 
-// Pass 1. lists: param, grad, exp_avg_sq. Returns the group's sum of vhat, deterministic.
-double adai_second_moment(const AddressLists& lists, const std::vector<int64_t>& numels,
-                          const std::vector<double>& steps, int dtype, double beta2,
-                          double weight_decay, bool decoupled, int num_threads);
+// Adai pass 1. lists: param, grad. v_sums: each tensor's sum of exp_avg_sq before this step
+// (returned by the previous adai_update, or tensor_sums). Returns the group's sum of vhat.
+double adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels,
+                     const std::vector<double>& steps, const std::vector<double>& v_sums,
+                     int dtype, double beta2, double weight_decay, bool decoupled,
+                     int num_threads);
 
-// Pass 2. lists: param, grad, exp_avg, exp_avg_sq, beta1_prod.
-void adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
-                 const std::vector<double>& steps, int dtype, double lr, double beta0, double beta2,
-                 double eps, double weight_decay, bool decoupled, double vbar, int num_threads);
+// Adai pass 2. lists: param, grad, exp_avg, exp_avg_sq, beta1_prod. Returns each tensor's
+// sum of the new exp_avg_sq, the v_sums of the next step.
+std::vector<double> adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
+                                const std::vector<double>& steps, int dtype, double lr,
+                                double beta0, double beta2, double eps, double weight_decay,
+                                bool decoupled, double vbar, int num_threads);
+
+// Deterministic fp64 sum of each tensor of a list (float32 or float64 states).
+std::vector<double> tensor_sums(const AddressLists& lists, const std::vector<int64_t>& numels,
+                                int dtype, int num_threads);
 
 // lists: param, grad, exp_avg, exp_avg_sq[, max_exp_avg_sq when amsgrad]
 void adamomentum_step(const AddressLists& lists, const std::vector<int64_t>& numels,

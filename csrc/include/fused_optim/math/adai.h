@@ -1,5 +1,5 @@
-// Adai (adaptive inertia) per-element update, in its two passes. Mirrors
-// fused_optim/reference/adai.py: adai_second_moment (pass 1) and adai_update (pass 2).
+// Adai (adaptive inertia) per-element update, in its two passes around the global mean.
+// Mirrors fused_optim/reference/adai.py (adai_second_moment, adai_update).
 #pragma once
 #include <cmath>
 
@@ -40,13 +40,23 @@ FO_HOST_DEVICE FO_INLINE T adai_effective_grad(T g, T p, const AdaiHyper<T>& h) 
   return (!h.decoupled && h.weight_decay != T(0)) ? g + h.weight_decay * p : g;
 }
 
-// Pass 1: v = beta2 v + (1 - beta2) g_eff^2; returns vhat = v / bc2, the term of the global
-// mean. Reads g, v (and p for coupled L2), writes v.
+// The native passes split the step differently from the reference (same result): the mean
+// needs sum(v_new) before any update, and v_new = beta2 v + (1 - beta2) g_eff^2 is linear, so
+// sum(v_new) = beta2 sum(v) + (1 - beta2) sum(g_eff^2), with sum(v) carried over from the
+// previous step's update pass. Pass 1 then reads only g (and p for L2); pass 2 does the whole
+// element update, v included, and sums the new v for the next step.
+
+// One tensor's sum of vhat from its carried sum(v) and this step's sum(g_eff^2), in fp64.
+FO_HOST_DEVICE inline double adai_vhat_sum(double v_sum, double grad_sq_sum, double beta2,
+                                           double bc2) {
+  return (beta2 * v_sum + (1.0 - beta2) * grad_sq_sum) / bc2;
+}
+
+// Pass 1 term: g_eff^2 (reference: the g_eff of adai_second_moment).
 template <class T>
-FO_HOST_DEVICE FO_INLINE T adai_second_moment_element(T p, T g, T& v, const AdaiHyper<T>& h, T bc2) {
+FO_HOST_DEVICE FO_INLINE T adai_grad_sq_element(T p, T g, const AdaiHyper<T>& h) {
   const T ge = adai_effective_grad(g, p, h);
-  v = h.beta2 * v + h.one_minus_beta2 * ge * ge;
-  return v / bc2;
+  return ge * ge;
 }
 
 // The inertia ratio vhat / vbar. vbar == 0 means every counted vhat is exactly zero (they are
@@ -58,14 +68,15 @@ FO_HOST_DEVICE FO_INLINE T adai_inertia_ratio(T vhat, T vbar) {
   return vbar == T(0) ? T(1) : vhat / vbar;
 }
 
-// Pass 2: beta1 = clamp(1 - beta0 vhat / vbar, 0, 1 - eps); beta1_prod *= beta1;
-// m = beta1 m + (1 - beta1) g_eff; p -= lr m / (1 - beta1_prod).
-// Reads p, g, m, v, beta1_prod; writes p, m, beta1_prod.
+// Pass 2: v = beta2 v + (1 - beta2) g_eff^2 (reference: adai_second_moment);
+// beta1 = clamp(1 - beta0 vhat / vbar, 0, 1 - eps); beta1_prod *= beta1;
+// m = beta1 m + (1 - beta1) g_eff; p -= lr m / (1 - beta1_prod) (reference: adai_update).
 template <class T>
-FO_HOST_DEVICE FO_INLINE void adai_update_element(T& p, T g, T& m, T v, T& beta1_prod,
+FO_HOST_DEVICE FO_INLINE void adai_update_element(T& p, T g, T& m, T& v, T& beta1_prod,
                                                   const AdaiHyper<T>& h, T bc2, T vbar) {
   const T ge = adai_effective_grad(g, p, h);
   if (h.decoupled && h.weight_decay != T(0)) p = p * h.decay;
+  v = h.beta2 * v + h.one_minus_beta2 * ge * ge;
   const T vhat = v / bc2;
   T beta1 = T(1) - adai_inertia_ratio(vhat, vbar) * h.beta0;
   // clamp written with comparisons so a NaN stays NaN, as torch.clamp does
