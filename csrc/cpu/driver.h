@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fused_optim/chunking.h"
@@ -79,6 +80,35 @@ decltype(auto) dispatch_param_dtype(DType d, F&& f) {
     case DType::kFloat16: return f(fp16_bits{});
   }
   throw std::invalid_argument("unknown dtype");
+}
+
+// Calls f(std::integral_constant<int, v>{}) for a runtime v in [0, N), so that a loop sees its
+// mode as a compile-time constant: GCC leaves a loop scalar when it branches on invariant
+// flags next to 16-bit loads/stores or fp64 lane sums, and a constant removes the branch.
+template <int N, class F>
+decltype(auto) with_constant(int v, F&& f) {
+  if constexpr (N == 1) {
+    return f(std::integral_constant<int, 0>{});
+  } else {
+    if (v == N - 1) return f(std::integral_constant<int, N - 1>{});
+    return with_constant<N - 1>(v, std::forward<F>(f));
+  }
+}
+
+// Weight-decay modes of the hyper structs' apply_decay / apply_l2 flags (math/moments.h).
+enum WeightDecayMode : int { kNoDecay = 0, kDecoupledDecay = 1, kL2Decay = 2, kWeightDecayModes = 3 };
+
+template <class Hyper>
+int weight_decay_mode(const Hyper& h) {
+  return h.apply_decay ? kDecoupledDecay : h.apply_l2 ? kL2Decay : kNoDecay;
+}
+
+// A copy of h whose flags are the compile-time MODE (used inside the chunk functions).
+template <int MODE, class Hyper>
+FO_INLINE Hyper fixed_weight_decay(Hyper h) {
+  h.apply_decay = MODE == kDecoupledDecay;
+  h.apply_l2 = MODE == kL2Decay;
+  return h;
 }
 
 // The state dtype paired with a parameter dtype: fp64 for fp64, fp32 otherwise.

@@ -57,23 +57,41 @@ FO_HOST_DEVICE FO_INLINE void store_value(bf16_bits& b, float f) {
   b.x = uint16_t(is_nan ? ((u >> 16) | 0x40u) : rounded);
 }
 
-// fp16 <-> fp32 through the compiler's IEEE half type (round to nearest even, as torch). On
-// x86-64 with F16C the conversions are single vector instructions in the AVX clones.
+// fp16 <-> fp32 with integer bit operations and selects, rounding to nearest even as torch
+// does: branch-free, so the CPU loops vectorize (GCC 12 leaves _Float16 conversions scalar),
+// and independent of the denormals-are-zero mode (subnormals go through integer math).
 FO_HOST_DEVICE FO_INLINE float load_value(fp16_bits h) {
 #if defined(__CUDA_ARCH__)
   return __half2float(__ushort_as_half(h.x));
 #else
-  _Float16 v;
-  memcpy(&v, &h.x, sizeof(v));
-  return float(v);
+  const uint32_t x = h.x;
+  const uint32_t sign = (x & 0x8000u) << 16;
+  const uint32_t exponent = (x >> 10) & 0x1fu;
+  const uint32_t mantissa = x & 0x3ffu;
+  const uint32_t normal = sign | ((exponent + (127u - 15u)) << 23) | (mantissa << 13);
+  const uint32_t inf_or_nan = sign | 0x7f800000u | (mantissa << 13);
+  const uint32_t subnormal = sign | float_as_bits(float(mantissa) * 0x1p-24f);  // exact
+  return bits_as_float(exponent == 0 ? subnormal : exponent == 0x1fu ? inf_or_nan : normal);
 #endif
 }
 FO_HOST_DEVICE FO_INLINE void store_value(fp16_bits& h, float f) {
 #if defined(__CUDA_ARCH__)
   h.x = __half_as_ushort(__float2half_rn(f));
 #else
-  _Float16 v = _Float16(f);
-  memcpy(&h.x, &v, sizeof(v));
+  const uint32_t u = float_as_bits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t magnitude = u & 0x7fffffffu;
+  // below 2^-14: a multiple of 2^-24, rounded by one fp32 addition to 0.5 (ulp 2^-24); the
+  // bits above 0.5's are the fp16 encoding, 0x400 when it rounds up to the smallest normal
+  const uint32_t subnormal = float_as_bits(bits_as_float(magnitude) + 0.5f) - 0x3f000000u;
+  // normal: rebias the exponent and round the 13 dropped bits to nearest even
+  const uint32_t normal = (magnitude + 0xc8000fffu + ((magnitude >> 13) & 1u)) >> 13;
+  // 65520 and above round to infinity; NaN stays a quiet NaN
+  const uint32_t out = magnitude > 0x7f800000u   ? 0x7e00u
+                       : magnitude >= 0x477ff000u ? 0x7c00u
+                       : magnitude < 0x38800000u  ? subnormal
+                                                  : normal;
+  h.x = uint16_t(sign | out);
 #endif
 }
 

@@ -11,7 +11,9 @@ template <class T>
 struct AdaiHyper {
   T lr, decay, beta0, beta2, eps, weight_decay;  // decay = 1 - lr wd
   T one_minus_beta2, one_minus_eps;  // formed in fp64 on the host, then rounded
-  bool decoupled;  // AdaiW: p *= 1 - lr wd before the update; Adai: g_eff = g + wd p
+  // AdaiW: p *= 1 - lr wd before the update; Adai: g_eff = g + wd p. Decided on the host
+  // (neither when wd == 0); plain flags, so a CPU loop can fix them at compile time.
+  bool apply_decay, apply_l2;
 };
 
 template <class T>
@@ -26,7 +28,8 @@ FO_HOST_DEVICE inline AdaiHyper<T> adai_hyper(double lr, double beta0, double be
   h.weight_decay = T(weight_decay);
   h.one_minus_beta2 = T(1.0 - beta2);
   h.one_minus_eps = T(1.0 - eps);
-  h.decoupled = decoupled;
+  h.apply_decay = decoupled && weight_decay != 0.0;
+  h.apply_l2 = !decoupled && weight_decay != 0.0;
   return h;
 }
 
@@ -37,7 +40,7 @@ FO_HOST_DEVICE inline double adai_bias_correction2(double beta2, double step) {
 
 template <class T>
 FO_HOST_DEVICE FO_INLINE T adai_effective_grad(T g, T p, const AdaiHyper<T>& h) {
-  return (!h.decoupled && h.weight_decay != T(0)) ? g + h.weight_decay * p : g;
+  return h.apply_l2 ? g + h.weight_decay * p : g;
 }
 
 // The native passes split the step differently from the reference (same result): the mean
@@ -75,7 +78,7 @@ template <class T>
 FO_HOST_DEVICE FO_INLINE void adai_update_element(T& p, T g, T& m, T& v, T& beta1_prod,
                                                   const AdaiHyper<T>& h, T bc2, T vbar) {
   const T ge = adai_effective_grad(g, p, h);
-  if (h.decoupled && h.weight_decay != T(0)) p = p * h.decay;
+  if (h.apply_decay) p = p * h.decay;
   v = h.beta2 * v + h.one_minus_beta2 * ge * ge;
   const T vhat = v / bc2;
   T beta1 = T(1) - adai_inertia_ratio(vhat, vbar) * h.beta0;

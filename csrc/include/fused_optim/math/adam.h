@@ -3,6 +3,7 @@
 #pragma once
 #include <cmath>
 
+#include "fused_optim/math/moments.h"
 #include "fused_optim/platform.h"
 
 namespace fused_optim::math {
@@ -20,28 +21,19 @@ FO_HOST_DEVICE inline AdamScalars adam_scalars(double lr, double beta1, double b
 }
 
 template <class T>
-struct AdamHyper {
-  T lr, decay, beta1, beta2, eps, weight_decay;  // decay = 1 - lr wd
-  T one_minus_beta1, one_minus_beta2;  // complements are formed in fp64 on the host, then rounded:
-                                      // 1 - float(0.999) is off by 1e-5 relative
-  bool decoupled;  // AdamW: p *= 1 - lr wd; Adam: g += wd p
-  bool maximize;
+struct AdamHyper : MomentHyper<T> {
+  // maximize as a factor (-1 or +1, exact) rather than a branch: with three invariant
+  // branches in the loop GCC stops vectorizing it
+  T grad_sign;
 };
 
 template <class T>
 FO_HOST_DEVICE inline AdamHyper<T> adam_hyper(double lr, double beta1, double beta2, double eps,
                                               double weight_decay, bool decoupled, bool maximize) {
   AdamHyper<T> h;
-  h.lr = T(lr);
-  h.decay = T(1.0 - lr * weight_decay);
-  h.beta1 = T(beta1);
-  h.beta2 = T(beta2);
-  h.eps = T(eps);
-  h.weight_decay = T(weight_decay);
-  h.one_minus_beta1 = T(1.0 - beta1);
-  h.one_minus_beta2 = T(1.0 - beta2);
-  h.decoupled = decoupled;
-  h.maximize = maximize;
+  // AdamW (decoupled): p *= 1 - lr wd; Adam: g += wd p
+  static_cast<MomentHyper<T>&>(h) = moment_hyper<T>(lr, beta1, beta2, eps, weight_decay, decoupled);
+  h.grad_sign = T(maximize ? -1.0 : 1.0);
   return h;
 }
 
@@ -49,11 +41,9 @@ FO_HOST_DEVICE inline AdamHyper<T> adam_hyper(double lr, double beta1, double be
 template <bool AMSGRAD, class T>
 FO_HOST_DEVICE FO_INLINE void adam_element(T& p, T g, T& m, T& v, T& vmax, const AdamHyper<T>& h,
                                            T step_size, T bc2_sqrt) {
-  if (h.maximize) g = -g;
-  if (h.weight_decay != T(0)) {
-    if (h.decoupled) p = p * h.decay;
-    else g = g + h.weight_decay * p;
-  }
+  g = g * h.grad_sign;  // maximize: -g
+  if (h.apply_decay) p = p * h.decay;
+  if (h.apply_l2) g = g + h.weight_decay * p;
   m = m + h.one_minus_beta1 * (g - m);  // torch: exp_avg.lerp_(grad, 1 - beta1)
   v = v * h.beta2 + h.one_minus_beta2 * g * g;
   T second = v;

@@ -3,15 +3,23 @@
 #pragma once
 #include <cmath>
 
+#include "fused_optim/math/moments.h"
 #include "fused_optim/platform.h"
 
 namespace fused_optim::math {
 
+// The denominator of a tensor's step, decided per tensor on the host.
+enum AdaMomentumDenominator : int {
+  kBiasCorrected = 0,  // plain: sqrt(v) / sqrt(bc2)
+  kRectified = 1,      // rectify, rho_t >= 5: sqrt(v) + eps
+  kMomentumOnly = 2,   // rectify, rho_t < 5: none, the step is SGD with momentum
+};
+
 // Per-tensor scalars, fp64 from the tensor's own step (reference: adamomentum_scalars).
 struct AdaMomentumScalars {
-  double step_size;  // lr / bc1 (plain) or lr r_t / bc1 (rectified, adaptive)
+  double step_size;  // lr / bc1, or lr r_t / bc1 when rectified
   double bc2_sqrt;   // sqrt(1 - beta2^t)
-  bool adaptive;     // false only when rectify is on and rho_t < 5: the SGD-like step
+  AdaMomentumDenominator denominator;
 };
 
 FO_HOST_DEVICE inline AdaMomentumScalars adamomentum_scalars(double lr, double beta1, double beta2,
@@ -19,48 +27,25 @@ FO_HOST_DEVICE inline AdaMomentumScalars adamomentum_scalars(double lr, double b
   const double bc1 = 1.0 - pow(beta1, step);
   const double beta2_t = pow(beta2, step);
   const double bc2 = 1.0 - beta2_t;
-  if (!rectify) return AdaMomentumScalars{lr / bc1, sqrt(bc2), true};
+  if (!rectify) return AdaMomentumScalars{lr / bc1, sqrt(bc2), kBiasCorrected};
   const double rho_inf = 2.0 / (1.0 - beta2) - 1.0;
   const double rho_t = rho_inf - 2.0 * step * beta2_t / bc2;
-  if (rho_t < 5.0) return AdaMomentumScalars{lr / bc1, sqrt(bc2), false};
+  if (rho_t < 5.0) return AdaMomentumScalars{lr / bc1, sqrt(bc2), kMomentumOnly};
   const double r_t = sqrt(bc2 * (rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
                           ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t));
-  return AdaMomentumScalars{lr * r_t / bc1, sqrt(bc2), true};
+  return AdaMomentumScalars{lr * r_t / bc1, sqrt(bc2), kRectified};
 }
 
+// decoupled (the authors' default): p *= 1 - lr wd; else g += wd p
 template <class T>
-struct AdaMomentumHyper {
-  T lr, decay, beta1, beta2, eps, weight_decay;  // decay = 1 - lr wd
-  T one_minus_beta1, one_minus_beta2;  // complements are formed in fp64 on the host, then rounded:
-                                      // 1 - float(0.999) is off by 1e-5 relative
-  bool decoupled;  // p *= 1 - lr wd (authors' default); else g += wd p
-  bool rectify;
-};
-
-template <class T>
-FO_HOST_DEVICE inline AdaMomentumHyper<T> adamomentum_hyper(double lr, double beta1, double beta2,
-                                                            double eps, double weight_decay,
-                                                            bool decoupled, bool rectify) {
-  AdaMomentumHyper<T> h;
-  h.lr = T(lr);
-  h.decay = T(1.0 - lr * weight_decay);
-  h.beta1 = T(beta1);
-  h.beta2 = T(beta2);
-  h.eps = T(eps);
-  h.weight_decay = T(weight_decay);
-  h.one_minus_beta1 = T(1.0 - beta1);
-  h.one_minus_beta2 = T(1.0 - beta2);
-  h.decoupled = decoupled;
-  h.rectify = rectify;
-  return h;
-}
+using AdaMomentumHyper = MomentHyper<T>;
 
 template <bool AMSGRAD, class T>
 FO_HOST_DEVICE FO_INLINE void adamomentum_element(T& p, T g, T& m, T& v, T& vmax,
                                                   const AdaMomentumHyper<T>& h, T step_size,
-                                                  T bc2_sqrt, bool adaptive) {
-  if (h.decoupled) p = p * h.decay;
-  else if (h.weight_decay != T(0)) g = g + h.weight_decay * p;
+                                                  T bc2_sqrt, AdaMomentumDenominator denominator) {
+  if (h.apply_decay) p = p * h.decay;
+  if (h.apply_l2) g = g + h.weight_decay * p;
   m = m * h.beta1 + h.one_minus_beta1 * g;
   // the NEW m is squared, and eps accumulates inside the state (authors' code)
   v = v * h.beta2 + h.one_minus_beta2 * m * m + h.eps;
@@ -69,13 +54,12 @@ FO_HOST_DEVICE FO_INLINE void adamomentum_element(T& p, T g, T& m, T& v, T& vmax
     vmax = vmax > v ? vmax : v;
     second = vmax;
   }
-  if (!h.rectify) {
-    p = p + (-step_size) * m / (sqrt(second) / bc2_sqrt);  // addcdiv_ order
-  } else if (adaptive) {
-    p = p + (-step_size) * m / (sqrt(second) + h.eps);
-  } else {
-    p = p + (-step_size) * m;
-  }
+  // one division for all three forms (selects, so the loop vectorizes); m / 1 == m exactly
+  const T root = sqrt(second);
+  const T denom = denominator == kBiasCorrected ? root / bc2_sqrt  // addcdiv_(m, sqrt(v) / sqrt(bc2))
+                  : denominator == kRectified   ? root + h.eps      // addcdiv_(m, sqrt(v) + eps)
+                                                : T(1);             // add_(m): SGD with momentum
+  p = p + (-step_size) * m / denom;  // torch addcdiv_ order: self + value * t1 / t2
 }
 
 }  // namespace fused_optim::math

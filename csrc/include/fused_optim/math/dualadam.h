@@ -3,17 +3,15 @@
 #pragma once
 #include <cmath>
 
+#include "fused_optim/math/moments.h"
 #include "fused_optim/platform.h"
 
 namespace fused_optim::math {
 
 // Scalars shared by every tensor of a group (the step is global).
 template <class T>
-struct DualAdamHyper {
-  T lr, decay, beta1, beta2, eps, weight_decay;  // decay = 1 - lr wd
-  T one_minus_beta1, one_minus_beta2;  // complements are formed in fp64 on the host, then rounded:
-                                      // 1 - float(0.999) is off by 1e-5 relative
-  T bc1, bc2;    // 1 - beta^t_global, rounded from fp64
+struct DualAdamHyper : MomentHyper<T> {
+  T bc1, bc2;                // 1 - beta^t with the GLOBAL step, rounded from fp64
   T alpha, one_minus_alpha;  // weights of the inverse and Adam terms while blending
   bool blend;                // alpha >= switch_rate, decided in fp64
 };
@@ -26,14 +24,8 @@ FO_HOST_DEVICE inline DualAdamHyper<T> dualadam_hyper(double lr, double beta1, d
                                                       double global_step, double alpha,
                                                       bool blend) {
   DualAdamHyper<T> h;
-  h.lr = T(lr);
-  h.decay = T(1.0 - lr * weight_decay);
-  h.beta1 = T(beta1);
-  h.beta2 = T(beta2);
-  h.eps = T(eps);
-  h.weight_decay = T(weight_decay);
-  h.one_minus_beta1 = T(1.0 - beta1);
-  h.one_minus_beta2 = T(1.0 - beta2);
+  // weight decay is decoupled (authors' code)
+  static_cast<MomentHyper<T>&>(h) = moment_hyper<T>(lr, beta1, beta2, eps, weight_decay, true);
   h.bc1 = T(1.0 - pow(beta1, global_step));
   h.bc2 = T(1.0 - pow(beta2, global_step));
   h.alpha = T(alpha);
@@ -44,7 +36,7 @@ FO_HOST_DEVICE inline DualAdamHyper<T> dualadam_hyper(double lr, double beta1, d
 
 template <class T>
 FO_HOST_DEVICE FO_INLINE void dualadam_element(T& p, T g, T& m, T& v, const DualAdamHyper<T>& h) {
-  if (h.weight_decay != T(0)) p = p * h.decay;
+  if (h.apply_decay) p = p * h.decay;
   m = m * h.beta1 + h.one_minus_beta1 * g;
   v = v * h.beta2 + h.one_minus_beta2 * g * g;
   const T mhat = m / h.bc1;

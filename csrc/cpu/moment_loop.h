@@ -1,0 +1,54 @@
+// The element loop and the chunk walk of the Adam-family updates (Adam/AdamW, AdaMomentum,
+// DualAdam): each element reads p, g, m, v (and vmax with amsgrad), updates them in
+// registers with the optimizer's math, and writes p, m, v (, vmax) back.
+#pragma once
+#include <type_traits>
+
+#include "driver.h"
+
+namespace fused_optim::cpu {
+
+// Inlined into each optimizer's FO_CPU_CLONES chunk function, so it vectorizes per ISA clone.
+template <bool AMSGRAD, class P, class T, class Update>
+FO_INLINE void moment_loop(P* __restrict p, const P* __restrict g, T* __restrict m,
+                           T* __restrict v, T* __restrict vmax, int64_t n, Update&& update) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    T pi = load_value(p[i]), mi = m[i], vi = v[i];
+    T vmaxi = AMSGRAD ? vmax[i] : T(0);
+    update(pi, T(load_value(g[i])), mi, vi, vmaxi);
+    store_value(p[i], pi);
+    m[i] = mi;
+    v[i] = vi;
+    if (AMSGRAD) vmax[i] = vmaxi;
+  }
+}
+
+// Checks the lists param, grad, exp_avg, exp_avg_sq[, max_exp_avg_sq when amsgrad].
+inline void check_moment_lists(const char* op, const AddressLists& lists,
+                               const std::vector<int64_t>& numels, DType param, bool amsgrad) {
+  const DType state = state_dtype_for(param);
+  std::vector<DType> roles{param, param, state, state};
+  if (amsgrad) roles.push_back(state);
+  check_lists(op, lists, roles, numels);
+}
+
+// Calls chunk(amsgrad_tag, tensor, p, g, m, v, vmax, n) for every chunk of the lists, with
+// amsgrad_tag a std::bool_constant (vmax is null without amsgrad).
+template <class P, class Chunk>
+void for_each_moment_chunk(const AddressLists& lists, const std::vector<int64_t>& numels,
+                           bool amsgrad, int num_threads, Chunk&& chunk) {
+  using T = math_t<P>;
+  const ChunkPlan plan = plan_chunks(numels);
+  for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t) {
+    const auto t = s.tensor;
+    P* p = address<P>(lists[0][t], s.begin);
+    const P* g = address<const P>(lists[1][t], s.begin);
+    T* m = address<T>(lists[2][t], s.begin);
+    T* v = address<T>(lists[3][t], s.begin);
+    if (amsgrad) chunk(std::true_type{}, t, p, g, m, v, address<T>(lists[4][t], s.begin), s.size);
+    else chunk(std::false_type{}, t, p, g, m, v, static_cast<T*>(nullptr), s.size);
+  });
+}
+
+}  // namespace fused_optim::cpu
