@@ -66,6 +66,17 @@ def set_grads(params, grads) -> None:
         p.grad = g.clone()
 
 
+def step_in_lockstep(pairs, steps) -> None:
+    """Steps several (optimizer, params) pairs on the same gradients, step by step; grads are
+    made for the first pair's params and cast to each pair's dtype."""
+    first_params = pairs[0][1]
+    for step in steps:
+        grads = grads_for(first_params, step)
+        for opt, params in pairs:
+            set_grads(params, [g.to(p.dtype) for g, p in zip(grads, params)])
+            opt.step()
+
+
 def fp64_copy(params: List[torch.Tensor]) -> List[torch.Tensor]:
     return [p.detach().double().clone().requires_grad_() for p in params]
 

@@ -4,7 +4,7 @@ import torch
 
 import fused_optim
 
-from .helpers import STEPS, grads_for, make_params, set_grads
+from .helpers import STEPS, make_params, step_in_lockstep
 
 BACKENDS = ["torch"] + (["cpu"] if fused_optim.availability("cpu")[0] else [])
 CASES = [
@@ -25,12 +25,7 @@ def test_matches_torch_optim_in_fp64(ours, theirs, kwargs, backend):
     twins = [p.detach().clone().requires_grad_() for p in params]
     opt = ours(params, **kwargs, backend=backend)
     ref = theirs(twins, **kwargs, foreach=False)
-    for step in range(1, STEPS + 1):
-        grads = grads_for(params, step)
-        set_grads(params, grads)
-        set_grads(twins, grads)
-        opt.step()
-        ref.step()
+    step_in_lockstep([(opt, params), (ref, twins)], range(1, STEPS + 1))
     for p, q in zip(params, twins):
         # same fp64 operations in the same order: agreement to a few ulps
         torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-16)

@@ -47,3 +47,15 @@ def flag(name: str, value, group_index=None) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}{_where(group_index)}")
     return value
+
+
+def moment_hyperparameters(group, index, *, beta2_low_open=False) -> dict:
+    """lr, betas, eps and weight_decay of the Adam family (Adam/AdamW, AdaMomentum, DualAdam)."""
+    beta1, beta2 = betas_pair(group["betas"], index)
+    return dict(
+        lr=non_negative("lr", group["lr"], index),
+        beta1=in_range("betas[0]", beta1, 0.0, 1.0, high_open=True, group_index=index),
+        beta2=in_range("betas[1]", beta2, 0.0, 1.0, low_open=beta2_low_open, high_open=True, group_index=index),
+        eps=non_negative("eps", group["eps"], index),
+        weight_decay=non_negative("weight_decay", group["weight_decay"], index),
+    )

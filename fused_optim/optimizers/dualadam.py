@@ -23,14 +23,9 @@ class DualAdam(FusedOptimizer):
         super().__init__(params, defaults, backend)
 
     def hyper(self, group, index):
-        beta1, beta2 = check.betas_pair(group["betas"], index)
         return dict(
-            lr=check.non_negative("lr", group["lr"], index),
-            beta1=check.in_range("betas[0]", beta1, 0.0, 1.0, high_open=True, group_index=index),
-            beta2=check.in_range("betas[1]", beta2, 0.0, 1.0, high_open=True, group_index=index),
-            eps=check.non_negative("eps", group["eps"], index),
+            **check.moment_hyperparameters(group, index),
             switch_rate=check.in_range("switch_rate", group["switch_rate"], 0.0, 1.0, group_index=index),
-            weight_decay=check.non_negative("weight_decay", group["weight_decay"], index),
         )
 
     def _collect(self):
