@@ -51,3 +51,18 @@ def test_bad_scalars():
         _adam(lists, [8], threads=0)
     with pytest.raises(ValueError, match="negative numel"):
         _adam(lists, [-1])
+
+
+def test_adai_flushes_denormals_only_inside_the_call():
+    """The Adai update pass runs with flush-to-zero (beta1_prod decays through denormals);
+    the caller's floating-point mode is restored afterwards."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    assert float(tiny * 1.0) != 0.0  # this thread keeps denormals
+    p = torch.zeros(1000, requires_grad=True)
+    opt = fused_optim.Adai([p], lr=0.1, backend="cpu")
+    p.grad = torch.ones(1000)
+    opt.step()
+    opt.state[p]["beta1_prod"].fill_(1e-39)  # denormal: flushed in the next update
+    opt.step()
+    assert torch.equal(opt.state[p]["beta1_prod"], torch.zeros(1000))
+    assert float(tiny * 1.0) != 0.0

@@ -112,7 +112,7 @@ std::vector<double> adai_update(const AddressLists& lists, const std::vector<int
         // the new v of the chunk is still in cache (256 KB): summing it costs no memory
         // traffic, and a separate loop keeps both loops simple enough to vectorize
         partials[size_t(c)] = sum_chunk(v, s.size);
-      });
+      }, /*flush_denormals=*/true);
     });
     return per_tensor_sums(plan, partials);
   });

@@ -2,6 +2,11 @@
 
 #include <string>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define FO_HAVE_MXCSR 1
+#endif
+
 namespace fused_optim::cpu {
 
 namespace {
@@ -43,6 +48,21 @@ void check_lists(const char* op, const AddressLists& lists, const std::vector<DT
                      " is not aligned to its " + dtype_name(role_dtypes[k]) + " elements");
     }
   }
+}
+
+DenormalFlush::DenormalFlush(bool enable) : enabled_(enable) {
+#ifdef FO_HAVE_MXCSR
+  if (enabled_) {
+    saved_ = _mm_getcsr();
+    _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+  }
+#endif
+}
+
+DenormalFlush::~DenormalFlush() {
+#ifdef FO_HAVE_MXCSR
+  if (enabled_) _mm_setcsr(saved_);
+#endif
 }
 
 ChunkPlan plan_chunks(const std::vector<int64_t>& numels) {

@@ -33,17 +33,36 @@ struct ChunkPlan {
 };
 ChunkPlan plan_chunks(const std::vector<int64_t>& numels);
 
+// Flush-to-zero and denormals-are-zero for the current thread while it lives (x86 MXCSR;
+// a no-op elsewhere). Adai's beta1_prod decays through the fp32 denormal range, where x86
+// cores take slow microcode assists; flushing changes results only below 1.2e-38.
+class DenormalFlush {
+ public:
+  explicit DenormalFlush(bool enable);
+  ~DenormalFlush();
+  DenormalFlush(const DenormalFlush&) = delete;
+  DenormalFlush& operator=(const DenormalFlush&) = delete;
+
+ private:
+  bool enabled_;
+  unsigned saved_ = 0;
+};
+
 // Runs body(ChunkSpan, chunk_index) for every chunk of the list on num_threads OpenMP threads.
 // Lists with little work stay on the calling thread: waking the pool costs more than it saves.
 template <class Body>
 void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, int num_threads,
-                    Body&& body) {
+                    Body&& body, bool flush_denormals = false) {
   const int64_t nchunks = plan.total();
   const int64_t ntensors = int64_t(numels.size());
   const bool parallel = nchunks > 1 && num_threads > 1;
-#pragma omp parallel for schedule(static) num_threads(num_threads) if (parallel)
-  for (int64_t c = 0; c < nchunks; ++c) {
-    body(locate_chunk(plan.prefix.data(), numels.data(), ntensors, kChunkElems, c), c);
+#pragma omp parallel num_threads(num_threads) if (parallel)
+  {
+    const DenormalFlush flush(flush_denormals);  // MXCSR is per thread
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      body(locate_chunk(plan.prefix.data(), numels.data(), ntensors, kChunkElems, c), c);
+    }
   }
 }
 
