@@ -27,6 +27,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("adai_vhat_sum", &adai_vhat_sum, release, py::arg("lists"), py::arg("numels"),
         py::arg("steps"), py::arg("v_sums"), py::arg("dtype"), py::arg("beta2"),
         py::arg("weight_decay"), py::arg("decoupled"), py::arg("num_threads"));
+  m.def("advance_counters", &advance_counters, release, py::arg("addresses"));
   m.def("tensor_sums", &tensor_sums, release, py::arg("lists"), py::arg("numels"),
         py::arg("dtype"), py::arg("num_threads"));
   m.def("adai_update", &adai_update, release, py::arg("lists"), py::arg("numels"),

@@ -45,4 +45,7 @@ void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels
                    double lr, double beta1, double beta2, double eps, double weight_decay,
                    double global_step, double alpha, bool blend, int num_threads);
 
+// Adds 1 to each float32 step counter (0-dim CPU tensors) at the given addresses.
+void advance_counters(const std::vector<uintptr_t>& addresses);
+
 }  // namespace fused_optim::cpu

@@ -57,7 +57,7 @@ class Adai(FusedOptimizer):
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
                 self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper,
             )
-            self._commit_steps(states)
+            self._commit_steps(b, states)
 
 
 class AdaiW(Adai):

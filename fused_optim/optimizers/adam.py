@@ -37,7 +37,7 @@ class Adam(FusedOptimizer):
                 self._column(states, "max_exp_avg_sq") if b.hyper["amsgrad"] else None,
                 self._next_steps(states), decoupled=self.decoupled, **b.hyper,
             )
-            self._commit_steps(states)
+            self._commit_steps(b, states)
 
 
 class AdamW(Adam):

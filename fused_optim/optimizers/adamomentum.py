@@ -40,4 +40,4 @@ class AdaMomentum(FusedOptimizer):
                 self._column(states, "max_exp_avg_sq") if b.hyper["amsgrad"] else None,
                 self._next_steps(states), **b.hyper,
             )
-            self._commit_steps(states)
+            self._commit_steps(b, states)

@@ -156,11 +156,16 @@ class FusedOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _next_steps(states: List[Dict[str, Any]]) -> List[float]:
         """Each param's step after this update, without committing it yet."""
-        return [float(s["step"]) + 1.0 for s in states]
+        return [s["step"].item() + 1.0 for s in states]
 
     @staticmethod
-    def _commit_steps(states: List[Dict[str, Any]]) -> None:
-        torch._foreach_add_([s["step"] for s in states], 1.0)
+    def _commit_steps(batch: Batch, states: List[Dict[str, Any]]) -> None:
+        steps = [s["step"] for s in states]
+        advance = getattr(batch.impl, "advance_steps", None)
+        if advance is not None:
+            advance(steps)
+        else:
+            torch._foreach_add_(steps, 1.0)
 
     @staticmethod
     def _column(states: List[Dict[str, Any]], key: str) -> List[torch.Tensor]:
