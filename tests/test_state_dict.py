@@ -152,3 +152,22 @@ def test_state_of_the_wrong_shape_is_rejected_before_loading():
     with pytest.raises(ValueError, match="shape"):
         fresh.load_state_dict(sd)
     assert len(fresh.state) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_foreign_step_types_are_converted(backend):
+    """Steps written as ints (the authors' code) or int/double tensors continue correctly."""
+    params = make_params("7", torch.float32)
+    opt = fused_optim.AdaMomentum(params, backend=backend)
+    _run(opt, params, [1, 2])
+    reference = [p.detach().clone() for p in params]
+    for step_value in (2, torch.tensor(2), torch.tensor(2.0, dtype=torch.float64)):
+        twin = [p.detach().clone().requires_grad_() for p in reference]
+        other = fused_optim.AdaMomentum(twin, backend=backend)
+        sd = opt.state_dict()
+        sd["state"][0]["step"] = step_value
+        other.load_state_dict(sd)
+        other.state[twin[0]]["step"] = step_value  # as a user might write it after loading
+        _run(other, twin, [3])
+        assert float(other.state[twin[0]]["step"]) == 3.0
+        assert other.state[twin[0]]["step"].dtype == torch.float32

@@ -143,8 +143,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         states = []
         for p in batch.params:
             state = self.state[p]
-            if self.per_param_step and "step" not in state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            if self.per_param_step:
+                step = state.get("step")
+                # a float32 CPU scalar, as torch.optim keeps it (and what the native counter
+                # update expects); anything else a user or another library put there is converted
+                if not (torch.is_tensor(step) and step.dtype is torch.float32 and step.is_cpu and step.dim() == 0):
+                    state["step"] = torch.tensor(0.0 if step is None else float(step), dtype=torch.float32)
             for key, initial in layout.items():
                 if key not in state:
                     state[key] = torch.full_like(
