@@ -274,3 +274,21 @@ def test_adai_cpu_sees_every_outside_change_of_exp_avg_sq(how):
         ref.step()
     for p, q in zip(params, twins):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+@pytest.mark.parametrize("name", NAMES)
+def test_mixed_dtypes_in_one_group_match_the_reference_backend(name, backend):
+    """A group holding fp32, bf16 and fp64 params runs as one batch per dtype; Adai's mean
+    spans all of them. Both sides do the same per-dtype math (fp32 for bf16)."""
+    def params():
+        return (make_params("4097", torch.float32) + make_params("7", torch.bfloat16, seed=2)
+                + make_params("300_small", torch.float64, seed=3)[:5])
+    ours, theirs = params(), params()
+    opt, ref = _opt(name, ours, backend), _opt(name, theirs, "torch")
+    step_in_lockstep([(opt, ours), (ref, theirs)], range(1, 5))
+    for p, q in zip(ours, theirs):
+        assert p.dtype == q.dtype
+        # fp64 params get the fp32 bound too: Adai's mean mixes in the fp32 params' terms
+        tol = {torch.bfloat16: (2 ** -6, 1e-4)}.get(p.dtype, (1e-4, 1e-5))
+        torch.testing.assert_close(p, q, rtol=tol[0], atol=tol[1])
