@@ -2,11 +2,13 @@
 python -m bench.gpu_peers [--device cuda] [--numel N] [--out DIR] [--no-compile]
 
 Until fused_optim has GPU kernels, a lent GPU measures what they must beat (design.md):
-- the yardstick: a large device-to-device copy, counting bytes read plus written (8 B/el);
+- the yardstick: a large device-to-device copy, counting bytes read plus written (8 B/el; on
+  a CPU the in-place dst.add_(src) stream of bench/README.md instead);
 - torch.optim.AdamW(fused=True) and (foreach=True), 28 B/el;
 - torch.compile of each optimizer's reference step (fused_optim.reference, what
   backend="torch" runs), at a fixed step count so it compiles once;
-- our reference step eagerly (the auto fallback for GPU tensors today).
+- our reference step eagerly (the auto fallback for GPU tensors today);
+- our own kernels where the device has them (the cpu backend, when run on a CPU).
 One fp32 tensor of --numel elements (the issues' 1B-element case by default on CUDA). Times
 are medians over repeats after warm-up, taken with device events; ratios come from this run.
 Runs on the CPU too (small sizes) so the script is checked where no GPU is.
@@ -100,8 +102,11 @@ def main(argv=None) -> None:
         rows.append(timing)
         print(f"{label:<42} {timing['median_s'] * 1e3:9.3f} ms {timing['gbps']:8.1f} GB/s", flush=True)
 
-    src, dst = tensor(), torch.empty(numel, device=device)
-    record("copy_ (read + write)", 8, median_seconds(lambda: dst.copy_(src), device, 3, args.repeats))
+    src, dst = tensor(), tensor()
+    if device.type == "cuda":
+        record("copy_ (read + write)", 8, median_seconds(lambda: dst.copy_(src), device, 3, args.repeats))
+    else:  # on x86 a copy's stores read their lines first: add_ moves the 12 B it counts (design.md)
+        record("add_ (read, read, write)", 12, median_seconds(lambda: dst.add_(src), device, 3, args.repeats))
     del src, dst
     param, grad = tensor(), tensor() * 0.01
     for mode in ("fused", "foreach"):
@@ -110,8 +115,16 @@ def main(argv=None) -> None:
         opt = torch.optim.AdamW([p], **{mode: True})
         record(f"torch.optim.AdamW({mode}=True)", 28, median_seconds(opt.step, device, 3, args.repeats))
         del opt, p
+    native = [b for b in ("cpu",) if fused_optim.backends.serves(b, device)[0]]
     for name in names:
         moved = OPTIMIZERS[name].bytes_per_element
+        for backend in native:  # our kernels, where this device has them
+            spec = OPTIMIZERS[name]
+            p = param.clone().requires_grad_()
+            p.grad = grad
+            opt = spec.cls([p], **spec.cases["default"], backend=backend)
+            record(f"{name} fused_optim backend={backend}", moved, median_seconds(opt.step, device, 3, args.repeats))
+            del opt, p
         step = reference_step(name, [param.clone()], [grad], device)
         record(f"{name} reference, eager", moved, median_seconds(step, device, 2, max(3, args.repeats // 4)))
         if not args.no_compile:
@@ -124,15 +137,15 @@ def main(argv=None) -> None:
         del step
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    copy_gbps = rows[0]["gbps"]
+    yardstick_gbps = rows[0]["gbps"]
     for row in rows:
-        row["pct_copy"] = 100.0 * row["gbps"] / copy_gbps
+        row["pct_yardstick"] = 100.0 * row["gbps"] / yardstick_gbps
     env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "torch": torch.__version__, "numel": numel, "fused_optim": fused_optim.__version__}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"gpu_peers-{device.type}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"schema": "fused_optim.bench.gpu_peers/1", "environment": env, "rows": rows}, indent=1))
-    print(f"\n{env['device']}: % of copy bandwidth: " + ", ".join(f"{r['label']} {r['pct_copy']:.0f}%" for r in rows[1:]))
+    print(f"\n{env['device']}: % of the yardstick's bandwidth: " + ", ".join(f"{r['label']} {r['pct_yardstick']:.0f}%" for r in rows[1:]))
     print(f"results: {path}")
 
 
