@@ -292,3 +292,24 @@ def test_mixed_dtypes_in_one_group_match_the_reference_backend(name, backend):
         # fp64 params get the fp32 bound too: Adai's mean mixes in the fp32 params' terms
         tol = {torch.bfloat16: (2 ** -6, 1e-4)}.get(p.dtype, (1e-4, 1e-5))
         torch.testing.assert_close(p, q, rtol=tol[0], atol=tol[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adai_counts_params_whose_grad_is_all_zero(backend):
+    """Spec: a param whose grad is all zeros still counts in the mean's element count."""
+    from fused_optim.reference.authors import AuthorsAdai
+
+    params = make_params("4097", torch.float64) + make_params("7", torch.float64, seed=5)
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    opt, ref = fused_optim.Adai(params, lr=0.5, backend=backend), AuthorsAdai(twins, lr=0.5)
+    alone = [params[0].detach().clone().requires_grad_()]
+    without = fused_optim.Adai(alone, lr=0.5, backend=backend)
+    for step in range(1, 4):
+        grad = grads_for(params[:1], step)[0]
+        for ps in (params, twins):
+            ps[0].grad, ps[1].grad = grad.clone(), torch.zeros_like(ps[1])
+        alone[0].grad = grad.clone()
+        for o in (opt, ref, without):
+            o.step()
+    torch.testing.assert_close(params[0], twins[0], rtol=1e-12, atol=1e-15)
+    assert not torch.equal(params[0], alone[0])  # the 7 zero elements changed the mean
