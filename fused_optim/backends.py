@@ -6,6 +6,7 @@ module fused_optim._cpu), "cuda" and "triton" (GPU kernels, not part of this ver
 warns once when it has to fall back. FUSED_OPTIM_BACKEND in the environment replaces "auto".
 An explicitly requested backend that cannot serve raises an error that says why.
 """
+import importlib
 import os
 import warnings
 from functools import lru_cache
@@ -29,7 +30,7 @@ def availability(backend: str) -> Tuple[bool, str]:
         return True, "pure-torch reference, always available"
     if backend == "cpu":
         try:
-            from . import _cpu  # noqa: F401
+            importlib.import_module(f"{__package__}._cpu")
         except ImportError as err:
             return False, f"the native module fused_optim._cpu did not import ({err}); reinstall with a C++ compiler"
         return True, "native module fused_optim._cpu"

@@ -313,3 +313,26 @@ def test_adai_counts_params_whose_grad_is_all_zero(backend):
             o.step()
     torch.testing.assert_close(params[0], twins[0], rtol=1e-12, atol=1e-15)
     assert not torch.equal(params[0], alone[0])  # the 7 zero elements changed the mean
+
+
+def test_without_the_native_module_auto_falls_back_to_torch(monkeypatch):
+    """An install without fused_optim._cpu (e.g. not Linux) still works on the torch backend,
+    says why once, and refuses an explicit backend="cpu" with the reason."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fused_optim._cpu", None)  # makes the import fail
+    backends.availability.cache_clear()
+    backends._warned.clear()
+    try:
+        ok, why = fused_optim.availability("cpu")
+        assert not ok and "did not import" in why
+        params = make_params("7", torch.float32)
+        with pytest.warns(RuntimeWarning, match="torch reference backend"):
+            opt = fused_optim.AdamW(params)
+            set_grads(params, grads_for(params, 1))
+            opt.step()
+        assert float(opt.state[params[0]]["step"]) == 1.0
+        with pytest.raises(fused_optim.BackendUnavailable, match="did not import"):
+            fused_optim.AdamW(params, backend="cpu")
+    finally:
+        backends.availability.cache_clear()
