@@ -110,3 +110,15 @@ def test_adai_rejects_eps_zero():
     # eps bounds beta1 <= 1 - eps; with 0, 1 - beta1_prod can reach 0 and give 0/0
     with pytest.raises(ValueError, match="eps"):
         fused_optim.Adai(make_params("7", torch.float32), lr=0.1, eps=0.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_state_that_no_longer_fits_its_param(name, backend):
+    """A param converted after its state was made (model.double() mid-run) is refused before
+    anything changes: the native kernels would otherwise read state memory of the wrong size."""
+    opt, params = _started(name, backend)
+    with torch.no_grad():
+        params[0].data = params[0].data.double()
+    params[0].grad = params[0].grad.double()
+    _expect_untouched(opt, ValueError, "does not fit")

@@ -125,6 +125,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                     device = p.device
                 elif p.device != device:
                     raise ValueError(f"all parameters of one {name} must be on one device; got {device} and {p.device}")
+                state = self.state.get(p)
+                if state:
+                    self._check_state(p, state)
                 lists = by_dtype.setdefault(p.dtype, [[], []])
                 lists[0].append(p)
                 lists[1].append(g)
@@ -137,6 +140,23 @@ class FusedOptimizer(torch.optim.Optimizer):
         return batches
 
     # ----- state -----------------------------------------------------------------------------
+    def _check_state(self, p: torch.Tensor, state: Dict[str, Any]) -> None:
+        """Existing state must fit its param: the kernels trust shapes and dtypes (a param
+        converted with .double() or .to(device) after its state was made would otherwise be
+        updated from memory of the wrong size)."""
+        want = math_dtype(p.dtype)
+        where = p.get_device()
+        for key, value in state.items():
+            if key == "step" or not torch.is_tensor(value):
+                continue
+            if value.shape != p.shape or value.dtype != want or value.get_device() != where:
+                raise ValueError(
+                    f"{type(self).__name__}: state {key!r} ({value.dtype}, {tuple(value.shape)}, {value.device}) "
+                    f"does not fit its parameter ({p.dtype} -> states {want}, {tuple(p.shape)}, {p.device}); "
+                    "was the parameter converted or moved after the optimizer made its state? Move the model "
+                    "before creating the optimizer, or load a state dict"
+                )
+
     def _states(self, batch: Batch) -> List[Dict[str, Any]]:
         """The state of each param of a batch, creating what is missing (after validation)."""
         layout = self.state_layout(batch.hyper)
