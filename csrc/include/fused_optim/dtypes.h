@@ -6,6 +6,10 @@
 
 #include "fused_optim/platform.h"
 
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#endif
+
 namespace fused_optim {
 
 // Codes passed from Python (fused_optim/_dtypes.py holds the same table).
