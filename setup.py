@@ -4,15 +4,27 @@ fused_optim._cpu: g++ with OpenMP and SIMD (runtime ISA dispatch, see csrc/inclu
 platform.h), bound with pybind11 and taking raw addresses, so it links no libtorch and one
 build serves every torch version.
 
-Environment: MAX_JOBS (parallel compile jobs), FUSED_OPTIM_CPU_DEBUG=1 (-O0 -g, for gdb).
+Environment: MAX_JOBS (parallel compile jobs), FUSED_OPTIM_CPU_DEBUG=1 (-O0 -g, for gdb),
+FUSED_OPTIM_VERSION_LABEL (the local version label, see version()).
 """
 import os
+import re
 import sys
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def version() -> str:
+    """fused_optim.__version__ with a local label saying what the build carries, as torch's
+    wheels do (2.13.0+cpu): "+cpu" for the CPU module alone. FUSED_OPTIM_VERSION_LABEL
+    overrides the label; set it empty for a plain version (an sdist for an index)."""
+    with open(os.path.join(ROOT, "fused_optim", "__init__.py")) as f:
+        base = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+    label = os.environ.get("FUSED_OPTIM_VERSION_LABEL", "cpu")
+    return f"{base}+{label}" if label else base
 
 
 def cpu_extension():
@@ -54,6 +66,7 @@ else:
     ext_modules = []
 
 setup(
+    version=version(),
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
 )
