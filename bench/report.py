@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 import torch
 
 import fused_optim
+from fused_optim.env import cpu_model
 
 from .cpu_first import RATIO_PEER, YARDSTICK_BYTES, OptimizerCase, Timing
 
@@ -152,17 +153,6 @@ def targets_text(checks: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _git(*args: str) -> Optional[str]:
     try:
         out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
@@ -211,7 +201,7 @@ def environment(other_cpus_before: float, other_cpus_during: float) -> Dict:
         "torch": torch.__version__,
         "fused_optim": fused_optim.__version__,
         "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         # CPUs' worth of other processes' work; above ~0.1 the timings are not representative

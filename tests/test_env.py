@@ -1,0 +1,32 @@
+"""`python -m fused_optim.env`: runs, its JSON parses and agrees with availability()."""
+import json
+import os
+import subprocess
+import sys
+
+import fused_optim
+
+
+def _run(*args):
+    # without FUSED_OPTIM_BACKEND, so the report does not depend on the caller's environment
+    env = {k: v for k, v in os.environ.items() if k != "FUSED_OPTIM_BACKEND"}
+    return subprocess.run([sys.executable, "-m", "fused_optim.env", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_text_report_names_every_backend():
+    proc = _run()
+    assert proc.returncode == 0, proc.stderr
+    for name in fused_optim.BACKENDS:
+        if name != "auto":
+            assert f"  {name} " in proc.stdout
+    assert "CUDA archs compiled in:" in proc.stdout
+
+
+def test_json_report_agrees_with_availability():
+    proc = _run("--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["fused_optim"] == fused_optim.__version__
+    assert info["backends"]["cpu"]["available"] == fused_optim.availability("cpu")[0]
+    assert set(info["backends"]) == set(fused_optim.BACKENDS) - {"auto"}
