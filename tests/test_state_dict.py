@@ -171,3 +171,48 @@ def test_foreign_step_types_are_converted(backend):
         _run(other, twin, [3])
         assert float(other.state[twin[0]]["step"]) == 3.0
         assert other.state[twin[0]]["step"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("name,case", CASES, ids=[f"{n}-{c}" for n, c in CASES])
+def test_resume_on_another_backend(name, case):
+    """Saved on one backend, continued on the other: the same run up to the two backends'
+    fp32 rounding (they order a few operations differently)."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("the native cpu backend is not built")
+    spec = OPTIMIZERS[name]
+    kwargs = spec.cases[case]
+    for first, second in (("cpu", "torch"), ("torch", "cpu")):
+        straight = make_params("4097", torch.float32)
+        opt = spec.cls(straight, **kwargs, backend=first)
+        _run(opt, straight, range(1, 7))
+        resumed = make_params("4097", torch.float32)
+        early = spec.cls(resumed, **kwargs, backend=first)
+        _run(early, resumed, range(1, 4))
+        moved = spec.cls(resumed, **kwargs, backend=second)
+        moved.load_state_dict(_roundtrip(early.state_dict()))
+        _run(moved, resumed, range(4, 7))
+        for a, b in zip(straight, resumed):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ours,theirs", [("Adai", "AuthorsAdai"), ("AdaMomentum", "AuthorsAdaMomentum")])
+def test_authors_state_dicts_load_and_continue(ours, theirs, backend):
+    """A run started with the authors'-structure optimizer (their state keys, int steps)
+    continues in ours as if it had never changed optimizer (fp64)."""
+    from fused_optim.reference import authors
+
+    kwargs = OPTIMIZERS[ours].cases["default"]
+    params = make_params("4097", torch.float64)
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    theirs_opt = getattr(authors, theirs)(params, **kwargs)
+    _run(theirs_opt, params, [1, 2, 3])
+    with torch.no_grad():
+        for p, q in zip(params, twins):
+            q.copy_(p)
+    ours_opt = getattr(fused_optim, ours)(twins, **kwargs, backend=backend)
+    ours_opt.load_state_dict(_roundtrip(theirs_opt.state_dict()))
+    _run(theirs_opt, params, [4, 5])
+    _run(ours_opt, twins, [4, 5])
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-15)

@@ -230,6 +230,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         imported = dict(state_dict)
         imported["state"] = imported_state
         imported["param_groups"] = copy.deepcopy(saved_groups)
+        # hyperparameters the other implementation does not have (the authors' AdaMomentum has
+        # no amsgrad, say) keep this optimizer's current values
+        for saved_group, group in zip(imported["param_groups"], self.param_groups):
+            for key, value in group.items():
+                if key != "params":
+                    saved_group.setdefault(key, value)
         return imported
 
     def _restore_state(self, imported: Dict[str, Any]) -> None:
