@@ -10,14 +10,13 @@ O(1/sqrt(k)) for Adam (its escape time depends much less on sharpness).
 
     python examples/adai_styblinski_tang.py [--out DIR] [--steps N]
 """
-import argparse
 import math
 import time
-from pathlib import Path
 
 import torch
 
 import fused_optim
+from _plotting import command_line, pyplot, save
 
 A, SADDLE = -2.903534, 0.156731  # the 1-D minimum we start in and the saddle bounding its valley
 H_A = 6 * A * A - 16  # f''(a) = 34.58
@@ -84,9 +83,7 @@ def slope(points):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "plots")
-    parser.add_argument("--steps", type=int, default=2000, help="steps per run (default 2000)")
+    parser = command_line(__doc__, "steps", 2000, "steps per run")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -107,13 +104,9 @@ def main():
 
 
 def plot(times, rates, steps, path):
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed, so no plot: pip install matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for name in OPTIMIZERS:
@@ -137,9 +130,7 @@ def plot(times, rates, steps, path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"plot: {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ global minimum.
 
     python examples/adamomentum_toy_functions.py [--out DIR] [--steps N]
 """
-import argparse
 import math
 import time
-from pathlib import Path
 
 import torch
 
 import fused_optim
+from _plotting import command_line, pyplot, save
 
 
 def beale(x, y):
@@ -74,9 +73,7 @@ def grid(half_width, n=12):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "plots")
-    parser.add_argument("--steps", type=int, default=500, help="steps per run (default 500)")
+    parser = command_line(__doc__, "steps", 500, "steps per run")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -100,13 +97,9 @@ def main():
 
 
 def plot(runs, path):
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed, so no plot: pip install matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import BoundaryNorm
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 8), gridspec_kw={"height_ratios": [3, 2]})
@@ -133,9 +126,7 @@ def plot(runs, path):
     axes[0, 0].legend(loc="lower left", fontsize=8)
     axes[1, 0].legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"plot: {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

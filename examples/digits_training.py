@@ -6,15 +6,14 @@ each gets a learning rate of its kind. Per epoch: train and test loss and accura
 
     python examples/digits_training.py [--out DIR] [--epochs N]
 """
-import argparse
 import copy
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import fused_optim
+from _plotting import command_line, pyplot, save
 
 BATCH = 32
 # lrs (ours, not tuned beyond a few tries): Adai's lr is the SGD-scale effective step (its
@@ -70,9 +69,7 @@ def train(make_optimizer, initial_model, data, orders):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "plots")
-    parser.add_argument("--epochs", type=int, default=30, help="epochs per optimizer (default 30)")
+    parser = command_line(__doc__, "epochs", 30, "epochs per optimizer")
     args = parser.parse_args()
     try:
         data = load_data()
@@ -98,13 +95,9 @@ def main():
 
 
 def plot(results, path):
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed, so no plot: pip install matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     titles = ["train loss", "train accuracy", "test loss", "test accuracy"]
@@ -121,9 +114,7 @@ def plot(results, path):
         ax.set_xlabel("epoch")
     axes[0, 0].legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"plot: {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

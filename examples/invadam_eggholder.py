@@ -10,13 +10,12 @@ eigenvalue) of the points each optimizer ends at.
 
     python examples/invadam_eggholder.py [--out DIR] [--steps N]
 """
-import argparse
 import time
-from pathlib import Path
 
 import torch
 
 import fused_optim
+from _plotting import command_line, pyplot, save
 
 BOX = 512.0  # the Eggholder function is defined on [-512, 512]^2; global minimum -959.64 at (512, 404.23)
 START = (400.0, -200.0)  # ours: the paper gives no start point
@@ -64,9 +63,7 @@ def sharpness(points):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "plots")
-    parser.add_argument("--steps", type=int, default=400, help="steps per run (default 400)")
+    parser = command_line(__doc__, "steps", 400, "steps per run")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -92,13 +89,9 @@ def main():
 
 
 def plot(paths, ends, path):
-    try:
-        import matplotlib
-    except ImportError:
-        print("matplotlib is not installed, so no plot: pip install matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.4), gridspec_kw={"width_ratios": [1, 1.1]})
     g = torch.linspace(-BOX, BOX, 400, dtype=torch.float64)
@@ -127,9 +120,7 @@ def plot(paths, ends, path):
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"plot: {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":
