@@ -24,11 +24,6 @@ class Adam(FusedOptimizer):
             maximize=check.flag("maximize", group["maximize"], index),
         )
 
-    def state_layout(self, hyper):
-        if hyper["amsgrad"]:
-            return {**self.state_initial_values, "max_exp_avg_sq": 0.0}
-        return self.state_initial_values
-
     def _update(self, batches):
         for b in batches:
             states = self._states(b)

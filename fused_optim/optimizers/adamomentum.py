@@ -27,11 +27,6 @@ class AdaMomentum(FusedOptimizer):
             rectify=check.flag("rectify", group["rectify"], index),
         )
 
-    def state_layout(self, hyper):
-        if hyper["amsgrad"]:
-            return {**self.state_initial_values, "max_exp_avg_sq": 0.0}
-        return self.state_initial_values
-
     def _update(self, batches):
         for b in batches:
             states = self._states(b)

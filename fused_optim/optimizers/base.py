@@ -27,7 +27,7 @@ class Batch:
 
 class FusedOptimizer(torch.optim.Optimizer):
     # Per-param tensor states created at a param's first step: name -> initial value (0 or 1).
-    # Subclasses extend it through state_layout() when a flag (amsgrad) adds a state.
+    # amsgrad (Adam, AdaMomentum) adds max_exp_avg_sq, see state_layout().
     state_initial_values: Dict[str, float] = {}
     # Keys other implementations use for our states (authors' code), renamed on load.
     state_aliases: Dict[str, str] = {}
@@ -50,6 +50,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def state_layout(self, hyper: Dict[str, Any]) -> Dict[str, float]:
         """The tensor states a param of a group with these hyperparameters needs."""
+        if hyper.get("amsgrad"):
+            return {**self.state_initial_values, "max_exp_avg_sq": 0.0}
         return self.state_initial_values
 
     # ----- param groups ----------------------------------------------------------------------
