@@ -5,12 +5,34 @@ module fused_optim._cpu), "cuda" and "triton" (GPU kernels, not part of this ver
 "auto" picks cuda -> triton -> torch for GPU tensors and cpu -> torch for CPU tensors, and
 warns once when it has to fall back. FUSED_OPTIM_BACKEND in the environment replaces "auto".
 An explicitly requested backend that cannot serve raises an error that says why.
+
+The contract every backend module implements (all tensors of one call on one device, the
+params of one dtype; lists may be long and tensors zero-size or non-contiguous):
+
+    adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1, beta2,
+              eps, weight_decay, decoupled, amsgrad, maximize, grad_scale=None, found_inf=None)
+    adamomentum_step(... the same, with rectify in place of maximize ...)
+    dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta1, beta2, eps,
+                  weight_decay, switch_rate, grad_scale=None, found_inf=None)
+    adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
+                       grad_scale=None, found_inf=None) -> 0-dim float64 tensor: sum of vhat
+    adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2,
+                eps, weight_decay, decoupled, vbar, grad_scale=None, found_inf=None)
+
+- steps: each param's counter, a 0-dim float32 tensor holding the count BEFORE this step
+  (the update uses t = step + 1); global_step: DualAdam's one counter, 0-dim float64, the
+  same way. Backends only read them; the optimizer advances them once every call succeeded.
+- vbar: 0-dim float64 tensor, Adai's global mean of vhat over every param with a grad.
+- grad_scale / found_inf: a GradScaler's scale (grads are divided by it) and its inf flag
+  (nonzero: the step changes nothing).
+- Adai's two passes together have the effect of the reference's two; how the work is split
+  between them is the backend's (the cpu pass 1 writes nothing, the reference's writes v).
 """
 import importlib
 import os
 import warnings
 from functools import lru_cache
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -83,6 +105,9 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+# torch.compile calls this at trace time and keeps the answer (a backend name) as a constant:
+# what it looks at (imports, the environment) is not traceable and does not change in a run
+@torch.compiler.assume_constant_result
 def choose(backend: str, device: torch.device) -> str:
     """The backend that will update a group on `device` (backend from requested_backend)."""
     if backend != "auto":
@@ -101,14 +126,31 @@ def choose(backend: str, device: torch.device) -> str:
     return "torch"
 
 
+_implementations: Dict[str, Any] = {}
+_operators: Dict[str, Any] = {}
+
+
 def implementation(backend: str):
-    """The module with the step functions of a backend; all share the reference's signatures."""
-    if backend == "torch":
-        from . import reference
+    """The module with the step functions of a backend (the contract in this module's doc)."""
+    module = _implementations.get(backend)
+    if module is None:
+        if backend == "torch":
+            from . import torch_backend as module
+        elif backend == "cpu":
+            from . import cpu_backend as module
+        else:
+            raise BackendUnavailable(f"backend={backend!r}: {availability(backend)[1]}")
+        _implementations[backend] = module
+    return module
 
-        return reference
-    if backend == "cpu":
-        from . import cpu_backend
 
-        return cpu_backend
-    raise BackendUnavailable(f"backend={backend!r}: {availability(backend)[1]}")
+def operators(backend: str):
+    """The same functions as torch.library operators (fused_optim._ops), for torch.compile.
+    Both lookups are dictionary reads once FusedOptimizer registered the backend in eager
+    mode, so torch.compile traces them without a break."""
+    ops = _operators.get(backend)
+    if ops is None:
+        from . import _ops
+
+        ops = _operators[backend] = _ops.operators(backend, implementation(backend))
+    return ops

@@ -1,7 +1,7 @@
 """The "cpu" backend: the reference's step functions, computed by the native module.
 
-Each function has the signature of its counterpart in fused_optim.reference and hands the
-whole tensor list to ONE native call (per pass). The native side iterates over raw memory,
+Each function follows the backend contract (backends.py) and hands the whole tensor list to
+ONE native call (per pass). The native side iterates over raw memory,
 so every tensor of one element index (param, grad, states) must share a dense layout; where
 one does not (a strided view, say), that index goes through contiguous staging copies that
 are written back after the call.
@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import _cpu
+from ._grad_scaling import skipped, unscaled
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 
@@ -64,6 +65,10 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+def _new_steps(steps: List[torch.Tensor]) -> List[float]:
+    return [s.item() + 1.0 for s in steps]
+
+
 def advance_steps(steps: List[torch.Tensor]) -> None:
     """Adds 1 to each 0-dim float32 CPU step tensor (FusedOptimizer._states makes them so) in
     one native call: torch's per-tensor ops (torch._foreach_add_ included) cost ~2 us per CPU
@@ -73,12 +78,15 @@ def advance_steps(steps: List[torch.Tensor]) -> None:
 
 def adam_step(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[torch.Tensor]], steps, *,
-    lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
+    lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize, grad_scale=None, found_inf=None,
 ) -> None:
+    if skipped(found_inf):
+        return
+    grads = unscaled(grads, grad_scale)
     roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
     staged = _Staged(roles, [True, False, True, True, True])
     _cpu.adam_step(
-        staged.addresses, staged.numels, steps, _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
+        staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
         num_threads=_threads(),
     )
@@ -87,12 +95,15 @@ def adam_step(
 
 def adamomentum_step(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[torch.Tensor]], steps, *,
-    lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, rectify,
+    lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, rectify, grad_scale=None, found_inf=None,
 ) -> None:
+    if skipped(found_inf):
+        return
+    grads = unscaled(grads, grad_scale)
     roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
     staged = _Staged(roles, [True, False, True, True, True])
     _cpu.adamomentum_step(
-        staged.addresses, staged.numels, steps, _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
+        staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
         num_threads=_threads(),
     )
@@ -101,14 +112,19 @@ def adamomentum_step(
 
 def dualadam_step(
     params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta1, beta2, eps, weight_decay, switch_rate,
+    grad_scale=None, found_inf=None,
 ) -> None:
     from .reference import dualadam_blend_weight
 
-    alpha, blend = dualadam_blend_weight(global_step, switch_rate)
+    if skipped(found_inf):
+        return
+    grads = unscaled(grads, grad_scale)
+    t = int(global_step.item()) + 1
+    alpha, blend = dualadam_blend_weight(t, switch_rate)
     staged = _Staged([params, grads, exp_avgs, exp_avg_sqs], [True, False, True, True])
     _cpu.dualadam_step(
         staged.addresses, staged.numels, _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-        weight_decay=weight_decay, global_step=float(global_step), alpha=alpha, blend=blend,
+        weight_decay=weight_decay, global_step=float(t), alpha=alpha, blend=blend,
         num_threads=_threads(),
     )
     staged.finish()
@@ -155,10 +171,13 @@ def _carried_v_sums(exp_avg_sqs: List[torch.Tensor]) -> List[float]:
     return sums
 
 
-def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled) -> torch.Tensor:
+def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, grad_scale=None,
+                       found_inf=None) -> torch.Tensor:
+    # pass 1 writes nothing, so found_inf needs no check here (adai_update skips)
+    grads = unscaled(grads, grad_scale)
     staged = _Staged([params, grads], [False, False])
     total = _cpu.adai_vhat_sum(
-        staged.addresses, staged.numels, steps, _carried_v_sums(exp_avg_sqs), _dtype_code(params),
+        staged.addresses, staged.numels, _new_steps(steps), _carried_v_sums(exp_avg_sqs), _dtype_code(params),
         beta2=beta2, weight_decay=weight_decay, decoupled=decoupled, num_threads=_threads(),
     )
     return torch.tensor(total, dtype=torch.float64)
@@ -166,11 +185,14 @@ def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay
 
 def adai_update(
     params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *,
-    lr, beta0, beta2, eps, weight_decay, decoupled, vbar,
+    lr, beta0, beta2, eps, weight_decay, decoupled, vbar, grad_scale=None, found_inf=None,
 ) -> None:
+    if skipped(found_inf):
+        return
+    grads = unscaled(grads, grad_scale)
     staged = _Staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], [True, False, True, True, True])
     v_sums = _cpu.adai_update(
-        staged.addresses, staged.numels, steps, _dtype_code(params), lr=lr, beta0=beta0, beta2=beta2,
+        staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta0=beta0, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, vbar=float(vbar), num_threads=_threads(),
     )
     staged.finish()

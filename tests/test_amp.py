@@ -1,7 +1,8 @@
 """Automatic mixed precision: training under torch.autocast with a GradScaler on the CPU.
-The scaler unscales the grads (a power of two: exact) and calls step() unless it found an
-inf/NaN, so a scaled run equals an unscaled one bit for bit, and an overflowing step changes
-nothing."""
+Our optimizers set _step_supports_amp_scaling, so the scaler hands them its scale and inf flag
+(as it does torch's fused Adam) instead of unscaling the grads in memory: the step divides by
+the scale (a power of two: exact), so a scaled run equals an unscaled one bit for bit, and an
+overflowing step changes nothing, step counters included."""
 import pytest
 import torch
 
@@ -63,3 +64,17 @@ def test_grad_scaler_under_autocast_equals_the_unscaled_run(name, backend):
 @pytest.mark.parametrize("name", ["Adai", "DualAdam", "AdamW"])
 def test_overflowing_step_is_skipped(name, backend):
     _train(name, backend, torch.amp.GradScaler("cpu", init_scale=2.0**10), _batches(4), poison_step=2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scaler_hands_the_scale_to_the_step_and_grads_stay_scaled(backend):
+    """The fused path: p.grad is not rewritten by unscale_ (one pass less over the grads)."""
+    model = _model()
+    opt = fused_optim.AdamW(model.parameters(), backend=backend)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    x, y = _batches(1)[0]
+    scaler.scale(torch.nn.functional.cross_entropy(model(x), y)).backward()
+    scaled_grads = [p.grad.clone() for p in model.parameters()]
+    scaler.step(opt)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), scaled_grads))
+    assert not hasattr(opt, "grad_scale") and not hasattr(opt, "found_inf")  # the scaler took them back

@@ -17,8 +17,12 @@ def as_float(name: str, value, group_index=None) -> float:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{name} must be a real number, got {value!r}{_where(group_index)}")
-    value = float(value)
-    if not math.isfinite(value):
+    if not isinstance(value, float):
+        value = float(value)
+    # comparisons, not math.isfinite: torch.compile traces a float hyperparameter as a
+    # symbolic input (an lr schedule then recompiles nothing), and comparisons are traceable;
+    # NaN fails both
+    if not -math.inf < value < math.inf:
         raise ValueError(f"{name} must be finite, got {value}{_where(group_index)}")
     return value
 

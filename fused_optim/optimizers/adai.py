@@ -39,14 +39,15 @@ class Adai(FusedOptimizer):
         work = []
         total = None
         count = 0
+        scaling = self.scaling()
         # pass 1 over every batch of every group; sums combined in a fixed order (deterministic)
         for b in batches:
             states = self._states(b)
-            steps = self._next_steps(states)
+            steps = self._column(states, "step")
             h = b.hyper
             part = b.impl.adai_second_moment(
                 b.params, b.grads, self._column(states, "exp_avg_sq"), steps,
-                beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"],
+                beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"], **scaling,
             )
             total = part if total is None else total + part.to(total.device)
             count += sum(p.numel() for p in b.params)
@@ -55,7 +56,7 @@ class Adai(FusedOptimizer):
         for b, states, steps in work:
             b.impl.adai_update(
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
-                self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper,
+                self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper, **scaling,
             )
             self._commit_steps(b, states)
 

@@ -33,6 +33,6 @@ class AdaMomentum(FusedOptimizer):
             b.impl.adamomentum_step(
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
                 self._column(states, "max_exp_avg_sq") if b.hyper["amsgrad"] else None,
-                self._next_steps(states), **b.hyper,
+                self._column(states, "step"), **b.hyper, **self.scaling(),
             )
             self._commit_steps(b, states)

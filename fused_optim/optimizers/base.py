@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from .. import backends
+from .._grad_scaling import skipped
 from ..reference._common import math_dtype
 
 
@@ -20,7 +21,9 @@ class Batch:
     group: Dict[str, Any]
     hyper: Dict[str, Any]  # the group's validated hyperparameters
     backend: str
-    impl: Any  # module with the backend's step functions (reference signatures)
+    # the backend's step functions (the contract in backends.py): the module itself in eager
+    # mode, its torch.library operators while torch.compile traces the step
+    impl: Any
     params: List[torch.Tensor]
     grads: List[torch.Tensor]
 
@@ -37,6 +40,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto"):
         self._backend_request = backends.requested_backend(backend)
         super().__init__(params, defaults)
+        # GradScaler.step() then hands us `grad_scale` and `found_inf` as attributes instead of
+        # unscaling the grads in memory and reading found_inf itself (see scaling())
+        self._step_supports_amp_scaling = True
 
     @property
     def backend(self) -> str:
@@ -86,7 +92,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                     f"all parameters of one {type(self).__name__} must be on one device; got {device} and {p.device}"
                 )
         if params:
-            backends.choose(self._backend_request, device)  # an explicit backend that cannot serve raises here
+            # an explicit backend that cannot serve raises here; the lookups the step makes are
+            # prepared now, in eager mode (torch.compile traces the step as dictionary reads)
+            backend = backends.choose(self._backend_request, device)
+            backends.implementation(backend)
+            backends.operators(backend)
 
     # ----- step ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -136,7 +146,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if not by_dtype:
                 continue
             backend = backends.choose(self._backend_request, device)
-            impl = backends.implementation(backend)
+            impl = backends.operators(backend) if torch.compiler.is_compiling() else backends.implementation(backend)
             for params, grads in by_dtype.values():
                 batches.append(Batch(group, hyper, backend, impl, params, grads))
         return batches
@@ -179,19 +189,26 @@ class FusedOptimizer(torch.optim.Optimizer):
             states.append(state)
         return states
 
-    @staticmethod
-    def _next_steps(states: List[Dict[str, Any]]) -> List[float]:
-        """Each param's step after this update, without committing it yet."""
-        return [s["step"].item() + 1.0 for s in states]
+    def scaling(self) -> Dict[str, Optional[torch.Tensor]]:
+        """What GradScaler.step() set for this step: the scale the grads still carry and
+        whether it found an inf/NaN (then the step changes nothing, counters included)."""
+        return {"grad_scale": getattr(self, "grad_scale", None), "found_inf": getattr(self, "found_inf", None)}
 
-    @staticmethod
-    def _commit_steps(batch: Batch, states: List[Dict[str, Any]]) -> None:
-        steps = [s["step"] for s in states]
-        advance = getattr(batch.impl, "advance_steps", None)
-        if advance is not None:
-            advance(steps)
-        else:
-            torch._foreach_add_(steps, 1.0)
+    def _advance(self, counters: List[torch.Tensor], impl: Any = None) -> None:
+        """Adds 1 to step counters after every call of the step succeeded (0 when found_inf)."""
+        found_inf = getattr(self, "found_inf", None)
+        advance = getattr(impl, "advance_steps", None)
+        if advance is not None and not torch.compiler.is_compiling():
+            if not skipped(found_inf):
+                advance(counters)
+            return
+        # traceable form: no host read of found_inf
+        torch._foreach_add_(counters, 1.0)
+        if found_inf is not None:
+            torch._foreach_add_(counters, found_inf.to(counters[0].device), alpha=-1)
+
+    def _commit_steps(self, batch: Batch, states: List[Dict[str, Any]]) -> None:
+        self._advance(self._column(states, "step"), batch.impl)
 
     @staticmethod
     def _column(states: List[Dict[str, Any]], key: str) -> List[torch.Tensor]:

@@ -2,6 +2,8 @@
 instead of dividing; DualAdam blends from InvAdam to Adam as alpha = max(0, 1 - t xi) decays."""
 import warnings
 
+import torch
+
 from . import _validation as check
 from .base import FusedOptimizer
 
@@ -19,8 +21,19 @@ class DualAdam(FusedOptimizer):
                  *, backend="auto"):
         defaults = dict(lr=lr, betas=betas, eps=eps, switch_rate=switch_rate, weight_decay=weight_decay)
         self.hyper(defaults, None)
-        self.global_step = 0
+        # a tensor, not an int: torch.compile would otherwise guard on its value and recompile
+        # the step every call; float64 holds every count exactly and feeds the fp64 blend rule
+        self._global_step = torch.zeros((), dtype=torch.float64)
         super().__init__(params, defaults, backend)
+
+    @property
+    def global_step(self) -> int:
+        """Steps taken (the authors' optimizer-level counter)."""
+        return int(self._global_step.item())
+
+    @global_step.setter
+    def global_step(self, value: int) -> None:
+        self._global_step.fill_(value)
 
     def hyper(self, group, index):
         return dict(
@@ -28,19 +41,15 @@ class DualAdam(FusedOptimizer):
             switch_rate=check.in_range("switch_rate", group["switch_rate"], 0.0, 1.0, group_index=index),
         )
 
-    def _collect(self):
-        batches = super()._collect()
-        # the global step advances on every call, after validation succeeded
-        self.global_step += 1
-        return batches
-
     def _update(self, batches):
         for b in batches:
             states = self._states(b)
             b.impl.dualadam_step(
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
-                global_step=self.global_step, **b.hyper,
+                global_step=self._global_step, **b.hyper, **self.scaling(),
             )
+        # the global step advances on every call (also without grads), once all went well
+        self._advance([self._global_step])
 
     def state_dict(self):
         sd = super().state_dict()

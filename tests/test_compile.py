@@ -1,0 +1,149 @@
+"""torch.compile: the optimizer step traces into one graph (fullgraph=True, no breaks), gives
+bitwise the eager result, does not recompile from step to step, and every custom op passes
+torch.library.opcheck. CPU only: the torch and cpu backends (the GPU backends test their own
+operators in their files)."""
+import pytest
+import torch
+import torch._dynamo
+import torch._dynamo.testing
+
+import fused_optim
+from fused_optim import _ops, backends
+from fused_optim.registry import OPTIMIZERS
+
+from .helpers import grads_for, make_params
+
+BACKENDS = ["torch"] + (["cpu"] if fused_optim.availability("cpu")[0] else [])
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _pair(name, backend, lr=None):
+    spec = OPTIMIZERS[name]
+    kwargs = dict(spec.cases["default"])
+    if lr is not None:
+        kwargs["lr"] = lr
+    twins = []
+    for _ in range(2):
+        params = make_params("views", torch.float32)  # a transposed and a misaligned param
+        twins.append((params, spec.cls(params, **kwargs, backend=backend)))
+    return twins
+
+
+def _set_grads(params, step):
+    for p, g in zip(params, grads_for(params, step)):
+        p.grad = g
+
+
+def _assert_same(opt_a, params_a, opt_b, params_b):
+    for p, q in zip(params_a, params_b):
+        assert torch.equal(p, q)
+        for key, value in opt_a.state[p].items():
+            assert torch.equal(value, opt_b.state[q][key]), key
+    if hasattr(opt_a, "global_step"):
+        assert opt_a.global_step == opt_b.global_step
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_compiled_step_is_one_graph_and_equals_eager(name, backend):
+    (params, opt), (eager_params, eager_opt) = _pair(name, backend)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled_step = torch.compile(opt.step, backend=counter, fullgraph=True)
+    compiled_before = 0
+    for step in range(1, 7):
+        if step == 5:
+            # a new lr compiles the step once more (a float hyperparameter is a constant of
+            # the graph, as in torch.optim), and the result follows it
+            for o in (opt, eager_opt):
+                for group in o.param_groups:
+                    group["lr"] = group["lr"] * 0.5
+        _set_grads(params, step)
+        _set_grads(eager_params, step)
+        compiled_step()
+        eager_opt.step()
+        _assert_same(opt, params, eager_opt, eager_params)
+        # one graph before the state exists, one after it (and one for the new lr)
+        if step in (3, 4, 6):
+            # nothing compiles from step to step (only for a new state or a new lr)
+            assert counter.frame_count == compiled_before, (step, counter.frame_count)
+        compiled_before = counter.frame_count
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Adai"])
+def test_training_step_with_inductor_has_no_graph_break(name):
+    """Forward, backward and our step in ONE compiled function, through inductor."""
+    if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        pytest.skip("this torch cannot trace .backward() inside a compiled function")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    opt = OPTIMIZERS[name].cls(model.parameters(), **OPTIMIZERS[name].cases["default"])
+    x, y = torch.randn(32, 8), torch.randn(32, 4)
+
+    def train_step():
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        compiled = torch.compile(train_step, fullgraph=True)
+        losses = []
+        for _ in range(5):
+            losses.append(float(compiled()))
+            opt.zero_grad()
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]  # it trains
+
+
+def _op_arguments(function, dtype):
+    params = make_params("views", dtype)
+    grads = grads_for(params, 1)
+    params = [p.detach() for p in params]  # opcheck calls the op outside no_grad
+    like = lambda fill: [torch.full_like(p, fill, dtype=torch.float32 if dtype != torch.float64 else dtype)
+                         for p in params]
+    steps = [torch.tensor(2.0) for _ in params]
+    moments = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
+    scaling = dict(grad_scale=torch.tensor(4.0), found_inf=torch.tensor(0.0))
+    if function == "adam_step":
+        return (params, grads, like(0.01), like(0.02), like(0.03), steps), dict(
+            **moments, decoupled=True, amsgrad=True, maximize=False, **scaling)
+    if function == "adamomentum_step":
+        return (params, grads, like(0.01), like(0.02), None, steps), dict(
+            **moments, decoupled=False, amsgrad=False, rectify=True, **scaling)
+    if function == "dualadam_step":
+        return (params, grads, like(0.01), like(0.02)), dict(
+            global_step=torch.tensor(3.0, dtype=torch.float64), **moments, switch_rate=0.1, **scaling)
+    if function == "adai_second_moment":
+        return (params, grads, like(0.02), steps), dict(beta2=0.99, weight_decay=0.01, decoupled=False, **scaling)
+    if function == "adai_update":
+        return (params, grads, like(0.01), like(0.02), like(1.0), steps), dict(
+            lr=0.1, beta0=0.1, beta2=0.99, eps=1e-3, weight_decay=0.01, decoupled=True,
+            vbar=torch.tensor(0.015, dtype=torch.float64), **scaling)
+    raise AssertionError(function)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("function", list(_ops.SCHEMAS))
+def test_opcheck(function, backend, dtype):
+    op = getattr(torch.ops.fused_optim, f"{backend}_{function}")
+    backends.operators(backend)  # registered
+    args, kwargs = _op_arguments(function, dtype)
+    torch.library.opcheck(op.default, args, kwargs)
+
+
+def test_operators_run_the_backend_functions():
+    """The compiled path calls the operator, the eager path the function: same result."""
+    args, kwargs = _op_arguments("adam_step", torch.float32)
+    twin_args, twin_kwargs = _op_arguments("adam_step", torch.float32)
+    backends.operators("cpu" if "cpu" in BACKENDS else "torch").adam_step(*args, **kwargs)
+    backends.implementation("cpu" if "cpu" in BACKENDS else "torch").adam_step(*twin_args, **twin_kwargs)
+    for a, b in zip(args, twin_args):
+        if isinstance(a, list):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
