@@ -4,6 +4,7 @@ where the mean runs over every element of every param with a grad, in all groups
 import torch
 
 from . import _validation as check
+from ._sharding import global_mean
 from .base import FusedOptimizer
 
 
@@ -37,8 +38,7 @@ class Adai(FusedOptimizer):
         if not batches:
             return
         work = []
-        total = None
-        count = 0
+        parts = []
         scaling = self.scaling()
         # pass 1 over every batch of every group; sums combined in a fixed order (deterministic)
         for b in batches:
@@ -49,10 +49,10 @@ class Adai(FusedOptimizer):
                 b.params, b.grads, self._column(states, "exp_avg_sq"), steps,
                 beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"], **scaling,
             )
-            total = part if total is None else total + part.to(total.device)
-            count += sum(p.numel() for p in b.params)
+            parts.append((b.shard_group, part, sum(p.numel() for p in b.params)))
             work.append((b, states, steps))
-        vbar = total / count if count else total
+        # over every element of every param with a grad, on all ranks when params are sharded
+        vbar = global_mean(parts)
         for b, states, steps in work:
             b.impl.adai_update(
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),

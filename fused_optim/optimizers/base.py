@@ -12,6 +12,7 @@ import torch
 from .. import backends
 from .._grad_scaling import skipped
 from ..reference._common import math_dtype
+from ._sharding import local, shard_group
 
 
 @dataclass
@@ -24,8 +25,10 @@ class Batch:
     # the backend's step functions (the contract in backends.py): the module itself in eager
     # mode, its torch.library operators while torch.compile traces the step
     impl: Any
-    params: List[torch.Tensor]
+    params: List[torch.Tensor]  # what the kernels update: the local shards of DTensor params
     grads: List[torch.Tensor]
+    keys: List[torch.Tensor]  # the params themselves, the keys of their state
+    shard_group: Any = None  # process group the params are sharded over (None: not sharded)
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -116,7 +119,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         name = type(self).__name__
         for index, group in enumerate(self.param_groups):
             hyper = self.hyper(group, index)
-            by_dtype: Dict[torch.dtype, List[List[torch.Tensor]]] = {}
+            by_kind: Dict[Any, List[List[torch.Tensor]]] = {}
             for p in group["params"]:
                 g = p.grad
                 if g is None:
@@ -140,15 +143,16 @@ class FusedOptimizer(torch.optim.Optimizer):
                 state = self.state.get(p)
                 if state:
                     self._check_state(p, state)
-                lists = by_dtype.setdefault(p.dtype, [[], []])
-                lists[0].append(p)
-                lists[1].append(g)
-            if not by_dtype:
+                lists = by_kind.setdefault((p.dtype, shard_group(p)), [[], [], []])
+                lists[0].append(local(p))
+                lists[1].append(local(g))
+                lists[2].append(p)
+            if not by_kind:
                 continue
             backend = backends.choose(self._backend_request, device)
             impl = backends.operators(backend) if torch.compiler.is_compiling() else backends.implementation(backend)
-            for params, grads in by_dtype.values():
-                batches.append(Batch(group, hyper, backend, impl, params, grads))
+            for (_, group_of_shards), (params, grads, keys) in by_kind.items():
+                batches.append(Batch(group, hyper, backend, impl, params, grads, keys, group_of_shards))
         return batches
 
     # ----- state -----------------------------------------------------------------------------
@@ -173,7 +177,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """The state of each param of a batch, creating what is missing (after validation)."""
         layout = self.state_layout(batch.hyper)
         states = []
-        for p in batch.params:
+        for p in batch.keys:
             state = self.state[p]
             if self.per_param_step:
                 step = state.get("step")
@@ -212,7 +216,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _column(states: List[Dict[str, Any]], key: str) -> List[torch.Tensor]:
-        return [s[key] for s in states]
+        """One state of every param of a batch, as the kernels see it (local shards)."""
+        return [local(s[key]) for s in states]
 
     # ----- state_dict ------------------------------------------------------------------------
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:

@@ -1,0 +1,71 @@
+"""Sharded parameters (FSDP2's fully_shard: DTensor params and grads).
+
+The kernels update each rank's local shard; states are created like their param (DTensors
+sharded the same way, as torch.optim's are, so distributed checkpoints treat them alike).
+Only a global reduction needs the other ranks: Adai's mean of vhat over every element of
+every param, which global_mean() completes with one all-reduce per step.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+try:
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Shard
+except ImportError:  # torch < 2.5 keeps it private; builds without distributed have neither
+    try:
+        import torch.distributed as dist
+        from torch.distributed._tensor import DTensor, Shard
+    except ImportError:
+        dist = DTensor = Shard = None
+
+
+def is_distributed_tensor(t: torch.Tensor) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The part of a tensor this rank holds: the local shard of a DTensor, else the tensor."""
+    return t.to_local() if is_distributed_tensor(t) else t
+
+
+def shard_group(p: torch.Tensor):
+    """The process group over whose ranks p's elements are split, or None when every rank
+    holds all of them (a plain tensor, DDP's replicas, a Replicate DTensor)."""
+    if not is_distributed_tensor(p):
+        return None
+    dims = [i for i, placement in enumerate(p.placements) if isinstance(placement, Shard)]
+    if not dims:
+        return None
+    if len(dims) > 1:
+        raise ValueError(
+            f"a parameter sharded over {len(dims)} mesh dimensions ({p.placements}); fused_optim supports "
+            "sharding over one (FSDP, or HSDP's shard dimension)"
+        )
+    return p.device_mesh.get_group(dims[0])
+
+
+def global_mean(parts: List[Tuple[object, torch.Tensor, int]]) -> torch.Tensor:
+    """Mean over all elements from (shard group, local sum, local element count) parts.
+
+    Sums of sharded params are all-reduced over their group together with their element
+    counts (one collective per group: a 2-element fp64 tensor); replicated params count once
+    as they are. Without sharded params nothing is communicated.
+    """
+    total: Optional[torch.Tensor] = None
+    count = 0
+    sharded: Dict[object, List] = {}
+    for group, part, n in parts:
+        if group is None:
+            total = part if total is None else total + part.to(total.device)
+            count += n
+        else:
+            entry = sharded.setdefault(group, [None, 0])
+            entry[0] = part if entry[0] is None else entry[0] + part.to(entry[0].device)
+            entry[1] += n
+    for group, (part, n) in sharded.items():
+        both = torch.stack([part, torch.tensor(float(n), dtype=torch.float64, device=part.device)])
+        dist.all_reduce(both, group=group)
+        total = both[0] if total is None else total + both[0].to(total.device)
+        count = count + both[1].to(total.device)
+    return total / count if not (isinstance(count, int) and count == 0) else total

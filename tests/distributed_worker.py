@@ -1,0 +1,77 @@
+"""The per-rank side of tests/test_distributed.py: trains a small model with every optimizer
+and backend under DDP or FSDP2 (gloo, CPU) and saves the full params rank 0 ends with."""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+import fused_optim
+from fused_optim.registry import OPTIMIZERS
+
+STEPS = 4
+GLOBAL_BATCH = 8
+
+
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    # 16 x 8 splits evenly over 2 ranks, 3 x 16 does not (2 rows and 1)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def data():
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(GLOBAL_BATCH, 8, generator=gen), torch.randn(GLOBAL_BATCH, 3, generator=gen))
+            for _ in range(STEPS)]
+
+
+def train(net, opt, batches, rank=0, world=1):
+    """The local part of each global batch; the mean loss over it (DDP and FSDP average the
+    grads over ranks, so every rank steps with the full batch's mean gradient)."""
+    share = GLOBAL_BATCH // world
+    for x, y in batches:
+        x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+
+
+def wrap(net, mode, world):
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(net)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in net:
+        if list(layer.parameters()):
+            fully_shard(layer, mesh=mesh)
+    return fully_shard(net, mesh=mesh)
+
+
+def full_params(net):
+    return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone() for p in net.parameters()]
+
+
+def main(rank: int, world: int, mode: str, out_dir: str, backends) -> None:
+    # a file store: no port to pick (one picked by another process in between would hang us)
+    store = os.path.join(out_dir, "store")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        for name, spec in OPTIMIZERS.items():
+            for backend in backends:
+                net = wrap(model(), mode, world)
+                opt = spec.cls(net.parameters(), **spec.cases["default"], backend=backend)
+                train(net, opt, data(), rank, world)
+                params = full_params(net)
+                if rank == 0:
+                    torch.save(params, os.path.join(out_dir, f"{mode}-{name}-{backend}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    rank, world, mode, out_dir = sys.argv[1:5]
+    main(int(rank), int(world), mode, out_dir, sys.argv[5].split(","))

@@ -1,0 +1,64 @@
+"""DDP and FSDP2 (fully_shard: DTensor params) on CPU with gloo, 2 local processes: every
+optimizer and backend, trained 2-rank, ends where the same training ends on 1 rank with the
+whole batch, to fp32 rounding. For Adai this holds only because the sum of vhat and the
+element count are all-reduced over the shards (each rank alone sees a different mean)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fused_optim
+from fused_optim.registry import OPTIMIZERS
+
+from . import distributed_worker as worker
+
+BACKENDS = ["torch"] + (["cpu"] if fused_optim.availability("cpu")[0] else [])
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="this torch build has no torch.distributed with gloo",
+)
+
+# Grads reach the step as the mean over ranks of per-rank means (all-reduce / reduce-scatter)
+# instead of one mean over the batch: a few fp32 roundings apart (~1e-7 relative). Adam-type
+# steps normalize the gradient, so params after 4 steps differ by about that much of an update
+# (lr 1e-3): 1e-6 absolute is ~1/1000 of one update, far below what a wrong mean would do
+# (a per-shard Adai mean changes beta1 by tens of percent).
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _run_ranks(mode: str, out_dir: str) -> None:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.distributed_worker", str(rank), "2", mode, out_dir,
+             ",".join(BACKENDS)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for rank, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
+
+
+@pytest.fixture(scope="module", params=["ddp", "fsdp2"])
+def two_rank_results(request, tmp_path_factory):
+    out_dir = str(tmp_path_factory.mktemp(request.param))
+    _run_ranks(request.param, out_dir)
+    return request.param, out_dir
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_two_ranks_equal_one(two_rank_results, name, backend):
+    mode, out_dir = two_rank_results
+    spec = OPTIMIZERS[name]
+    net = worker.model()
+    worker.train(net, spec.cls(net.parameters(), **spec.cases["default"], backend=backend), worker.data())
+    distributed = torch.load(os.path.join(out_dir, f"{mode}-{name}-{backend}.pt"))
+    for p, q in zip(net.parameters(), distributed):
+        torch.testing.assert_close(q, p.detach(), rtol=RTOL, atol=ATOL)
