@@ -83,6 +83,30 @@ def test_dualadam_authors_state_dict_without_global_step_warns():
     assert fresh.global_step == 0
 
 
+@pytest.mark.parametrize("where", ["top", "groups"])
+def test_dualadam_optimizer_level_step_of_other_code_is_read(where):
+    """A single counter saved by other code, as a top-level "step" or in the param groups,
+    restores the global step (and the run continues exactly)."""
+    params = make_params("7", torch.float64)
+    opt = fused_optim.DualAdam(params, switch_rate=0.3)
+    _run(opt, params, [1, 2])
+    sd = opt.state_dict()
+    steps = sd.pop("global_step")
+    sd["state"] = {k: {"m": s["exp_avg"], "v": s["exp_avg_sq"]} for k, s in sd["state"].items()}
+    if where == "top":
+        sd["step"] = steps
+    else:
+        for group in sd["param_groups"]:
+            group["step"] = steps
+    twin = [p.detach().clone().requires_grad_() for p in params]
+    fresh = fused_optim.DualAdam(twin, switch_rate=0.3)
+    fresh.load_state_dict(sd)
+    assert fresh.global_step == 2 and "step" not in fresh.param_groups[0]
+    _run(opt, params, [3])
+    _run(fresh, twin, [3])
+    assert all(torch.equal(p, q) for p, q in zip(params, twin))
+
+
 def test_adamomentum_loads_authors_state_keys():
     params = make_params("7", torch.float32)
     opt = fused_optim.AdaMomentum(params, amsgrad=True)

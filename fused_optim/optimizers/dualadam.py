@@ -56,8 +56,21 @@ class DualAdam(FusedOptimizer):
         sd["global_step"] = self.global_step
         return sd
 
+    @staticmethod
+    def _saved_global_step(state_dict):
+        """The optimizer-level count: ours ("global_step"), else where other code keeps one
+        counter for all params (a top-level "step", or "step" in the param groups, which must
+        then agree), else None."""
+        for key in ("global_step", "step"):
+            if state_dict.get(key) is not None:
+                return state_dict[key]
+        group_steps = {float(g["step"]) for g in state_dict.get("param_groups", []) if g.get("step") is not None}
+        if len(group_steps) > 1:
+            raise ValueError(f"the param groups of the state dict carry different steps {sorted(group_steps)}")
+        return group_steps.pop() if group_steps else None
+
     def load_state_dict(self, state_dict):
-        global_step = state_dict.get("global_step")
+        global_step = self._saved_global_step(state_dict)
         if global_step is None:
             if state_dict.get("state"):
                 warnings.warn(
@@ -65,10 +78,15 @@ class DualAdam(FusedOptimizer):
                     "save it); the step count restarts at 0", RuntimeWarning, stacklevel=2,
                 )
             global_step = 0
+        if torch.is_tensor(global_step):
+            global_step = global_step.item()
+        if global_step < 0 or global_step != int(global_step):
+            raise ValueError(f"global_step must be a whole number >= 0, got {global_step}")
         global_step = int(global_step)
-        if global_step < 0:
-            raise ValueError(f"global_step must be >= 0, got {global_step}")
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "global_step"})
+        imported = {k: v for k, v in state_dict.items() if k not in ("global_step", "step")}
+        imported["param_groups"] = [{k: v for k, v in g.items() if k != "step"}
+                                    for g in state_dict.get("param_groups", [])]
+        super().load_state_dict(imported)
         self.global_step = global_step
 
 
