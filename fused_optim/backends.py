@@ -86,13 +86,16 @@ def requested_backend(backend: str) -> str:
     return backend
 
 
-def serves(backend: str, device: torch.device) -> Tuple[bool, str]:
-    """Whether a backend can update tensors on this device, and why not."""
+def serves(backend: str, device: torch.device, state_dtype=None) -> Tuple[bool, str]:
+    """Whether a backend can update tensors on this device with states of this dtype (None:
+    the default), and why not."""
     ok, why = availability(backend)
     if not ok:
         return False, why
     if backend == "cpu" and device.type != "cpu":
         return False, f"the cpu backend updates CPU tensors only, these are on {device}"
+    if backend == "cpu" and state_dtype is not None:
+        return False, f"the cpu backend keeps states in the math dtype (state_dtype={state_dtype} is not served)"
     return True, why
 
 
@@ -108,17 +111,17 @@ def _warn_once(message: str) -> None:
 # torch.compile calls this at trace time and keeps the answer (a backend name) as a constant:
 # what it looks at (imports, the environment) is not traceable and does not change in a run
 @torch.compiler.assume_constant_result
-def choose(backend: str, device: torch.device) -> str:
+def choose(backend: str, device: torch.device, state_dtype=None) -> str:
     """The backend that will update a group on `device` (backend from requested_backend)."""
     if backend != "auto":
-        ok, why = serves(backend, device)
+        ok, why = serves(backend, device, state_dtype)
         if not ok:
             raise BackendUnavailable(f"backend={backend!r} cannot serve: {why}")
         return backend
     candidates = ("cpu",) if device.type == "cpu" else ("cuda", "triton")
     reasons = []
     for name in candidates:
-        ok, why = serves(name, device)
+        ok, why = serves(name, device, state_dtype)
         if ok:
             return name
         reasons.append(f"{name}: {why}")

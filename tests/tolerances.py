@@ -52,3 +52,29 @@ def state_tolerance(optimizer: str, dtype: torch.dtype, weight_decay: float, par
         rtol, atol = LOW_PRECISION_STATE
         return rtol, atol + weight_decay * param_atol
     return _fp(optimizer, dtype)
+
+
+# state_dtype=torch.bfloat16: every state is rounded to bf16 (8 significant bits, relative
+# 2^-9) at the end of every step. The states feed each other (AdaMomentum squares m into v,
+# Adai derives beta1 from v and multiplies it into beta1_prod), so after 6 steps their errors
+# reach a few bf16 ulps: 2^-5 (4 ulps of 2^-7) relative bounds them, with the same size of the
+# tensor's largest magnitude as atol for elements crossing zero (m changes sign).
+BF16_STATE = 2 ** -5
+# Params move by lr x (a ratio of states); a few-ulp error of those states is a few percent of
+# each step's movement: 1/32 of the largest movement. Adai divides m by 1 - beta1_prod, which
+# cancels (beta1_prod ~0.9 after step 1: a 2^-9 error of it is ~0.5% of 0.9 but 2% of 0.1), so
+# its updates carry up to ~8% errors: 1/8 of the movement.
+BF16_STATE_MOVEMENT = {"Adai": 1 / 8, "AdaiW": 1 / 8}
+
+
+def bf16_state_param_tolerance(optimizer: str, dtype: torch.dtype, expected: torch.Tensor, initial: torch.Tensor):
+    """(rtol, atol) for a param updated with bf16 states: the movement allowance above plus
+    the param dtype's own rounding (param_tolerance)."""
+    rtol, atol = param_tolerance(optimizer, dtype, expected)
+    movement = float((expected - initial).abs().max()) if expected.numel() else 0.0
+    return rtol, atol + BF16_STATE_MOVEMENT.get(optimizer, 1 / 32) * movement
+
+
+def bf16_state_tolerance(expected: torch.Tensor):
+    largest = float(expected.abs().max()) if expected.numel() else 0.0
+    return BF16_STATE, BF16_STATE * largest

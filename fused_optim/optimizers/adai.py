@@ -17,10 +17,10 @@ class Adai(FusedOptimizer):
     state_initial_values = {"exp_avg": 0.0, "exp_avg_sq": 0.0, "beta1_prod": 1.0}
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=False,
-                 *, backend="auto"):
+                 *, backend="auto", state_dtype=None):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         self.hyper(defaults, None)
-        super().__init__(params, defaults, backend)
+        super().__init__(params, defaults, backend, state_dtype)
 
     def hyper(self, group, index):
         beta0, beta2 = check.betas_pair(group["betas"], index)
@@ -65,5 +65,6 @@ class AdaiW(Adai):
     """Adai with decoupled weight decay (decoupled=True by default)."""
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=True,
-                 *, backend="auto"):
-        super().__init__(params, lr, betas, eps, weight_decay, decoupled, backend=backend)
+                 *, backend="auto", state_dtype=None):
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled, backend=backend,
+                         state_dtype=state_dtype)

@@ -11,7 +11,7 @@ import torch
 
 from .. import backends
 from .._grad_scaling import skipped
-from ..reference._common import math_dtype
+from ..reference._common import state_dtype_for
 from ._sharding import local, shard_group
 
 
@@ -40,8 +40,11 @@ class FusedOptimizer(torch.optim.Optimizer):
     # Whether each param keeps its own step counter (all but DualAdam).
     per_param_step = True
 
-    def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto"):
+    def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto", state_dtype=None):
         self._backend_request = backends.requested_backend(backend)
+        # the dtype of the tensor states of fp32/bf16/fp16 params (None: fp32); per group
+        state_dtype_for(torch.float32, state_dtype)
+        defaults = {**defaults, "state_dtype": state_dtype}
         super().__init__(params, defaults)
         # GradScaler.step() then hands us `grad_scale` and `found_inf` as attributes instead of
         # unscaling the grads in memory and reading found_inf itself (see scaling())
@@ -69,7 +72,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         group = self.param_groups[-1]
         try:
             self.hyper(group, len(self.param_groups) - 1)
-            self._check_params(group["params"])
+            self._check_params(group["params"], group.get("state_dtype"))
         except Exception:
             self.param_groups.pop()
             raise
@@ -80,7 +83,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 return p.device
         return None
 
-    def _check_params(self, params: List[torch.Tensor]) -> None:
+    def _check_params(self, params: List[torch.Tensor], state_dtype=None) -> None:
         device = self._device()
         for p in params:
             if p.is_complex():
@@ -94,10 +97,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                 raise ValueError(
                     f"all parameters of one {type(self).__name__} must be on one device; got {device} and {p.device}"
                 )
+            state_dtype_for(p.dtype, state_dtype)
         if params:
             # an explicit backend that cannot serve raises here; the lookups the step makes are
             # prepared now, in eager mode (torch.compile traces the step as dictionary reads)
-            backend = backends.choose(self._backend_request, device)
+            backend = backends.choose(self._backend_request, device, state_dtype)
             backends.implementation(backend)
             backends.operators(backend)
 
@@ -142,25 +146,25 @@ class FusedOptimizer(torch.optim.Optimizer):
                     raise ValueError(f"all parameters of one {name} must be on one device; got {device} and {p.device}")
                 state = self.state.get(p)
                 if state:
-                    self._check_state(p, state)
+                    self._check_state(p, state, group.get("state_dtype"))
                 lists = by_kind.setdefault((p.dtype, shard_group(p)), [[], [], []])
                 lists[0].append(local(p))
                 lists[1].append(local(g))
                 lists[2].append(p)
             if not by_kind:
                 continue
-            backend = backends.choose(self._backend_request, device)
+            backend = backends.choose(self._backend_request, device, group.get("state_dtype"))
             impl = backends.operators(backend) if torch.compiler.is_compiling() else backends.implementation(backend)
             for (_, group_of_shards), (params, grads, keys) in by_kind.items():
                 batches.append(Batch(group, hyper, backend, impl, params, grads, keys, group_of_shards))
         return batches
 
     # ----- state -----------------------------------------------------------------------------
-    def _check_state(self, p: torch.Tensor, state: Dict[str, Any]) -> None:
+    def _check_state(self, p: torch.Tensor, state: Dict[str, Any], state_dtype=None) -> None:
         """Existing state must fit its param: the kernels trust shapes and dtypes (a param
         converted with .double() or .to(device) after its state was made would otherwise be
         updated from memory of the wrong size)."""
-        want = math_dtype(p.dtype)
+        want = state_dtype_for(p.dtype, state_dtype)
         where = p.get_device()
         for key, value in state.items():
             if key == "step" or not torch.is_tensor(value):
@@ -176,6 +180,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _states(self, batch: Batch) -> List[Dict[str, Any]]:
         """The state of each param of a batch, creating what is missing (after validation)."""
         layout = self.state_layout(batch.hyper)
+        state_dtype = batch.group.get("state_dtype")
         states = []
         for p in batch.keys:
             state = self.state[p]
@@ -188,7 +193,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             for key, initial in layout.items():
                 if key not in state:
                     state[key] = torch.full_like(
-                        p, initial, dtype=math_dtype(p.dtype), memory_format=torch.preserve_format
+                        p, initial, dtype=state_dtype_for(p.dtype, state_dtype), memory_format=torch.preserve_format
                     )
             states.append(state)
         return states
@@ -273,4 +278,4 @@ class FusedOptimizer(torch.optim.Optimizer):
                     if key == "step":
                         state[key] = torch.tensor(float(value), dtype=torch.float32)
                     elif torch.is_tensor(value) and value.is_floating_point():
-                        state[key] = value.to(device=p.device, dtype=math_dtype(p.dtype))
+                        state[key] = value.to(device=p.device, dtype=state_dtype_for(p.dtype, group.get("state_dtype")))

@@ -28,12 +28,13 @@ def adai_second_moment(
     the params' device (no host sync). p.grad is never modified (OURS)."""
     total = torch.zeros((), dtype=torch.float64, device=params[0].device if params else "cpu")
     for i, param in enumerate(params):
-        v = exp_avg_sqs[i]
+        v = as_math(exp_avg_sqs[i])
         g = grads[i].to(v.dtype)
         if weight_decay != 0 and not decoupled:
             g = g.add(as_math(param), alpha=weight_decay)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         total += (v / adai_bias_correction2(beta2, steps[i])).sum(dtype=torch.float64)
+        write_back(exp_avg_sqs[i], v)
     return total
 
 
@@ -64,7 +65,7 @@ def adai_update(
     for i, param in enumerate(params):
         p = as_math(param)
         g = grads[i].to(p.dtype)
-        m, v, beta1_prod = exp_avgs[i], exp_avg_sqs[i], beta1_prods[i]
+        m, v, beta1_prod = as_math(exp_avgs[i]), as_math(exp_avg_sqs[i]), as_math(beta1_prods[i])
         if weight_decay != 0:
             if decoupled:
                 p.mul_(1 - lr * weight_decay)
@@ -77,3 +78,5 @@ def adai_update(
         m.mul_(beta1).addcmul_(1 - beta1, g)
         p.sub_(m / (1 - beta1_prod), alpha=lr)
         write_back(param, p)
+        write_back(exp_avgs[i], m)
+        write_back(beta1_prods[i], beta1_prod)

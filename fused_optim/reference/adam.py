@@ -37,7 +37,7 @@ def adam_step(
     for i, param in enumerate(params):
         p = as_math(param)
         g = grads[i].to(p.dtype)
-        m, v = exp_avgs[i], exp_avg_sqs[i]
+        m, v = as_math(exp_avgs[i]), as_math(exp_avg_sqs[i])
         if maximize:
             g = -g
         if weight_decay != 0:
@@ -49,9 +49,12 @@ def adam_step(
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         second = v
         if amsgrad:
-            torch.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
-            second = max_exp_avg_sqs[i]
+            second = as_math(max_exp_avg_sqs[i])
+            torch.maximum(second, v, out=second)
+            write_back(max_exp_avg_sqs[i], second)
         step_size, bc2_sqrt = adam_scalars(lr, beta1, beta2, steps[i])
         denom = (second.sqrt() / bc2_sqrt).add_(eps)
         p.addcdiv_(m, denom, value=-step_size)
         write_back(param, p)
+        write_back(exp_avgs[i], m)
+        write_back(exp_avg_sqs[i], v)

@@ -52,7 +52,7 @@ def adamomentum_step(
     for i, param in enumerate(params):
         p = as_math(param)
         g = grads[i].to(p.dtype)
-        m, v = exp_avgs[i], exp_avg_sqs[i]
+        m, v = as_math(exp_avgs[i]), as_math(exp_avg_sqs[i])
         if decoupled:
             p.mul_(1 - lr * weight_decay)
         elif weight_decay != 0:
@@ -62,8 +62,9 @@ def adamomentum_step(
         v.mul_(beta2).addcmul_(m, m, value=1 - beta2).add_(eps)
         second = v
         if amsgrad:
-            torch.maximum(max_exp_avg_sqs[i], v, out=max_exp_avg_sqs[i])
-            second = max_exp_avg_sqs[i]
+            second = as_math(max_exp_avg_sqs[i])
+            torch.maximum(second, v, out=second)
+            write_back(max_exp_avg_sqs[i], second)
         step_size, bc2_sqrt, adaptive = adamomentum_scalars(lr, beta1, beta2, steps[i], rectify)
         if not rectify:
             p.addcdiv_(m, second.sqrt() / bc2_sqrt, value=-step_size)
@@ -72,3 +73,5 @@ def adamomentum_step(
         else:
             p.add_(m, alpha=-step_size)
         write_back(param, p)
+        write_back(exp_avgs[i], m)
+        write_back(exp_avg_sqs[i], v)

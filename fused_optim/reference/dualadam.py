@@ -40,7 +40,7 @@ def dualadam_step(
     for i, param in enumerate(params):
         p = as_math(param)
         g = grads[i].to(p.dtype)
-        m, v = exp_avgs[i], exp_avg_sqs[i]
+        m, v = as_math(exp_avgs[i]), as_math(exp_avg_sqs[i])
         if weight_decay != 0:
             p.mul_(1 - lr * weight_decay)
         m.mul_(beta1).add_(g, alpha=1 - beta1)
@@ -52,3 +52,5 @@ def dualadam_step(
         update = (mhat * d).mul_(alpha).add_(adam, alpha=1 - alpha) if blend else adam
         p.add_(update, alpha=-lr)
         write_back(param, p)
+        write_back(exp_avgs[i], m)
+        write_back(exp_avg_sqs[i], v)
