@@ -86,9 +86,9 @@ def requested_backend(backend: str) -> str:
     return backend
 
 
-def serves(backend: str, device: torch.device, state_dtype=None) -> Tuple[bool, str]:
+def serves(backend: str, device: torch.device, state_dtype=None, capturable: bool = False) -> Tuple[bool, str]:
     """Whether a backend can update tensors on this device with states of this dtype (None:
-    the default), and why not."""
+    the default) and, if asked, capturable (no host reads of device values), and why not."""
     ok, why = availability(backend)
     if not ok:
         return False, why
@@ -96,6 +96,8 @@ def serves(backend: str, device: torch.device, state_dtype=None) -> Tuple[bool, 
         return False, f"the cpu backend updates CPU tensors only, these are on {device}"
     if backend == "cpu" and state_dtype is not None:
         return False, f"the cpu backend keeps states in the math dtype (state_dtype={state_dtype} is not served)"
+    if backend == "torch" and capturable and device.type != "cpu":
+        return False, "the torch backend reads step counters on the host; capturable=True needs cuda or triton"
     return True, why
 
 
@@ -111,20 +113,23 @@ def _warn_once(message: str) -> None:
 # torch.compile calls this at trace time and keeps the answer (a backend name) as a constant:
 # what it looks at (imports, the environment) is not traceable and does not change in a run
 @torch.compiler.assume_constant_result
-def choose(backend: str, device: torch.device, state_dtype=None) -> str:
+def choose(backend: str, device: torch.device, state_dtype=None, capturable: bool = False) -> str:
     """The backend that will update a group on `device` (backend from requested_backend)."""
     if backend != "auto":
-        ok, why = serves(backend, device, state_dtype)
+        ok, why = serves(backend, device, state_dtype, capturable)
         if not ok:
             raise BackendUnavailable(f"backend={backend!r} cannot serve: {why}")
         return backend
     candidates = ("cpu",) if device.type == "cpu" else ("cuda", "triton")
     reasons = []
     for name in candidates:
-        ok, why = serves(name, device, state_dtype)
+        ok, why = serves(name, device, state_dtype, capturable)
         if ok:
             return name
         reasons.append(f"{name}: {why}")
+    ok, why = serves("torch", device, state_dtype, capturable)
+    if not ok:
+        raise BackendUnavailable(f"no backend can serve these parameters ({'; '.join(reasons)}; torch: {why})")
     _warn_once(f"fused_optim: no native backend for {device.type} tensors ({'; '.join(reasons)}); using the torch reference backend")
     return "torch"
 

@@ -1,5 +1,5 @@
-"""state_dtype=torch.bfloat16: states (moments, max_exp_avg_sq, Adai's beta1_prod) stored in
-bf16 with fp32 math, against the fp64 reference, on every backend that serves it; and how
+"""state_dtype=torch.bfloat16: states (moments, max_exp_avg_sq; Adai's beta1_prod stays fp32)
+stored in bf16 with fp32 math, against the fp64 reference, on every backend that serves it; and how
 the option is checked, saved and refused."""
 import pytest
 import torch
@@ -35,7 +35,7 @@ def test_bf16_states_against_fp64_reference(name, case, backend, dtype, layout):
         for key, value in opt.state[p].items():
             if key == "step":
                 continue
-            assert value.dtype == torch.bfloat16, key
+            assert value.dtype == (torch.float32 if key in spec.cls.math_dtype_states else torch.bfloat16), key
             expected = oracle.state[q][key]
             rtol, atol = tolerances.bf16_state_tolerance(expected)
             torch.testing.assert_close(value.double(), expected, rtol=rtol, atol=atol,
@@ -56,6 +56,22 @@ def test_bf16_states_are_not_an_fp32_run():
         b.step()
     assert a.state[params[0]]["exp_avg"].dtype == torch.bfloat16
     assert not torch.equal(params[0], twin[0])
+
+
+def test_adai_keeps_beta1_prod_in_fp32():
+    """bf16 has no value in (1 - 2^-9, 1), so a bf16 beta1_prod after a step with beta1 near
+    1 - eps would be exactly 1 and the update would divide by zero; in fp32 it is not."""
+    assert torch.tensor(0.999).bfloat16().item() == 1.0
+    params = make_params("4097", torch.float32)
+    opt = fused_optim.Adai(params, lr=0.1, state_dtype=torch.bfloat16, backend="torch")
+    grads = grads_for(params, 1)
+    grads[0][:10] = 0  # vhat 0 there: beta1 = 1 - beta0 * 0 clamps to 1 - eps = 0.999
+    set_grads(params, grads)
+    opt.step()
+    state = opt.state[params[0]]
+    assert state["beta1_prod"].dtype == torch.float32 and state["exp_avg"].dtype == torch.bfloat16
+    assert torch.all(state["beta1_prod"][:10] == torch.tensor(0.999))
+    assert torch.isfinite(params[0]).all()
 
 
 def test_fp64_params_refuse_bf16_states():

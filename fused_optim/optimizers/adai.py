@@ -15,12 +15,16 @@ class Adai(FusedOptimizer):
     decoupled=True (AdaiW): p *= 1 - lr wd before the update."""
 
     state_initial_values = {"exp_avg": 0.0, "exp_avg_sq": 0.0, "beta1_prod": 1.0}
+    # beta1_prod stays fp32 with state_dtype=bf16: it starts at 1 and is a product of factors
+    # up to 1 - eps = 0.999, but bf16 has no value in (1 - 2^-9, 1): 0.999 rounds to 1, then
+    # 1 - beta1_prod = 0 and the update divides by zero (tests/test_state_dtype.py shows it)
+    math_dtype_states = ("beta1_prod",)
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=False,
-                 *, backend="auto", state_dtype=None):
+                 *, backend="auto", state_dtype=None, capturable=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         self.hyper(defaults, None)
-        super().__init__(params, defaults, backend, state_dtype)
+        super().__init__(params, defaults, backend, state_dtype, capturable)
 
     def hyper(self, group, index):
         beta0, beta2 = check.betas_pair(group["betas"], index)
@@ -65,6 +69,6 @@ class AdaiW(Adai):
     """Adai with decoupled weight decay (decoupled=True by default)."""
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=True,
-                 *, backend="auto", state_dtype=None):
+                 *, backend="auto", state_dtype=None, capturable=False):
         super().__init__(params, lr, betas, eps, weight_decay, decoupled, backend=backend,
-                         state_dtype=state_dtype)
+                         state_dtype=state_dtype, capturable=capturable)

@@ -12,6 +12,7 @@ import torch
 from .. import backends
 from .._grad_scaling import skipped
 from ..reference._common import state_dtype_for
+from . import _validation as check
 from ._sharding import local, shard_group
 
 
@@ -39,12 +40,18 @@ class FusedOptimizer(torch.optim.Optimizer):
     state_aliases: Dict[str, str] = {}
     # Whether each param keeps its own step counter (all but DualAdam).
     per_param_step = True
+    # States that keep the math dtype whatever state_dtype says (Adai's beta1_prod: see adai.py).
+    math_dtype_states: tuple = ()
 
-    def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto", state_dtype=None):
+    def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto", state_dtype=None,
+                 capturable: bool = False):
         self._backend_request = backends.requested_backend(backend)
         # the dtype of the tensor states of fp32/bf16/fp16 params (None: fp32); per group
         state_dtype_for(torch.float32, state_dtype)
-        defaults = {**defaults, "state_dtype": state_dtype}
+        # capturable: step counters live on the params' device and nothing in step() reads a
+        # device value on the host, so a CUDA graph can capture the step (cuda/triton backends)
+        check.flag("capturable", capturable)
+        defaults = {**defaults, "state_dtype": state_dtype, "capturable": capturable}
         super().__init__(params, defaults)
         # GradScaler.step() then hands us `grad_scale` and `found_inf` as attributes instead of
         # unscaling the grads in memory and reading found_inf itself (see scaling())
@@ -71,8 +78,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            self.hyper(group, len(self.param_groups) - 1)
-            self._check_params(group["params"], group.get("state_dtype"))
+            index = len(self.param_groups) - 1
+            self.hyper(group, index)
+            check.flag("capturable", group.get("capturable", False), index)
+            self._check_params(group["params"], group.get("state_dtype"), group.get("capturable", False))
         except Exception:
             self.param_groups.pop()
             raise
@@ -83,7 +92,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 return p.device
         return None
 
-    def _check_params(self, params: List[torch.Tensor], state_dtype=None) -> None:
+    def _check_params(self, params: List[torch.Tensor], state_dtype=None, capturable=False) -> None:
         device = self._device()
         for p in params:
             if p.is_complex():
@@ -101,7 +110,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if params:
             # an explicit backend that cannot serve raises here; the lookups the step makes are
             # prepared now, in eager mode (torch.compile traces the step as dictionary reads)
-            backend = backends.choose(self._backend_request, device, state_dtype)
+            backend = backends.choose(self._backend_request, device, state_dtype, capturable)
             backends.implementation(backend)
             backends.operators(backend)
 
@@ -153,7 +162,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 lists[2].append(p)
             if not by_kind:
                 continue
-            backend = backends.choose(self._backend_request, device, group.get("state_dtype"))
+            backend = backends.choose(self._backend_request, device, group.get("state_dtype"),
+                                      group.get("capturable", False))
             impl = backends.operators(backend) if torch.compiler.is_compiling() else backends.implementation(backend)
             for (_, group_of_shards), (params, grads, keys) in by_kind.items():
                 batches.append(Batch(group, hyper, backend, impl, params, grads, keys, group_of_shards))
@@ -164,11 +174,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Existing state must fit its param: the kernels trust shapes and dtypes (a param
         converted with .double() or .to(device) after its state was made would otherwise be
         updated from memory of the wrong size)."""
-        want = state_dtype_for(p.dtype, state_dtype)
         where = p.get_device()
         for key, value in state.items():
             if key == "step" or not torch.is_tensor(value):
                 continue
+            want = self._state_dtype(p, key, state_dtype)
             if value.shape != p.shape or value.dtype != want or value.get_device() != where:
                 raise ValueError(
                     f"{type(self).__name__}: state {key!r} ({value.dtype}, {tuple(value.shape)}, {value.device}) "
@@ -177,23 +187,31 @@ class FusedOptimizer(torch.optim.Optimizer):
                     "before creating the optimizer, or load a state dict"
                 )
 
+    def _state_dtype(self, p: torch.Tensor, key: str, state_dtype) -> torch.dtype:
+        return state_dtype_for(p.dtype, None if key in self.math_dtype_states else state_dtype)
+
     def _states(self, batch: Batch) -> List[Dict[str, Any]]:
         """The state of each param of a batch, creating what is missing (after validation)."""
         layout = self.state_layout(batch.hyper)
         state_dtype = batch.group.get("state_dtype")
+        capturable = batch.group.get("capturable", False)
         states = []
         for p in batch.keys:
             state = self.state[p]
             if self.per_param_step:
                 step = state.get("step")
-                # a float32 CPU scalar, as torch.optim keeps it (and what the native counter
-                # update expects); anything else a user or another library put there is converted
-                if not (torch.is_tensor(step) and step.dtype is torch.float32 and step.is_cpu and step.dim() == 0):
-                    state["step"] = torch.tensor(0.0 if step is None else float(step), dtype=torch.float32)
+                # a float32 scalar, as torch.optim keeps it: on the CPU (what the native counter
+                # update expects), on the param's device when capturable; anything else a user
+                # or another library put there is converted
+                where = p.device if capturable else torch.device("cpu")
+                if not (torch.is_tensor(step) and step.dtype is torch.float32 and step.device == where
+                        and step.dim() == 0):
+                    state["step"] = (torch.zeros((), dtype=torch.float32, device=where) if step is None
+                                     else torch.as_tensor(step, dtype=torch.float32).to(where).reshape(()))
             for key, initial in layout.items():
                 if key not in state:
                     state[key] = torch.full_like(
-                        p, initial, dtype=state_dtype_for(p.dtype, state_dtype), memory_format=torch.preserve_format
+                        p, initial, dtype=self._state_dtype(p, key, state_dtype), memory_format=torch.preserve_format
                     )
             states.append(state)
         return states
@@ -207,7 +225,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Adds 1 to step counters after every call of the step succeeded (0 when found_inf)."""
         found_inf = getattr(self, "found_inf", None)
         advance = getattr(impl, "advance_steps", None)
-        if advance is not None and not torch.compiler.is_compiling():
+        if advance is not None and not torch.compiler.is_compiling() and counters[0].is_cpu:
             if not skipped(found_inf):
                 advance(counters)
             return
@@ -278,4 +296,4 @@ class FusedOptimizer(torch.optim.Optimizer):
                     if key == "step":
                         state[key] = torch.tensor(float(value), dtype=torch.float32)
                     elif torch.is_tensor(value) and value.is_floating_point():
-                        state[key] = value.to(device=p.device, dtype=state_dtype_for(p.dtype, group.get("state_dtype")))
+                        state[key] = value.to(device=p.device, dtype=self._state_dtype(p, key, group.get("state_dtype")))

@@ -18,13 +18,13 @@ class DualAdam(FusedOptimizer):
     per_param_step = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, switch_rate=0.01, weight_decay=0.0,
-                 *, backend="auto", state_dtype=None):
+                 *, backend="auto", state_dtype=None, capturable=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, switch_rate=switch_rate, weight_decay=weight_decay)
         self.hyper(defaults, None)
         # a tensor, not an int: torch.compile would otherwise guard on its value and recompile
         # the step every call; float64 holds every count exactly and feeds the fp64 blend rule
         self._global_step = torch.zeros((), dtype=torch.float64)
-        super().__init__(params, defaults, backend, state_dtype)
+        super().__init__(params, defaults, backend, state_dtype, capturable)
 
     @property
     def global_step(self) -> int:
@@ -42,6 +42,9 @@ class DualAdam(FusedOptimizer):
         )
 
     def _update(self, batches):
+        if batches and batches[0].group.get("capturable") and self._global_step.device != batches[0].params[0].device:
+            # capturable: the counter lives with the params (kernels read it there, no sync)
+            self._global_step = self._global_step.to(batches[0].params[0].device)
         for b in batches:
             states = self._states(b)
             b.impl.dualadam_step(
@@ -94,5 +97,6 @@ class InvAdam(DualAdam):
     """InvAdam = DualAdam with switch_rate 0: p -= lr mhat (sqrt(vhat) + eps), forever."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, backend="auto",
-                 state_dtype=None):
-        super().__init__(params, lr, betas, eps, 0.0, weight_decay, backend=backend, state_dtype=state_dtype)
+                 state_dtype=None, capturable=False):
+        super().__init__(params, lr, betas, eps, 0.0, weight_decay, backend=backend, state_dtype=state_dtype,
+                         capturable=capturable)
