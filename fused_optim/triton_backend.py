@@ -312,7 +312,8 @@ def _adai_update_op(
         _adai.adai_update_kernel, plan,
         [plan.table, plan.blocks, vbar, *pointers, float(lr), float(beta0), float(beta2), 1.0 - beta2,
          1.0 - eps, float(weight_decay), 1.0 - lr * weight_decay],
-        dict(_dtypes(params, exp_avgs[0]), **flags, **_weight_decay_flags(weight_decay, decoupled)),
+        dict(_dtypes(params, exp_avgs[0]), B=_mt.tl_dtype(beta1_prods[0].dtype), **flags,
+             **_weight_decay_flags(weight_decay, decoupled)),
     )
     staged.finish()
 

@@ -49,7 +49,7 @@ def adai_inertia_ratio(vhat, vbar, MATH: tl.constexpr):
 
 @triton.jit
 def adai_math(p, g, m, v, beta1_prod, lr, beta0, beta2, one_minus_beta2, one_minus_eps, weight_decay, decay,
-              bc2, vbar, S: tl.constexpr, MATH: tl.constexpr, APPLY_DECAY: tl.constexpr,
+              bc2, vbar, S: tl.constexpr, B: tl.constexpr, MATH: tl.constexpr, APPLY_DECAY: tl.constexpr,
               APPLY_L2: tl.constexpr):
     """Reference: adai_second_moment's v update followed by adai_update, statement by statement,
     on registers of the math dtype."""
@@ -61,10 +61,18 @@ def adai_math(p, g, m, v, beta1_prod, lr, beta0, beta2, one_minus_beta2, one_min
     # clamp_(0, 1 - eps) with comparisons, so a NaN stays NaN as with torch.clamp
     beta1 = tl.where(beta1 < 0.0, 0.0, beta1)
     beta1 = tl.where(beta1 > one_minus_eps, one_minus_eps, beta1)
-    beta1_prod = as_stored(beta1_prod * beta1, S, MATH)
+    beta1_prod = as_stored(beta1_prod * beta1, B, MATH)
     m = as_stored(m * beta1 + (1.0 - beta1) * ge, S, MATH)
     p = p - lr * div(m, 1.0 - beta1_prod, MATH)
     return p, m, v, beta1_prod
+
+
+@triton.jit
+def _add(a, b):
+    # tl.reduce with our own combiner rather than tl.sum: tl.sum is a @triton.jit function of
+    # triton itself, which the interpreter cannot run if triton was imported before
+    # TRITON_INTERPRET was set; builtins and functions defined here have no such condition
+    return a + b
 
 
 @triton.jit
@@ -89,7 +97,7 @@ def adai_second_moment_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_pt
         p = g  # unused: no L2 term, and p is not read (4 B/element saved)
     v, vhat = adai_vhat(p, g, v, beta2.to(MATH), one_minus_beta2.to(MATH), weight_decay.to(MATH), bc2, S, MATH,
                         APPLY_L2)
-    partial = tl.sum(tl.where(mask, vhat.to(tl.float64), 0.0), axis=0)
+    partial = tl.reduce(tl.where(mask, vhat.to(tl.float64), 0.0), 0, _add)
     tl.store(partials_ptr + tl.program_id(0), partial)
 
 
@@ -97,44 +105,49 @@ def adai_second_moment_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_pt
 def sum_partials_kernel(partials_ptr, n, out_ptr, RBLOCK: tl.constexpr):
     """One program: lane j accumulates slots j, j + RBLOCK, ... in order, then a fixed tree
     over the lanes. The order depends only on n."""
-    lanes = tl.zeros((RBLOCK,), dtype=tl.float64)
-    for first in range(0, n, RBLOCK):
+    lanes = tl.full((RBLOCK,), 0.0, tl.float64)
+    first = n * 0
+    while first < n:  # a while loop: the interpreter cannot range() over a runtime scalar
         offs = first + tl.arange(0, RBLOCK)
         lanes += tl.load(partials_ptr + offs, mask=offs < n, other=0.0)
-    tl.store(out_ptr, tl.sum(lanes, axis=0))
+        first += RBLOCK
+    tl.store(out_ptr, tl.reduce(lanes, 0, _add))
 
 
 @triton.jit
 def _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, lr, beta0, beta2, one_minus_beta2, one_minus_eps,
                 weight_decay, decay, bc2, vbar, NCOLS: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
-                MATH: tl.constexpr, APPLY_DECAY: tl.constexpr, APPLY_L2: tl.constexpr,
+                B: tl.constexpr, MATH: tl.constexpr, APPLY_DECAY: tl.constexpr, APPLY_L2: tl.constexpr,
                 HAS_GRAD_SCALE: tl.constexpr, ALIGNED: tl.constexpr, FULL: tl.constexpr):
     p_ptr = column_ptr(table_ptr, row, 0, NCOLS, P, ALIGNED)
     g_ptr = column_ptr(table_ptr, row, 1, NCOLS, P, ALIGNED)
     m_ptr = column_ptr(table_ptr, row, 2, NCOLS, S, ALIGNED)
     v_ptr = column_ptr(table_ptr, row, 3, NCOLS, S, ALIGNED)
-    b_ptr = column_ptr(table_ptr, row, 4, NCOLS, S, ALIGNED)
+    b_ptr = column_ptr(table_ptr, row, 4, NCOLS, B, ALIGNED)
     p = load_math(p_ptr, offs, mask, FULL, MATH)
     g = unscaled(load_math(g_ptr, offs, mask, FULL, MATH), grad_scale_ptr, HAS_GRAD_SCALE, MATH)
     m = load_math(m_ptr, offs, mask, FULL, MATH)
     v = load_math(v_ptr, offs, mask, FULL, MATH)
     beta1_prod = load_math(b_ptr, offs, mask, FULL, MATH)
     p, m, v, beta1_prod = adai_math(p, g, m, v, beta1_prod, lr, beta0, beta2, one_minus_beta2, one_minus_eps,
-                                    weight_decay, decay, bc2, vbar, S, MATH, APPLY_DECAY, APPLY_L2)
+                                    weight_decay, decay, bc2, vbar, S, B, MATH, APPLY_DECAY, APPLY_L2)
     store_rounded(p_ptr, offs, p, mask, FULL, P)
     store_rounded(m_ptr, offs, m, mask, FULL, S)
     store_rounded(v_ptr, offs, v, mask, FULL, S)
-    store_rounded(b_ptr, offs, beta1_prod, mask, FULL, S)
+    store_rounded(b_ptr, offs, beta1_prod, mask, FULL, B)
 
 
 @triton.jit
 def adai_update_kernel(table_ptr, blocks_ptr, vbar_ptr, grad_scale_ptr, found_inf_ptr, lr: tl.float64,
                        beta0: tl.float64, beta2: tl.float64, one_minus_beta2: tl.float64,
                        one_minus_eps: tl.float64, weight_decay: tl.float64, decay: tl.float64,
-                       NCOLS: tl.constexpr, P: tl.constexpr, S: tl.constexpr, MATH: tl.constexpr,
-                       APPLY_DECAY: tl.constexpr, APPLY_L2: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
+                       NCOLS: tl.constexpr, P: tl.constexpr, S: tl.constexpr, B: tl.constexpr,
+                       MATH: tl.constexpr, APPLY_DECAY: tl.constexpr, APPLY_L2: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                        HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
-    """Pass 2. Table row: p, g, m, v, beta1_prod, step, numel. vbar is read on the device."""
+    """Pass 2. Table row: p, g, m, v, beta1_prod, step, numel. vbar is read on the device.
+    beta1_prod has its own dtype B: in bf16 it cannot hold values in (1 - 2^-9, 1), so with
+    beta1 near 1 - eps = 0.999 it rounds to 1 and 1 - beta1_prod is 0 (inf update); callers
+    with bf16 moments should keep it fp32."""
     row, start = block_coords(blocks_ptr, BLOCK)
     numel = tl.load(table_ptr + row * NCOLS + (NCOLS - 1))
     t = step_of(table_ptr, row, NCOLS - 2, NCOLS)
@@ -146,8 +159,8 @@ def adai_update_kernel(table_ptr, blocks_ptr, vbar_ptr, grad_scale_ptr, found_in
     if (start + BLOCK <= numel) & active:
         _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, lr.to(MATH), beta0.to(MATH), beta2.to(MATH),
                     one_minus_beta2.to(MATH), one_minus_eps.to(MATH), weight_decay.to(MATH), decay.to(MATH), bc2,
-                    vbar, NCOLS, P, S, MATH, APPLY_DECAY, APPLY_L2, HAS_GRAD_SCALE, ALIGNED, True)
+                    vbar, NCOLS, P, S, B, MATH, APPLY_DECAY, APPLY_L2, HAS_GRAD_SCALE, ALIGNED, True)
     else:
         _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, lr.to(MATH), beta0.to(MATH), beta2.to(MATH),
                     one_minus_beta2.to(MATH), one_minus_eps.to(MATH), weight_decay.to(MATH), decay.to(MATH), bc2,
-                    vbar, NCOLS, P, S, MATH, APPLY_DECAY, APPLY_L2, HAS_GRAD_SCALE, ALIGNED, False)
+                    vbar, NCOLS, P, S, B, MATH, APPLY_DECAY, APPLY_L2, HAS_GRAD_SCALE, ALIGNED, False)

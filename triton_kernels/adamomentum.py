@@ -27,9 +27,10 @@ def adamomentum_scalars(lr, beta1, beta2, t, RECTIFY: tl.constexpr):
     if RECTIFY:
         rho_inf = 2.0 / (1.0 - beta2) - 1.0
         rho_t = rho_inf - 2.0 * t * beta2_t / bias_correction2
-        # r_t is NaN while rho_t < 4; the select drops it, as the reference never forms it
-        r_t = tl.sqrt(bias_correction2 * (rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-                      / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+        # the select below drops r_t while rho_t < 5, as the reference never forms it then;
+        # the clamp at 0 only keeps it from being a NaN (the radicand is > 0 for rho_t >= 5)
+        r_t = tl.sqrt(tl.maximum(bias_correction2 * (rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                                 / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.0))
         adaptive = rho_t >= 5.0
         step_size = tl.where(adaptive, lr * r_t / bias_correction1, lr / bias_correction1)
         kind = tl.where(adaptive, 1, 2)

@@ -355,6 +355,7 @@ class VariantLog:
 
     def __init__(self):
         self.keys = set()
+        self.launches = 0  # every launch, to count launches per call
 
     def record(self, kernel, args: Sequence[object], constexprs: Dict[str, object],
                options: Dict[str, object]) -> None:
@@ -363,6 +364,7 @@ class VariantLog:
                tuple(sorted((k, str(v)) for k, v in constexprs.items())),
                tuple(sorted((k, str(v)) for k, v in options.items())))
         self.keys.add(key)
+        self.launches += 1
 
     def count(self, name: str) -> int:
         return sum(1 for key in self.keys if key[0] == name)

@@ -1,0 +1,312 @@
+"""The triton backend (fused_optim.triton_backend) against the fp64 reference, and its
+contract: GradScaler inputs, device-read steps, deterministic Adai sums, one launch per call
+from a cached pointer table, no recompilation for new hyperparameters, custom ops.
+
+Without a CUDA device the kernels run under the Triton interpreter on CPU tensors: the
+variable is set only while this module imports the backend and restored afterwards (triton
+reads it when @triton.jit runs), so no other test sees it. On a GPU machine the same tests
+run on CUDA tensors. Sizes are small: the interpreter runs each block in numpy.
+"""
+import importlib
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed: the triton backend cannot run")
+
+from fused_optim import reference  # noqa: E402
+
+from .tolerances import param_tolerance, state_tolerance  # noqa: E402
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+
+
+def _import_backend():
+    """Imports fused_optim.triton_backend with the kernels of THIS checkout, interpreted when
+    there is no GPU. (An editable install of another checkout can map the fused_optim.
+    triton_kernels package to its own directory; a source-tree run must test its own files.)"""
+    import fused_optim
+
+    if "fused_optim.triton_backend" in sys.modules:
+        backend = sys.modules["fused_optim.triton_backend"]
+        if not ON_GPU and not backend._mt.INTERPRETED:
+            pytest.skip("fused_optim.triton_backend was imported before this module without "
+                        "TRITON_INTERPRET=1 and there is no GPU: run with TRITON_INTERPRET=1",
+                        allow_module_level=True)
+        return backend
+    previous = os.environ.get("TRITON_INTERPRET")
+    if not ON_GPU:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        kernels_dir = os.path.join(os.path.dirname(os.path.dirname(fused_optim.__file__)), "triton_kernels")
+        name = "fused_optim.triton_kernels"
+        loaded = sys.modules.get(name)
+        if os.path.isdir(kernels_dir) and (
+            loaded is None or os.path.dirname(os.path.abspath(loaded.__file__)) != os.path.abspath(kernels_dir)
+        ):
+            for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+                del sys.modules[key]
+            spec = importlib.util.spec_from_file_location(
+                name, os.path.join(kernels_dir, "__init__.py"), submodule_search_locations=[kernels_dir]
+            )
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            fused_optim.triton_kernels = module
+        return importlib.import_module("fused_optim.triton_backend")
+    finally:
+        if previous is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+tb = _import_backend()
+mt = tb._mt
+
+ok, why = tb.available()
+if not ok:
+    pytest.skip(f"triton backend unavailable: {why}", allow_module_level=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts, cases, and the two implementations stepped side by side
+# ---------------------------------------------------------------------------------------------
+
+BF16_STATE = torch.bfloat16
+
+
+def _rnd(gen, *shape, dtype):
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.05).to(dtype)
+
+
+def make_params(dtype, seed=0):
+    """Sizes 1 and 7, one tensor over two blocks (BLOCK is 1024 here), a zero-size one, two
+    transposed views (one with a matching transposed grad: walked in place; one with a
+    contiguous grad: staged through copies) and a view one element into its storage."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [
+        _rnd(gen, 1, dtype=dtype),
+        _rnd(gen, 7, dtype=dtype),
+        _rnd(gen, 1500, dtype=dtype),
+        _rnd(gen, 0, dtype=dtype),
+        _rnd(gen, 33, 65, dtype=dtype).t(),
+        _rnd(gen, 9, 5, dtype=dtype).t(),
+        _rnd(gen, 1032, dtype=dtype)[1:],
+    ]
+    return [p.to(DEVICE) if p.is_contiguous() else p.t().to(DEVICE).t() for p in params]
+
+
+STAGED_INDEX = 5  # its grad is made contiguous: the layouts differ, so it goes through staging
+
+
+def make_grads(params, step, seed=1, scale=0.1):
+    gen = torch.Generator().manual_seed(seed * 1000 + step)
+    grads = []
+    for i, p in enumerate(params):
+        values = torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale
+        if i == STAGED_INDEX:
+            grad = torch.empty(p.shape, dtype=p.dtype, device=DEVICE)
+        else:
+            grad = torch.empty_like(p, memory_format=torch.preserve_format)
+        grad.copy_(values)
+        grads.append(grad)
+    return grads
+
+
+# Function-level hyperparameters of the optimizer cases in fused_optim/registry.py.
+ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False,
+            maximize=False)
+ADAMOMENTUM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-16, weight_decay=0.0, decoupled=True,
+                   amsgrad=False, rectify=False)
+DUALADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, switch_rate=0.01)
+ADAI = dict(lr=0.5, beta0=0.1, beta2=0.99, eps=1e-3, weight_decay=0.0, decoupled=False)
+
+CASES = {
+    # name: (function, tolerance name in tests/tolerances.py, hyperparameters)
+    "adam": ("adam", "Adam", ADAM),
+    "adam_l2": ("adam", "Adam", dict(ADAM, weight_decay=0.1)),
+    "adam_amsgrad": ("adam", "Adam", dict(ADAM, amsgrad=True, weight_decay=0.05)),
+    "adam_maximize": ("adam", "Adam", dict(ADAM, maximize=True, beta1=0.8, beta2=0.99, eps=1e-6)),
+    "adamw": ("adam", "AdamW", dict(ADAM, decoupled=True, weight_decay=0.01)),
+    "adamw_amsgrad_maximize": ("adam", "AdamW", dict(ADAM, decoupled=True, amsgrad=True, maximize=True,
+                                                     weight_decay=0.1)),
+    "adamomentum": ("adamomentum", "AdaMomentum", ADAMOMENTUM),
+    "adamomentum_l2": ("adamomentum", "AdaMomentum", dict(ADAMOMENTUM, decoupled=False, weight_decay=0.05)),
+    "adamomentum_decoupled_wd": ("adamomentum", "AdaMomentum", dict(ADAMOMENTUM, weight_decay=0.05)),
+    "adamomentum_amsgrad": ("adamomentum", "AdaMomentum", dict(ADAMOMENTUM, amsgrad=True)),
+    # beta2 = 0.9: rho_t crosses 5 at step 6, both rectify regimes happen
+    "adamomentum_rectify": ("adamomentum", "AdaMomentum", dict(ADAMOMENTUM, rectify=True, beta2=0.9, eps=1e-8)),
+    "adamomentum_rectify_amsgrad": ("adamomentum", "AdaMomentum", dict(ADAMOMENTUM, rectify=True, amsgrad=True,
+                                                                       beta1=0.8, beta2=0.9, eps=1e-8)),
+    "dualadam": ("dualadam", "DualAdam", DUALADAM),
+    # 0.3: blending at steps 1-2, pure Adam from step 3
+    "dualadam_fast_switch": ("dualadam", "DualAdam", dict(DUALADAM, switch_rate=0.3)),
+    "dualadam_wd": ("dualadam", "DualAdam", dict(DUALADAM, switch_rate=0.2, weight_decay=0.05)),
+    "invadam": ("dualadam", "InvAdam", dict(DUALADAM, switch_rate=0.0)),
+    "invadam_wd": ("dualadam", "InvAdam", dict(DUALADAM, switch_rate=0.0, weight_decay=0.05, eps=1e-3)),
+    "adai": ("adai", "Adai", ADAI),
+    "adai_l2": ("adai", "Adai", dict(ADAI, weight_decay=0.05)),
+    "adai_decoupled": ("adai", "AdaiW", dict(ADAI, weight_decay=0.05, decoupled=True)),
+    "adai_betas_eps": ("adai", "Adai", dict(ADAI, lr=0.1, beta0=0.3, beta2=0.9, eps=0.05)),
+}
+
+STATE_NAMES = {
+    "adam": ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
+    "adamomentum": ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
+    "dualadam": ("exp_avgs", "exp_avg_sqs"),
+    "adai": ("exp_avgs", "exp_avg_sqs", "beta1_prods"),
+}
+
+
+class Run:
+    """Params and states of one optimizer function's group, stepped by the triton backend
+    (state dtype `state_dtype`, step counters as 0-dim float32 tensors) or, with oracle=True,
+    by fused_optim.reference in fp64 (steps as floats t = step + 1)."""
+
+    def __init__(self, fn, hp, params, state_dtype=None, oracle=False):
+        self.fn, self.hp, self.oracle = fn, dict(hp), oracle
+        self.params = [p.detach().double().clone() if oracle else p for p in params]
+        if oracle:
+            state_dtype = torch.float64
+        elif state_dtype is None:
+            state_dtype = torch.float64 if params[0].dtype == torch.float64 else torch.float32
+        zeros = lambda: [torch.zeros_like(p, dtype=state_dtype) for p in self.params]  # noqa: E731
+        self.states = {name: zeros() for name in STATE_NAMES[fn]}
+        if fn == "adai":
+            # bf16 cannot hold beta1_prod in (1 - 2^-9, 1): beta1 = 0.999 would round it to 1 and
+            # divide by 1 - beta1_prod = 0. With bf16 moments it stays fp32 (the kernel takes
+            # its dtype separately).
+            prod_dtype = torch.float32 if state_dtype == BF16_STATE else state_dtype
+            self.states["beta1_prods"] = [torch.ones_like(p, dtype=prod_dtype) for p in self.params]
+        self.count = 0  # steps taken (the optimizer's step counters hold this before a step)
+        self.steps = [torch.zeros((), dtype=torch.float32) for _ in self.params]
+        self.global_step = torch.zeros((), dtype=torch.float64)
+
+    def step(self, grads, **scaling):
+        s, hp = self.states, self.hp
+        if self.oracle:
+            grads = [g.double() for g in grads]
+            t = [self.count + 1.0] * len(self.params)
+        impl = reference if self.oracle else tb
+        steps = t if self.oracle else self.steps
+        if self.fn == "adam":
+            impl.adam_step(self.params, grads, s["exp_avgs"], s["exp_avg_sqs"], s["max_exp_avg_sqs"], steps,
+                           **hp, **scaling)
+        elif self.fn == "adamomentum":
+            impl.adamomentum_step(self.params, grads, s["exp_avgs"], s["exp_avg_sqs"], s["max_exp_avg_sqs"],
+                                  steps, **hp, **scaling)
+        elif self.fn == "dualadam":
+            global_step = self.count + 1 if self.oracle else self.global_step
+            impl.dualadam_step(self.params, grads, s["exp_avgs"], s["exp_avg_sqs"], global_step=global_step,
+                               **hp, **scaling)
+        else:
+            pass1 = {k: hp[k] for k in ("beta2", "weight_decay", "decoupled")}
+            if "grad_scale" in scaling:
+                pass1["grad_scale"] = scaling["grad_scale"]
+            total = impl.adai_second_moment(self.params, grads, s["exp_avg_sqs"], steps, **pass1)
+            count = sum(p.numel() for p in self.params)
+            self.last_total = total
+            impl.adai_update(self.params, grads, s["exp_avgs"], s["exp_avg_sqs"], s["beta1_prods"], steps, **hp,
+                             vbar=total / count, **scaling)
+        found_inf = scaling.get("found_inf")
+        if found_inf is None or float(found_inf) == 0:
+            # the optimizer advances the counters after every call succeeded
+            self.count += 1
+            for step in self.steps:
+                step.add_(1)
+            self.global_step.add_(1)
+
+    def tensors(self):
+        """name -> list of tensors, params and every state."""
+        out = {"params": self.params}
+        for name, tensors in self.states.items():
+            if name != "max_exp_avg_sqs" or self.hp.get("amsgrad"):
+                out[name] = tensors
+        return out
+
+
+def run_pair(case, dtype, state_dtype=None, steps=4, seed=0):
+    fn, _, hp = CASES[case]
+    params = make_params(dtype, seed)
+    run, oracle = Run(fn, hp, params, state_dtype), Run(fn, hp, params, oracle=True)
+    low = dtype in (torch.bfloat16, torch.float16)
+    for k in range(1, steps + 1):
+        grads = make_grads(run.params, k)
+        run.step(grads)
+        oracle.step(grads)
+        if low:  # the oracle's params are rounded as the tested ones are stored (tests/helpers.py)
+            for q, p in zip(oracle.params, run.params):
+                q.copy_(q.to(dtype).double())
+    return run, oracle
+
+
+# bf16 states: every store rounds a state to 8 significant bits (2^-9 relative, round to
+# nearest). m and v are running averages of such roundings, so they stay within ~2^-8 of the
+# fp64 states relative to their size; atol is that at the tensor's largest magnitude, for
+# elements passing through zero. Each step's update is formed from those states, so it
+# carries ~2^-7 relative error (m, and sqrt(v) or Adai's 1 - beta1_prod, which cancels to
+# ~0.1 at step 1 and multiplies beta1_prod's 2^-9 by 10): params get 2^-5 of the largest
+# total movement of any element as atol (4 steps, 2^-7 each).
+BF16_STATE_RTOL = 2 ** -6
+
+
+def _close(actual, expected, rtol, atol, what):
+    torch.testing.assert_close(actual.double().cpu(), expected.cpu(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def check_parity(case, run, oracle, initial):
+    fn, tol_name, hp = CASES[case]
+    dtype = run.params[0].dtype
+    bf16_states = run.states["exp_avgs"][0].dtype == BF16_STATE
+    expected, actual = oracle.tensors(), run.tensors()
+    for i, (p, q) in enumerate(zip(actual["params"], expected["params"])):
+        rtol, atol = param_tolerance(tol_name, dtype, q)
+        if bf16_states and q.numel():
+            moved = float((q - initial[i].double()).abs().max())
+            rtol, atol = max(rtol, BF16_STATE_RTOL), max(atol, 2 ** -5 * moved)
+        _close(p, q, rtol, atol, f"{case} {dtype} param {i}")
+        for name in expected:
+            if name == "params":
+                continue
+            s, r = actual[name][i], expected[name][i]
+            srtol, satol = state_tolerance(tol_name, dtype, hp.get("weight_decay", 0.0), atol)
+            if bf16_states and r.numel():
+                srtol, satol = max(srtol, BF16_STATE_RTOL), max(satol, BF16_STATE_RTOL * float(r.abs().max()))
+            _close(s, r, srtol, satol, f"{case} {dtype} {name} {i}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity
+# ---------------------------------------------------------------------------------------------
+
+DTYPE_COMBOS = [
+    (torch.float64, None), (torch.bfloat16, None), (torch.float16, None),
+    (torch.float32, BF16_STATE), (torch.bfloat16, BF16_STATE), (torch.float16, BF16_STATE),
+]
+# Cases that run every dtype combination: one per function with weight decay (the states see
+# p), plus the flags that change what memory a kernel touches (amsgrad) or its scalars.
+DTYPE_CASES = ["adam_l2", "adamw_amsgrad_maximize", "adamomentum_rectify_amsgrad", "dualadam_wd", "adai_l2",
+               ]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_parity_fp32_every_case(case):
+    # 6 steps: AdaMomentum's rectify cases cross rho_t = 5 at step 6
+    steps = 6 if "rectify" in case else 4
+    params = make_params(torch.float32)
+    initial = [p.clone() for p in params]
+    run, oracle = run_pair(case, torch.float32, steps=steps)
+    check_parity(case, run, oracle, initial)
+
+
+@pytest.mark.parametrize("dtype,state_dtype", DTYPE_COMBOS, ids=lambda x: str(x).replace("torch.", ""))
+@pytest.mark.parametrize("case", DTYPE_CASES)
+def test_parity_dtypes(case, dtype, state_dtype):
+    initial = [p.clone() for p in make_params(dtype)]
+    run, oracle = run_pair(case, dtype, state_dtype, steps=3)
+    check_parity(case, run, oracle, initial)
