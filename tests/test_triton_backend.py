@@ -290,8 +290,7 @@ DTYPE_COMBOS = [
 ]
 # Cases that run every dtype combination: one per function with weight decay (the states see
 # p), plus the flags that change what memory a kernel touches (amsgrad) or its scalars.
-DTYPE_CASES = ["adam_l2", "adamw_amsgrad_maximize", "adamomentum_rectify_amsgrad", "dualadam_wd", "adai_l2",
-               ]
+DTYPE_CASES = ["adam_l2", "adamw_amsgrad_maximize", "adamomentum_rectify_amsgrad", "dualadam_wd", "adai_l2"]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -310,3 +309,242 @@ def test_parity_dtypes(case, dtype, state_dtype):
     initial = [p.clone() for p in make_params(dtype)]
     run, oracle = run_pair(case, dtype, state_dtype, steps=3)
     check_parity(case, run, oracle, initial)
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract beyond the math
+# ---------------------------------------------------------------------------------------------
+
+# one case per function, fp32, for the tests below
+ONE_PER_FUNCTION = ["adam_amsgrad", "adamomentum_rectify", "dualadam_fast_switch", "adai_l2"]
+
+
+def _snapshot(run):
+    return {name: [t.clone() for t in tensors] for name, tensors in run.tensors().items()}
+
+
+def _assert_bitwise_equal(a, b, what):
+    for name in a:
+        for i, (x, y) in enumerate(zip(a[name], b[name])):
+            assert torch.equal(x, y), f"{what}: {name}[{i}] differs"
+
+
+@pytest.mark.parametrize("case", ONE_PER_FUNCTION)
+def test_found_inf_leaves_everything_unchanged(case):
+    fn, _, hp = CASES[case]
+    run = Run(fn, hp, make_params(torch.float32))
+    run.step(make_grads(run.params, 1))  # nonzero states first
+    before = _snapshot(run)
+    found_inf = torch.ones((), dtype=torch.float32, device=DEVICE)
+    grads = make_grads(run.params, 2)
+    grads[1][0] = float("inf")
+    run.step(grads, found_inf=found_inf)
+    _assert_bitwise_equal(before, _snapshot(run), f"{case} with found_inf")
+    # found_inf == 0: the step happens
+    run.step(make_grads(run.params, 2), found_inf=torch.zeros((), dtype=torch.float32, device=DEVICE))
+    assert not torch.equal(before["params"][2], run.params[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ONE_PER_FUNCTION)
+def test_grad_scale_equals_prescaled_grads(case, dtype):
+    fn, _, hp = CASES[case]
+    scale = torch.tensor(3.0, dtype=torch.float32, device=DEVICE)
+    scaled, plain = Run(fn, hp, make_params(dtype)), Run(fn, hp, make_params(dtype))
+    for k in (1, 2):
+        grads = make_grads(scaled.params, k)
+        scaled.step([g * scale.to(dtype) for g in grads], grad_scale=scale)
+        plain.step([(g * scale.to(dtype)) / scale.to(dtype) for g in grads])
+    _assert_bitwise_equal(_snapshot(plain), _snapshot(scaled), f"{case} grad_scale")
+
+
+def test_adai_is_deterministic_and_its_sum_matches_the_reference():
+    fn, _, hp = CASES["adai_l2"]
+    runs = [Run(fn, hp, make_params(torch.float32)) for _ in range(2)]
+    totals = [[], []]
+    for k in (1, 2):
+        for run, out in zip(runs, totals):
+            run.step(make_grads(run.params, k))
+            out.append(run.last_total.clone())
+    _assert_bitwise_equal(_snapshot(runs[0]), _snapshot(runs[1]), "two Adai runs")
+    for a, b in zip(*totals):
+        assert a.dtype == torch.float64 and a.dim() == 0 and a.device == DEVICE
+        assert torch.equal(a, b)
+    # pass 1 alone: the sum of vhat_new without writing v
+    oracle = Run(fn, hp, make_params(torch.float32), oracle=True)
+    run = Run(fn, hp, make_params(torch.float32))
+    grads = make_grads(run.params, 1)
+    v_before = [v.clone() for v in run.states["exp_avg_sqs"]]
+    total = tb.adai_second_moment(run.params, grads, run.states["exp_avg_sqs"], run.steps, beta2=hp["beta2"],
+                                  weight_decay=hp["weight_decay"], decoupled=hp["decoupled"])
+    expected = reference.adai_second_moment(oracle.params, [g.double() for g in grads], oracle.states["exp_avg_sqs"],
+                                            [1.0] * len(grads), beta2=hp["beta2"], weight_decay=hp["weight_decay"],
+                                            decoupled=hp["decoupled"])
+    assert all(torch.equal(a, b) for a, b in zip(v_before, run.states["exp_avg_sqs"])), "pass 1 wrote v"
+    torch.testing.assert_close(total.cpu(), expected, rtol=1e-6, atol=0)
+
+
+def test_adai_all_zero_grads_give_finite_steps():
+    """vbar == 0 at step 1 (every grad exactly zero): the ratio is 1 (OURS), nothing is NaN."""
+    fn, _, hp = CASES["adai"]
+    run, oracle = Run(fn, hp, make_params(torch.float32)), Run(fn, hp, make_params(torch.float32), oracle=True)
+    zeros = [torch.zeros_like(p) for p in run.params]
+    run.step(zeros)
+    oracle.step(zeros)
+    assert float(run.last_total) == 0.0
+    for name, tensors in run.tensors().items():
+        assert all(torch.isfinite(t).all() for t in tensors), name
+    check_parity("adai", run, oracle, make_params(torch.float32))
+
+
+@pytest.mark.parametrize("case", ["adam_l2", "adai_decoupled"])
+def test_steps_read_by_the_kernel_equal_steps_read_on_the_host(case, monkeypatch):
+    fn, _, hp = CASES[case]
+    results = []
+    for host in (False, True):
+        monkeypatch.setattr(tb, "_FORCE_HOST_STEPS", host)
+        run = Run(fn, hp, make_params(torch.float32))
+        if ON_GPU and not host:
+            run.steps = [s.to(DEVICE) for s in run.steps]  # capturable: counters on the device
+        for k in (1, 2, 3):
+            run.step(make_grads(run.params, k))
+        results.append(_snapshot(run))
+    _assert_bitwise_equal(results[0], results[1], f"{case} device-read vs host-read steps")
+
+
+def test_dualadam_switch_predicate_is_fp64_exact():
+    """xi = 0.05: 1 - 19 * 0.05 < 0.05 in fp64, so step 19 is pure Adam (spec); step 18 blends."""
+    for t, blends in ((18, True), (19, False)):
+        alpha, blend = reference.dualadam_blend_weight(t, 0.05)
+        assert blend == blends
+        hp = dict(DUALADAM, switch_rate=0.05)
+        params = make_params(torch.float64)
+        run, oracle = Run("dualadam", hp, params), Run("dualadam", hp, params, oracle=True)
+        run.global_step.fill_(t - 1)
+        oracle.count = t - 1
+        grads = make_grads(run.params, 1)
+        run.step(grads)
+        oracle.step(grads)
+        check_parity("dualadam", run, oracle, params)
+
+
+def test_pointer_table_is_cached_and_rebuilt_when_a_tensor_changes():
+    fn, _, hp = CASES["adam_l2"]
+    # no staged index here: staged copies are new tensors at new addresses every call
+    params = [p.contiguous() if i == STAGED_INDEX else p for i, p in enumerate(make_params(torch.float32))]
+    run, oracle = Run(fn, hp, params), Run(fn, hp, params, oracle=True)
+    grads = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
+
+    def step(k):
+        # the same grad tensors every step, as with zero_grad(set_to_none=False)
+        for g, values in zip(grads, make_grads(params, k)):
+            g.copy_(values)
+        run.step(grads)
+        oracle.step(grads)
+
+    step(1)
+    builds = mt.PLANS.builds
+    step(2)
+    step(3)
+    assert mt.PLANS.builds == builds, "the table was rebuilt for unchanged tensors"
+    # a new state tensor (e.g. after load_state_dict) with the same values: a new table
+    run.states["exp_avgs"][2] = run.states["exp_avgs"][2].clone()
+    step(4)
+    assert mt.PLANS.builds == builds + 1
+    step(5)
+    assert mt.PLANS.builds == builds + 1
+    check_parity("adam_l2", run, oracle, params)
+
+
+def test_300_tensors_in_one_launch():
+    gen = torch.Generator().manual_seed(3)
+    params = [_rnd(gen, i % 13 + 1, dtype=torch.float32).to(DEVICE) for i in range(320)]
+    params[17] = params[17][:0]  # and a zero-size one among them
+    fn, _, hp = CASES["adamw"]
+    run, oracle = Run(fn, hp, params), Run(fn, hp, params, oracle=True)
+    for k in (1, 2):
+        grads = [torch.randn(p.shape, generator=gen).to(DEVICE) * 0.1 for p in params]
+        launches = mt.VARIANTS.launches
+        run.step(grads)
+        assert mt.VARIANTS.launches == launches + 1
+        oracle.step(grads)
+    check_parity("adamw", run, oracle, params)
+
+
+def test_new_hyperparameters_compile_nothing():
+    """lr, betas, eps, weight decay values are fp64 runtime arguments: stepping with new values
+    adds no compile-cache key (computed as triton's JIT does; on a GPU also its real cache)."""
+    params = make_params(torch.float32)
+    kernels = {"adam": tb._adam.adam_kernel, "adai": tb._adai.adai_update_kernel}
+    for fn, kernel in kernels.items():
+        base = CASES["adam_l2" if fn == "adam" else "adai_l2"][2]
+        run = Run(fn, base, params)
+        run.step(make_grads(run.params, 1))
+        name = kernel.fn.__name__
+        variants = mt.VARIANTS.count(name)
+        cached = _jit_cache_size(kernel)
+        for k, (lr, b2) in enumerate([(0.3, 0.95), (1e-4, 0.9), (2e-2, 0.999)], start=2):
+            run.hp.update(lr=lr, beta2=b2, eps=run.hp["eps"] * 2, weight_decay=run.hp["weight_decay"] * 3)
+            run.step(make_grads(run.params, k))
+        assert mt.VARIANTS.count(name) == variants, f"{name}: new hyperparameter values made a new variant"
+        assert _jit_cache_size(kernel) == cached
+
+
+def _jit_cache_size(kernel):
+    """The JIT's compiled-kernel count on the current GPU; None under the interpreter, which
+    compiles nothing (VariantLog stands in for it there)."""
+    caches = getattr(kernel, "device_caches", None)
+    if not ON_GPU or caches is None:
+        return None
+    return len(caches[torch.cuda.current_device()][0])
+
+
+def test_zero_size_only_and_empty_lists():
+    fn, _, hp = CASES["adam"]
+    params = [torch.zeros(0, device=DEVICE), torch.zeros(0, 3, device=DEVICE)]
+    run = Run(fn, hp, params)
+    launches = mt.VARIANTS.launches
+    run.step([torch.zeros_like(p) for p in params])
+    assert mt.VARIANTS.launches == launches
+    tb.adam_step([], [], [], [], [], [], **ADAM)
+    total = tb.adai_second_moment([], [], [], [], beta2=0.99, weight_decay=0.0, decoupled=False)
+    assert float(total) == 0.0
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    monkeypatch.setattr(mt, "INTERPRETED", False)
+    ok, why = tb.available()
+    assert ok == ON_GPU and (ok or "CUDA" in why)
+    p = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        tb.adam_step([p], [p.clone()], [p.clone()], [p.clone()], [], [torch.zeros(())], **ADAM)
+
+
+def _small(dtype=torch.float32, n=2):
+    gen = torch.Generator().manual_seed(5)
+    return [_rnd(gen, 3 + i, dtype=dtype).to(DEVICE) for i in range(n)]
+
+
+def _opcheck_cases():
+    p = _small()
+    z = lambda: [torch.zeros_like(x) for x in p]  # noqa: E731
+    g = [torch.randn_like(x) for x in p]
+    steps = [torch.ones((), dtype=torch.float32, device=DEVICE) for _ in p]
+    scalar = lambda v, dt=torch.float32: torch.tensor(v, dtype=dt, device=DEVICE)  # noqa: E731
+    return {
+        "adam": (tb._adam_op, (p, g, z(), z(), z(), steps, 1e-3, 0.9, 0.999, 1e-8, 0.1, True, True, False,
+                               scalar(2.0), scalar(0.0))),
+        "adamomentum": (tb._adamomentum_op, (p, g, z(), z(), [], steps, 1e-3, 0.9, 0.9, 1e-8, 0.0, True, False,
+                                             True, None, None)),
+        "dualadam": (tb._dualadam_op, (p, g, z(), z(), scalar(1.0, torch.float64), 1e-3, 0.9, 0.999, 1e-8, 0.05,
+                                       0.3, None, None)),
+        "adai_second_moment": (tb._adai_second_moment_op, (p, g, z(), steps, 0.99, 0.05, False, None)),
+        "adai_update": (tb._adai_update_op, (p, g, z(), z(), [torch.ones_like(x) for x in p], steps, 0.5, 0.1,
+                                             0.99, 1e-3, 0.0, False, scalar(0.01, torch.float64), None, None)),
+    }
+
+
+@pytest.mark.parametrize("name", ["adam", "adamomentum", "dualadam", "adai_second_moment", "adai_update"])
+def test_custom_ops_pass_opcheck(name):
+    op, args = _opcheck_cases()[name]
+    torch.library.opcheck(op, args)

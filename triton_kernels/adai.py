@@ -17,7 +17,7 @@ No atomics: two runs on the same inputs are bitwise identical.
 import triton
 import triton.language as tl
 
-from .multi_tensor import (as_stored, block_coords, column_ptr, div, is_active, load_math, pow_int,
+from .multi_tensor import (as_stored, block_coords, column_ptr, div, active_numel, load_math, pow_int,
                            step_of, store_rounded, unscaled)
 
 
@@ -44,7 +44,8 @@ def adai_vhat(p, g, v, beta2, one_minus_beta2, weight_decay, bc2, S: tl.constexp
 def adai_inertia_ratio(vhat, vbar, MATH: tl.constexpr):
     """Reference: adai_inertia_ratio. vbar == 0 means every counted vhat is 0: the ratio is 1
     (OURS; the authors' code gives NaN)."""
-    return tl.where(vbar == 0.0, 1.0, div(vhat, vbar, MATH))
+    # the divisor is made 1 where it is 0 only so the unused quotient is not a 0/0 NaN
+    return tl.where(vbar == 0.0, 1.0, div(vhat, tl.where(vbar == 0.0, 1.0, vbar), MATH))
 
 
 @triton.jit
@@ -153,10 +154,10 @@ def adai_update_kernel(table_ptr, blocks_ptr, vbar_ptr, grad_scale_ptr, found_in
     t = step_of(table_ptr, row, NCOLS - 2, NCOLS)
     bc2 = (1.0 - pow_int(beta2, t)).to(MATH)  # reference: adai_bias_correction2
     vbar = tl.load(vbar_ptr).to(MATH)  # reference: vbar.to(vhat.dtype)
-    active = is_active(found_inf_ptr, HAS_FOUND_INF)
+    numel = active_numel(numel, found_inf_ptr, HAS_FOUND_INF)
     offs = start + tl.arange(0, BLOCK)
-    mask = (offs < numel) & active
-    if (start + BLOCK <= numel) & active:
+    mask = offs < numel
+    if start + BLOCK <= numel:
         _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, lr.to(MATH), beta0.to(MATH), beta2.to(MATH),
                     one_minus_beta2.to(MATH), one_minus_eps.to(MATH), weight_decay.to(MATH), decay.to(MATH), bc2,
                     vbar, NCOLS, P, S, B, MATH, APPLY_DECAY, APPLY_L2, HAS_GRAD_SCALE, ALIGNED, True)

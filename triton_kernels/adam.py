@@ -7,7 +7,7 @@ Bytes per element with fp32 params and states: reads p, g, m, v and writes p, m,
 import triton
 import triton.language as tl
 
-from .multi_tensor import (as_stored, block_coords, column_ptr, div, is_active, load_math, pow_int,
+from .multi_tensor import (as_stored, block_coords, column_ptr, div, active_numel, load_math, pow_int,
                            sqrt, step_of, store_rounded, unscaled)
 
 
@@ -78,10 +78,10 @@ def adam_kernel(table_ptr, blocks_ptr, grad_scale_ptr, found_inf_ptr, lr: tl.flo
     # reference: adam_scalars, in fp64 from this tensor's own step, then rounded to MATH
     step_size = (lr / (1.0 - pow_int(beta1, t))).to(MATH)
     bc2_sqrt = tl.sqrt(1.0 - pow_int(beta2, t)).to(MATH)
-    active = is_active(found_inf_ptr, HAS_FOUND_INF)
+    numel = active_numel(numel, found_inf_ptr, HAS_FOUND_INF)
     offs = start + tl.arange(0, BLOCK)
-    mask = (offs < numel) & active
-    if (start + BLOCK <= numel) & active:
+    mask = offs < numel
+    if start + BLOCK <= numel:
         _adam_block(table_ptr, row, offs, mask, grad_scale_ptr, step_size, bc2_sqrt, beta2.to(MATH),
                     one_minus_beta1.to(MATH), one_minus_beta2.to(MATH), eps.to(MATH),
                     weight_decay.to(MATH), decay.to(MATH), NCOLS, P, S, MATH, AMSGRAD, MAXIMIZE,

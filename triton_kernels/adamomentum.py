@@ -7,7 +7,7 @@ Bytes per element with fp32 params and states: reads p, g, m, v and writes p, m,
 import triton
 import triton.language as tl
 
-from .multi_tensor import (as_stored, block_coords, column_ptr, div, is_active, load_math, pow_int,
+from .multi_tensor import (as_stored, block_coords, column_ptr, div, active_numel, load_math, pow_int,
                            sqrt, step_of, store_rounded, unscaled)
 
 # The denominator of a tensor's step (adamomentum.h: AdaMomentumDenominator)
@@ -108,10 +108,10 @@ def adamomentum_kernel(table_ptr, blocks_ptr, grad_scale_ptr, found_inf_ptr, lr:
     step_size, bc2_sqrt, kind = adamomentum_scalars(lr, beta1, beta2, t, RECTIFY)
     step_size = step_size.to(MATH)
     bc2_sqrt = bc2_sqrt.to(MATH)
-    active = is_active(found_inf_ptr, HAS_FOUND_INF)
+    numel = active_numel(numel, found_inf_ptr, HAS_FOUND_INF)
     offs = start + tl.arange(0, BLOCK)
-    mask = (offs < numel) & active
-    if (start + BLOCK <= numel) & active:
+    mask = offs < numel
+    if start + BLOCK <= numel:
         _adamomentum_block(table_ptr, row, offs, mask, grad_scale_ptr, step_size, bc2_sqrt, kind, beta1.to(MATH),
                            beta2.to(MATH), one_minus_beta1.to(MATH), one_minus_beta2.to(MATH), eps.to(MATH),
                            weight_decay.to(MATH), decay.to(MATH), NCOLS, P, S, MATH, AMSGRAD, APPLY_DECAY,

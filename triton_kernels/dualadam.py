@@ -6,7 +6,7 @@ Bytes per element with fp32 params and states: reads p, g, m, v and writes p, m,
 import triton
 import triton.language as tl
 
-from .multi_tensor import (as_stored, block_coords, column_ptr, div, is_active, load_math, pow_int,
+from .multi_tensor import (as_stored, block_coords, column_ptr, div, active_numel, load_math, pow_int,
                            sqrt, store_rounded, unscaled)
 
 
@@ -74,10 +74,10 @@ def dualadam_kernel(table_ptr, blocks_ptr, global_step_ptr, grad_scale_ptr, foun
     bc1 = (1.0 - pow_int(beta1, t)).to(MATH)
     bc2 = (1.0 - pow_int(beta2, t)).to(MATH)
     one_minus_alpha = (1.0 - alpha).to(MATH)
-    active = is_active(found_inf_ptr, HAS_FOUND_INF)
+    numel = active_numel(numel, found_inf_ptr, HAS_FOUND_INF)
     offs = start + tl.arange(0, BLOCK)
-    mask = (offs < numel) & active
-    if (start + BLOCK <= numel) & active:
+    mask = offs < numel
+    if start + BLOCK <= numel:
         _dualadam_block(table_ptr, row, offs, mask, grad_scale_ptr, lr.to(MATH), beta1.to(MATH), beta2.to(MATH),
                         one_minus_beta1.to(MATH), one_minus_beta2.to(MATH), eps.to(MATH), decay.to(MATH), bc1,
                         bc2, alpha.to(MATH), one_minus_alpha, blend, NCOLS, P, S, MATH, APPLY_DECAY,

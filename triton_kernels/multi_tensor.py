@@ -6,8 +6,8 @@ One launch covers a whole tensor list. The host builds, once per list, a device 
 row per non-empty tensor: the int64 address of each role (param, grad, states...), the address
 of the tensor's step counter, and its element count; plus a block map with one (row, start)
 pair per BLOCK elements. Kernels cast the addresses to typed pointers, so one compiled kernel
-serves any list of any length. Plans are cached while the tensors (identity, address, size)
-stay the same, which in training is every step after the first.
+serves any list of any length. Plans are cached while the tensors' addresses and sizes stay
+the same, which in training is every step after the first.
 """
 import collections
 import os
@@ -132,12 +132,14 @@ def step_of(table_ptr, row, COL: tl.constexpr, NCOLS: tl.constexpr):
 
 
 @triton.jit
-def is_active(found_inf_ptr, HAS_FOUND_INF: tl.constexpr):
-    """False when a GradScaler found inf/NaN grads: the whole call then stores nothing."""
+def active_numel(numel, found_inf_ptr, HAS_FOUND_INF: tl.constexpr):
+    """numel, or 0 when a GradScaler found inf/NaN grads: every lane is then masked off and
+    the call stores nothing. (A limit rather than a boolean and-ed into the mask: the
+    interpreter cannot broadcast a scalar boolean against a block.)"""
     if HAS_FOUND_INF:
-        return tl.load(found_inf_ptr) == 0.0
+        return tl.where(tl.load(found_inf_ptr) == 0.0, numel, 0)
     else:
-        return tl.full((), 1, tl.int1)
+        return numel
 
 
 @triton.jit
@@ -282,8 +284,12 @@ class Plan:
 
 class PlanCache:
     """Plans by tensor list, least recently used first out. The key holds each tensor's
-    identity, address and size (and the step tensors' when they are read on the device): a
-    new state tensor (load_state_dict) or a reallocated param makes a new plan."""
+    address and size (and the step counters' addresses when the kernel reads them): exactly
+    what the table records, so a plan is valid whenever its key matches, whatever the tensor
+    objects. Not keying on identity matters for grads: zero_grad(set_to_none=True) makes new
+    grad tensors every step, which the caching allocator usually puts at the same addresses.
+    A tensor at a new address (load_state_dict, a reallocated grad) makes a new plan: a
+    host-built table and one host-to-device copy."""
 
     def __init__(self, capacity: int = 64):
         self.capacity = capacity
@@ -295,9 +301,9 @@ class PlanCache:
             host_steps: bool, device: torch.device) -> Plan:
         key_parts = [kind, str(device), host_steps]
         for column in columns:
-            key_parts.append(tuple((id(t), t.data_ptr(), t.numel()) for t in column))
+            key_parts.append(tuple((t.data_ptr(), t.numel()) for t in column))
         if steps is not None and not host_steps:
-            key_parts.append(tuple((id(s), s.data_ptr()) for s in steps))
+            key_parts.append(tuple(s.data_ptr() for s in steps))
         key = tuple(key_parts)
         plan = self._plans.get(key)
         if plan is not None:
