@@ -102,7 +102,7 @@ def adai_second_moment_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_pt
     tl.store(partials_ptr + tl.program_id(0), partial)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])  # n == 1 would otherwise become a constant the loop cannot carry
 def sum_partials_kernel(partials_ptr, n, out_ptr, RBLOCK: tl.constexpr):
     """One program: lane j accumulates slots j, j + RBLOCK, ... in order, then a fixed tree
     over the lanes. The order depends only on n."""
