@@ -30,8 +30,9 @@ try:
 except ImportError as error:  # triton missing or too old: available() says so
     _IMPORT_ERROR = error
 
-# Tests set this to read CPU step counters through the host path even where the kernel could
-# read them itself (under the interpreter both are on the CPU), to check both paths agree.
+# Step counters on the params' device are read by the kernel; elsewhere (CPU counters next to
+# CUDA params) on the host. Tests set this to take the host path under the interpreter too,
+# where both are on the CPU, to check that the two paths agree.
 _FORCE_HOST_STEPS = False
 
 
@@ -254,12 +255,12 @@ def _adai_second_moment_op(
     if not params:
         return torch.zeros((), dtype=torch.float64)
     device = _device_of(params)
-    total = torch.zeros((), dtype=torch.float64, device=device)
     # pass 1 only reads: stage without write-back
     staged = _mt.Staged([params, grads, exp_avg_sqs], [False, False, False])
     plan = _plan("adai_second_moment", staged, steps, device)
     if plan.grid[0] == 0:
-        return total
+        return torch.zeros((), dtype=torch.float64, device=device)
+    total = torch.empty((), dtype=torch.float64, device=device)  # the sum kernel writes it
     if plan.partials is None:
         plan.partials = torch.empty(plan.grid[0], dtype=torch.float64, device=device)
     flags = _weight_decay_flags(weight_decay, decoupled)

@@ -66,6 +66,8 @@ def _import_backend():
 
 
 tb = _import_backend()
+if tb._IMPORT_ERROR is not None:  # triton imports: then the backend must, too
+    raise tb._IMPORT_ERROR
 mt = tb._mt
 
 ok, why = tb.available()

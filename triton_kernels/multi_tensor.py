@@ -331,9 +331,16 @@ def launch_options(plan: Plan) -> Dict[str, object]:
     return {"num_warps": plan.num_warps, "enable_fp_fusion": False}
 
 
+_DUMMIES: Dict[str, torch.Tensor] = {}
+
+
 def dummy(device: torch.device) -> torch.Tensor:
-    """A placeholder pointer argument for an absent optional tensor (its flag is off)."""
-    return torch.zeros((), dtype=torch.float32, device=device)
+    """A placeholder pointer argument for an absent optional tensor (its flag is off, so the
+    kernel never reads it): one per device, not an allocation per call."""
+    key = str(device)
+    if key not in _DUMMIES:
+        _DUMMIES[key] = torch.zeros((), dtype=torch.float32, device=device)
+    return _DUMMIES[key]
 
 
 def env_interpret_requested() -> bool:
