@@ -44,7 +44,8 @@ def available() -> Tuple[bool, str]:
         return True, ""
     if _mt.INTERPRETED:
         return True, ""
-    return False, "the triton backend needs a CUDA device (or TRITON_INTERPRET=1 set before it is imported, to run on the CPU)"
+    return False, ("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 set before it is imported, "
+                   "to run on the CPU)")
 
 
 def _device_of(params: List[torch.Tensor]) -> torch.device:

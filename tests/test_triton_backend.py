@@ -252,7 +252,8 @@ BF16_STATE_RTOL = 2 ** -6
 
 
 def _close(actual, expected, rtol, atol, what):
-    torch.testing.assert_close(actual.double().cpu(), expected.cpu(), rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(actual.double().cpu(), expected.cpu(), rtol=rtol, atol=atol,
+                               msg=lambda m: f"{what}: {m}")
 
 
 def check_parity(case, run, oracle, initial):

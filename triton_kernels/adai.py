@@ -10,9 +10,10 @@ backend carries sum(v) between steps to read only g in pass 1; a GPU pass 1 is s
 bandwidth-bound either way, and not carrying state keeps this backend free of host-side
 bookkeeping that would have to follow every external write to v.)
 
-The sum is deterministic: each block reduces its lanes with tl.sum (a fixed tree for a fixed
-BLOCK and num_warps) into its own fp64 slot, and one program adds the slots in a fixed order.
-No atomics: two runs on the same inputs are bitwise identical.
+The sum is deterministic: each block reduces its lanes in fp64 with tl.reduce (a fixed tree for
+a fixed BLOCK and num_warps) into its own slot, and one more program (sum_partials_kernel, a
+second, tiny launch) adds the slots in a fixed order. No atomics: two runs on the same inputs
+are bitwise identical.
 """
 import triton
 import triton.language as tl
@@ -143,7 +144,8 @@ def adai_update_kernel(table_ptr, blocks_ptr, vbar_ptr, grad_scale_ptr, found_in
                        beta0: tl.float64, beta2: tl.float64, one_minus_beta2: tl.float64,
                        one_minus_eps: tl.float64, weight_decay: tl.float64, decay: tl.float64,
                        NCOLS: tl.constexpr, P: tl.constexpr, S: tl.constexpr, B: tl.constexpr,
-                       MATH: tl.constexpr, APPLY_DECAY: tl.constexpr, APPLY_L2: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
+                       MATH: tl.constexpr, APPLY_DECAY: tl.constexpr, APPLY_L2: tl.constexpr,
+                       HAS_GRAD_SCALE: tl.constexpr,
                        HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     """Pass 2. Table row: p, g, m, v, beta1_prod, step, numel. vbar is read on the device.
     beta1_prod has its own dtype B: in bf16 it cannot hold values in (1 - 2^-9, 1), so with

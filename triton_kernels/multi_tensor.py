@@ -10,7 +10,6 @@ serves any list of any length. Plans are cached while the tensors' addresses and
 the same, which in training is every step after the first.
 """
 import collections
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -341,10 +340,6 @@ def dummy(device: torch.device) -> torch.Tensor:
     if key not in _DUMMIES:
         _DUMMIES[key] = torch.zeros((), dtype=torch.float32, device=device)
     return _DUMMIES[key]
-
-
-def env_interpret_requested() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _arg_key(value) -> object:
