@@ -78,6 +78,23 @@ def _add(a, b):
 
 
 @triton.jit
+def _adai_partial(table_ptr, row, offs, mask, grad_scale_ptr, beta2, one_minus_beta2, weight_decay, bc2,
+                  NCOLS: tl.constexpr, P: tl.constexpr, S: tl.constexpr, MATH: tl.constexpr, APPLY_L2: tl.constexpr,
+                  HAS_GRAD_SCALE: tl.constexpr, ALIGNED: tl.constexpr, FULL: tl.constexpr):
+    """This block's fp64 sum of vhat_new."""
+    g_ptr = column_ptr(table_ptr, row, 1, NCOLS, P, ALIGNED)
+    v_ptr = column_ptr(table_ptr, row, 2, NCOLS, S, ALIGNED)
+    g = unscaled(load_math(g_ptr, offs, mask, FULL, MATH), grad_scale_ptr, HAS_GRAD_SCALE, MATH)
+    v = load_math(v_ptr, offs, mask, FULL, MATH)
+    if APPLY_L2:
+        p = load_math(column_ptr(table_ptr, row, 0, NCOLS, P, ALIGNED), offs, mask, FULL, MATH)
+    else:
+        p = g  # unused: no L2 term, and p is not read (4 B/element saved)
+    v, vhat = adai_vhat(p, g, v, beta2, one_minus_beta2, weight_decay, bc2, S, MATH, APPLY_L2)
+    return tl.reduce(tl.where(mask, vhat.to(tl.float64), 0.0), 0, _add)
+
+
+@triton.jit
 def adai_second_moment_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_ptr, beta2: tl.float64,
                               one_minus_beta2: tl.float64, weight_decay: tl.float64, NCOLS: tl.constexpr,
                               P: tl.constexpr, S: tl.constexpr, MATH: tl.constexpr, APPLY_L2: tl.constexpr,
@@ -89,17 +106,14 @@ def adai_second_moment_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_pt
     bc2 = (1.0 - pow_int(beta2, t)).to(MATH)  # reference: adai_bias_correction2
     offs = start + tl.arange(0, BLOCK)
     mask = offs < numel
-    g_ptr = column_ptr(table_ptr, row, 1, NCOLS, P, ALIGNED)
-    v_ptr = column_ptr(table_ptr, row, 2, NCOLS, S, ALIGNED)
-    g = unscaled(load_math(g_ptr, offs, mask, False, MATH), grad_scale_ptr, HAS_GRAD_SCALE, MATH)
-    v = load_math(v_ptr, offs, mask, False, MATH)
-    if APPLY_L2:
-        p = load_math(column_ptr(table_ptr, row, 0, NCOLS, P, ALIGNED), offs, mask, False, MATH)
+    if start + BLOCK <= numel:
+        partial = _adai_partial(table_ptr, row, offs, mask, grad_scale_ptr, beta2.to(MATH), one_minus_beta2.to(MATH),
+                                weight_decay.to(MATH), bc2, NCOLS, P, S, MATH, APPLY_L2, HAS_GRAD_SCALE, ALIGNED,
+                                True)
     else:
-        p = g  # unused: no L2 term, and p is not read (4 B/element saved)
-    v, vhat = adai_vhat(p, g, v, beta2.to(MATH), one_minus_beta2.to(MATH), weight_decay.to(MATH), bc2, S, MATH,
-                        APPLY_L2)
-    partial = tl.reduce(tl.where(mask, vhat.to(tl.float64), 0.0), 0, _add)
+        partial = _adai_partial(table_ptr, row, offs, mask, grad_scale_ptr, beta2.to(MATH), one_minus_beta2.to(MATH),
+                                weight_decay.to(MATH), bc2, NCOLS, P, S, MATH, APPLY_L2, HAS_GRAD_SCALE, ALIGNED,
+                                False)
     tl.store(partials_ptr + tl.program_id(0), partial)
 
 
