@@ -287,7 +287,8 @@ DTYPE_COMBOS = [
 ]
 # Cases that run every dtype combination: one per function with weight decay (the states see
 # p), plus the flags that change what memory a kernel touches (amsgrad) or its scalars.
-DTYPE_CASES = ["adam_l2", "adamw_amsgrad_maximize", "adamomentum_rectify_amsgrad", "dualadam_wd", "adai_l2"]
+DTYPE_CASES = ["adam_l2", "adamw_amsgrad_maximize", "adamomentum_rectify_amsgrad", "dualadam_wd", "adai_l2",
+               "adai_decoupled"]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -304,7 +305,7 @@ def test_parity_fp32_every_case(case):
 @pytest.mark.parametrize("case", DTYPE_CASES)
 def test_parity_dtypes(case, dtype, state_dtype):
     initial = [p.clone() for p in make_params(dtype)]
-    run, oracle = run_pair(case, dtype, state_dtype, steps=3)
+    run, oracle = run_pair(case, dtype, state_dtype, steps=4)
     check_parity(case, run, oracle, initial)
 
 

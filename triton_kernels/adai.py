@@ -70,11 +70,12 @@ def adai_math(p, g, m, v, beta1_prod, lr, beta0, beta2, one_minus_beta2, one_min
 
 
 @triton.jit
-def _add(a, b):
-    # tl.reduce with our own combiner rather than tl.sum: tl.sum is a @triton.jit function of
-    # triton itself, which the interpreter cannot run if triton was imported before
-    # TRITON_INTERPRET was set; builtins and functions defined here have no such condition
-    return a + b
+def _fp64_sum(x):
+    """Sum of a block in a fixed order. tl.reduce with tl.sum's own combiner instead of tl.sum
+    itself: tl.sum is a @triton.jit function of triton that the interpreter cannot run when
+    triton was imported before TRITON_INTERPRET was set, while tl.reduce is a builtin; and the
+    interpreter recognizes this combiner and sums with numpy instead of a python loop."""
+    return tl.reduce(x, 0, tl.standard._sum_combine)
 
 
 @triton.jit
@@ -91,7 +92,7 @@ def _adai_partial(table_ptr, row, offs, mask, grad_scale_ptr, beta2, one_minus_b
     else:
         p = g  # unused: no L2 term, and p is not read (4 B/element saved)
     v, vhat = adai_vhat(p, g, v, beta2, one_minus_beta2, weight_decay, bc2, S, MATH, APPLY_L2)
-    return tl.reduce(tl.where(mask, vhat.to(tl.float64), 0.0), 0, _add)
+    return _fp64_sum(tl.where(mask, vhat.to(tl.float64), 0.0))
 
 
 @triton.jit
@@ -127,7 +128,7 @@ def sum_partials_kernel(partials_ptr, n, out_ptr, RBLOCK: tl.constexpr):
         offs = first + tl.arange(0, RBLOCK)
         lanes += tl.load(partials_ptr + offs, mask=offs < n, other=0.0)
         first += RBLOCK
-    tl.store(out_ptr, tl.reduce(lanes, 0, _add))
+    tl.store(out_ptr, _fp64_sum(lanes))
 
 
 @triton.jit
