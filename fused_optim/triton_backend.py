@@ -74,9 +74,21 @@ def _plan(kind: str, staged: "_mt.Staged", steps: Optional[List[torch.Tensor]], 
     return plan
 
 
-def _dtypes(params: List[torch.Tensor], state: torch.Tensor) -> dict:
-    return {"P": _mt.tl_dtype(params[0].dtype), "S": _mt.tl_dtype(state.dtype),
-            "MATH": _mt.math_dtype(params[0].dtype)}
+def _dtypes(params: List[torch.Tensor], grads: List[torch.Tensor], *states: List[torch.Tensor]) -> dict:
+    """The kernel's dtype constexprs: P for params and grads, S for the moment states. The
+    table holds bare addresses, so a tensor of another dtype would be misread: checked here
+    (on the first tensor of each list; a call serves one dtype combination)."""
+    param_dtype, state_dtype = params[0].dtype, states[0][0].dtype
+    if param_dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise TypeError(f"the triton backend serves fp32, fp64, bf16 and fp16 params, not {param_dtype}")
+    if grads[0].dtype != param_dtype:
+        raise TypeError(f"grads must have the params' dtype {param_dtype}, got {grads[0].dtype}")
+    allowed = (torch.float64,) if param_dtype == torch.float64 else (torch.float32, torch.bfloat16)
+    for state in states:
+        if state and state[0].dtype != state_dtype or state_dtype not in allowed:
+            raise TypeError(f"states of {param_dtype} params must share one dtype of {allowed}, got "
+                            f"{[s[0].dtype for s in states if s]}")
+    return {"P": _mt.tl_dtype(param_dtype), "S": _mt.tl_dtype(state_dtype), "MATH": _mt.math_dtype(param_dtype)}
 
 
 def _optional(t: Optional[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -120,7 +132,8 @@ def _adam_op(
         _adam.adam_kernel, plan,
         [plan.table, plan.blocks, *pointers, float(lr), float(beta1), float(beta2), 1.0 - beta1, 1.0 - beta2,
          float(eps), float(weight_decay), 1.0 - lr * weight_decay],
-        dict(_dtypes(params, exp_avgs[0]), AMSGRAD=amsgrad, MAXIMIZE=maximize, **flags,
+        dict(_dtypes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs), AMSGRAD=amsgrad, MAXIMIZE=maximize,
+             **flags,
              **_weight_decay_flags(weight_decay, decoupled)),
     )
     staged.finish()
@@ -170,7 +183,8 @@ def _adamomentum_op(
          float(eps), float(weight_decay), 1.0 - lr * weight_decay],
         # the reference applies the decoupled decay even for wd == 0: p * 1.0 is exact, so
         # skipping it then is the same result
-        dict(_dtypes(params, exp_avgs[0]), AMSGRAD=amsgrad, RECTIFY=rectify, **flags,
+        dict(_dtypes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs), AMSGRAD=amsgrad, RECTIFY=rectify,
+             **flags,
              **_weight_decay_flags(weight_decay, decoupled)),
     )
     staged.finish()
@@ -217,7 +231,7 @@ def _dualadam_op(
         _dualadam.dualadam_kernel, plan,
         [plan.table, plan.blocks, step, *pointers, float(lr), float(beta1), float(beta2), 1.0 - beta1,
          1.0 - beta2, float(eps), 1.0 - lr * weight_decay, float(switch_rate)],
-        dict(_dtypes(params, exp_avgs[0]), APPLY_DECAY=weight_decay != 0, **flags),
+        dict(_dtypes(params, grads, exp_avgs, exp_avg_sqs), APPLY_DECAY=weight_decay != 0, **flags),
     )
     staged.finish()
 
@@ -269,7 +283,7 @@ def _adai_second_moment_op(
         _adai.adai_second_moment_kernel, plan,
         [plan.table, plan.blocks, plan.partials, _optional(grad_scale, device), float(beta2), 1.0 - beta2,
          float(weight_decay)],
-        dict(_dtypes(params, exp_avg_sqs[0]), APPLY_L2=flags["APPLY_L2"], HAS_GRAD_SCALE=grad_scale is not None),
+        dict(_dtypes(params, grads, exp_avg_sqs), APPLY_L2=flags["APPLY_L2"], HAS_GRAD_SCALE=grad_scale is not None),
     )
     _mt.VARIANTS.record(_adai.sum_partials_kernel, [plan.partials, plan.grid[0], total], {"RBLOCK": _SUM_BLOCK}, {})
     _adai.sum_partials_kernel[(1,)](plan.partials, plan.grid[0], total, RBLOCK=_SUM_BLOCK)
@@ -294,6 +308,16 @@ def adai_second_moment(
     )
 
 
+def _beta1_prod_dtype(params: List[torch.Tensor], beta1_prods: List[torch.Tensor]):
+    """beta1_prod may differ from the moments: bf16 moments with an fp32 beta1_prod (see
+    adai_update_kernel for why a bf16 one is a poor choice)."""
+    dtype = beta1_prods[0].dtype
+    allowed = (torch.float64,) if params[0].dtype == torch.float64 else (torch.float32, torch.bfloat16)
+    if dtype not in allowed:
+        raise TypeError(f"beta1_prod of {params[0].dtype} params must be one of {allowed}, got {dtype}")
+    return _mt.tl_dtype(dtype)
+
+
 @torch.library.custom_op(
     "fused_optim::triton_adai_update", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "beta1_prods")
 )
@@ -314,7 +338,7 @@ def _adai_update_op(
         _adai.adai_update_kernel, plan,
         [plan.table, plan.blocks, vbar, *pointers, float(lr), float(beta0), float(beta2), 1.0 - beta2,
          1.0 - eps, float(weight_decay), 1.0 - lr * weight_decay],
-        dict(_dtypes(params, exp_avgs[0]), B=_mt.tl_dtype(beta1_prods[0].dtype), **flags,
+        dict(_dtypes(params, grads, exp_avgs, exp_avg_sqs), B=_beta1_prod_dtype(params, beta1_prods), **flags,
              **_weight_decay_flags(weight_decay, decoupled)),
     )
     staged.finish()

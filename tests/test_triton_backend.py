@@ -545,3 +545,18 @@ def _opcheck_cases():
 def test_custom_ops_pass_opcheck(name):
     op, args = _opcheck_cases()[name]
     torch.library.opcheck(op, args)
+
+
+def test_step_counters_are_not_written_and_bad_dtypes_are_refused():
+    fn, _, hp = CASES["adam"]
+    run = Run(fn, hp, _small())
+    before = [s.clone() for s in run.steps]
+    s = run.states
+    tb.adam_step(run.params, make_grads(run.params, 1), s["exp_avgs"], s["exp_avg_sqs"], [], run.steps, **ADAM)
+    assert all(torch.equal(a, b) for a, b in zip(before, run.steps))
+    mixed = [v.double() for v in s["exp_avg_sqs"]]
+    with pytest.raises(TypeError, match="share one dtype"):
+        tb.adam_step(run.params, make_grads(run.params, 1), s["exp_avgs"], mixed, [], run.steps, **ADAM)
+    with pytest.raises(TypeError, match="params' dtype"):
+        tb.adam_step(run.params, [g.half() for g in make_grads(run.params, 1)], s["exp_avgs"], s["exp_avg_sqs"],
+                     [], run.steps, **ADAM)
