@@ -560,3 +560,35 @@ def test_step_counters_are_not_written_and_bad_dtypes_are_refused():
     with pytest.raises(TypeError, match="params' dtype"):
         tb.adam_step(run.params, [g.half() for g in make_grads(run.params, 1)], s["exp_avgs"], s["exp_avg_sqs"],
                      [], run.steps, **ADAM)
+
+
+# the update of p from inf/NaN/huge m makes numpy warn under the interpreter; p is not checked
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_bf16_states_are_rounded_to_nearest_even():
+    """With beta1 = 0 the new m is g exactly (0 + 1 * (g - 0)), so the stored bf16 m must be
+    torch's own fp32 -> bf16 conversion bit for bit: ties to even, carries into the exponent,
+    overflow to inf, NaN kept. (The interpreter's own fp32 -> bf16 cast truncates.)"""
+    gen = torch.Generator().manual_seed(7)
+    bits = torch.randint(0, 2 ** 31, (2048,), generator=gen, dtype=torch.int64)
+    bits[:256] = (bits[:256] & ~0xFFFF) | 0x8000  # exact ties: half go up (odd), half stay (even)
+    bits[256:512] = (bits[256:512] & ~0xFFFF) | 0x7FFF  # just below a tie
+    bits[512] = 0x3F7FFFFF  # rounds up into the next binade: 1.0
+    bits[513] = 0x7F7FFFFF  # fp32 max: rounds to inf in bf16
+    bits[514] = 0x7F800000  # inf
+    bits[515] = 0x7FC00001  # NaN
+    bits[516:600] = bits[516:600] & 0x007FFFFF  # subnormals
+    sign = torch.randint(0, 2, (2048,), generator=gen, dtype=torch.int64) << 31
+    g32 = ((bits | sign) & 0xFFFFFFFF).to(torch.int64)
+    g32 = torch.where(g32 >= 2 ** 31, g32 - 2 ** 32, g32).to(torch.int32).view(torch.float32)
+    g32 = torch.where(g32 == 0, torch.ones_like(g32), g32)  # no -0.0: 0 + (-0.0) is +0.0
+    g = g32.to(DEVICE)
+    p = torch.zeros_like(g)
+    m = torch.zeros_like(g, dtype=torch.bfloat16)
+    v = torch.zeros_like(g, dtype=torch.bfloat16)
+    step = torch.zeros((), dtype=torch.float32)
+    with torch.no_grad():
+        tb.adam_step([p], [g], [m], [v], [], [step], **dict(ADAM, beta1=0.0))
+    expected = g.to(torch.bfloat16)
+    nan = expected.isnan()
+    assert torch.equal(m.isnan(), nan)
+    assert torch.equal(m[~nan].view(torch.int16), expected[~nan].view(torch.int16))

@@ -44,13 +44,23 @@ def column_ptr(table_ptr, row, col: tl.constexpr, NCOLS: tl.constexpr, DTYPE: tl
 
 
 @triton.jit
+def widened(x, MATH: tl.constexpr):
+    """x in the math dtype. bf16 is widened with integer ops (its bits are the top half of an
+    fp32): exact, and the interpreter's own bf16 -> fp32 cast mangles subnormals."""
+    if x.dtype == tl.bfloat16:
+        return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True).to(MATH)
+    else:
+        return x.to(MATH)
+
+
+@triton.jit
 def load_math(ptr, offs, mask, FULL: tl.constexpr, MATH: tl.constexpr):
     """Loads and widens to the math dtype. FULL blocks need no mask (vectorizable)."""
     if FULL:
         x = tl.load(ptr + offs)
     else:
         x = tl.load(ptr + offs, mask=mask, other=0.0)
-    return x.to(MATH)
+    return widened(x, MATH)
 
 
 @triton.jit
@@ -76,7 +86,7 @@ def as_stored(x, DTYPE: tl.constexpr, MATH: tl.constexpr):
     if DTYPE == MATH:
         return x
     else:
-        return rounded(x, DTYPE).to(MATH)
+        return widened(rounded(x, DTYPE), MATH)
 
 
 @triton.jit
