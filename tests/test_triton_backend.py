@@ -236,7 +236,7 @@ def run_pair(case, dtype, state_dtype=None, steps=4, seed=0):
         run.step(grads)
         oracle.step(grads)
         if low:  # the oracle's params are rounded as the tested ones are stored (tests/helpers.py)
-            for q, p in zip(oracle.params, run.params):
+            for q in oracle.params:
                 q.copy_(q.to(dtype).double())
     return run, oracle
 
