@@ -1,0 +1,402 @@
+"""What every fused_optim Triton kernel shares: the multi-tensor pointer table, the
+block -> (tensor, offset) map, loads/stores with the dtype rules of the spec, and the
+per-tensor scalars formed on the device.
+
+One launch covers a whole tensor list. The host builds, once per list, a device table with one
+row per non-empty tensor: the int64 address of each role (param, grad, states...), the address
+of the tensor's step counter, and its element count; plus a block map with one (row, start)
+pair per BLOCK elements. Kernels cast the addresses to typed pointers, so one compiled kernel
+serves any list of any length. Plans are cached while the tensors' addresses and sizes stay
+the same, which in training is every step after the first.
+"""
+import collections
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+# -------------------------------------------------------------------------------------------
+# Device-side helpers
+# -------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def block_coords(blocks_ptr, BLOCK: tl.constexpr):
+    """(row, start) of this program's block; start is a multiple of BLOCK, in int64 so that
+    tensors past 2^31 elements index correctly."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = tl.load(blocks_ptr + 2 * pid)
+    start = tl.multiple_of(tl.load(blocks_ptr + 2 * pid + 1), BLOCK)
+    return row, start
+
+
+@triton.jit
+def column_ptr(table_ptr, row, col: tl.constexpr, NCOLS: tl.constexpr, DTYPE: tl.constexpr,
+               ALIGNED: tl.constexpr):
+    """The typed pointer in column `col` of a table row. ALIGNED (every address of the call is
+    16-byte aligned, decided on the host) lets the compiler emit 16-byte vector accesses."""
+    addr = tl.load(table_ptr + row * NCOLS + col)
+    if ALIGNED:
+        addr = tl.multiple_of(addr, 16)
+    return addr.to(tl.pointer_type(DTYPE))
+
+
+@triton.jit
+def widened(x, MATH: tl.constexpr):
+    """x in the math dtype. bf16 is widened with integer ops (its bits are the top half of an
+    fp32): exact, and the interpreter's own bf16 -> fp32 cast mangles subnormals."""
+    if x.dtype == tl.bfloat16:
+        return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True).to(MATH)
+    else:
+        return x.to(MATH)
+
+
+@triton.jit
+def load_math(ptr, offs, mask, FULL: tl.constexpr, MATH: tl.constexpr):
+    """Loads and widens to the math dtype. FULL blocks need no mask (vectorizable)."""
+    if FULL:
+        x = tl.load(ptr + offs)
+    else:
+        x = tl.load(ptr + offs, mask=mask, other=0.0)
+    return widened(x, MATH)
+
+
+@triton.jit
+def rounded(x, DTYPE: tl.constexpr):
+    """x rounded to DTYPE, round to nearest even. bf16 is rounded with integer ops rather than
+    .to(): the interpreter truncates fp32 -> bf16 (it ignores the rounding mode), and the
+    explicit form is the same on both. NaN stays a quiet NaN (0x7FC0), as torch does."""
+    if DTYPE == tl.bfloat16:
+        x32 = x.to(tl.float32)
+        bits = x32.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+        bits = tl.where(x32 != x32, 0x7FC0, bits)
+        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
+def as_stored(x, DTYPE: tl.constexpr, MATH: tl.constexpr):
+    """The value a state holds after being stored in DTYPE, back in the math dtype: the
+    reference keeps low-precision states in their dtype between operations, so later
+    statements see the rounded value."""
+    if DTYPE == MATH:
+        return x
+    else:
+        return widened(rounded(x, DTYPE), MATH)
+
+
+@triton.jit
+def store_rounded(ptr, offs, x, mask, FULL: tl.constexpr, DTYPE: tl.constexpr):
+    if FULL:
+        tl.store(ptr + offs, rounded(x, DTYPE))
+    else:
+        tl.store(ptr + offs, rounded(x, DTYPE), mask=mask)
+
+
+@triton.jit
+def div(a, b, MATH: tl.constexpr):
+    """a / b rounded to nearest, as torch divides: Triton's fp32 `/` is an approximate
+    division (2 ulp), its fp64 one is IEEE already."""
+    if MATH == tl.float32:
+        return tl.div_rn(a, b)
+    else:
+        return a / b
+
+
+@triton.jit
+def sqrt(x, MATH: tl.constexpr):
+    """Square root rounded to nearest (tl.sqrt is the fast approximate one in fp32)."""
+    if MATH == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
+def pow_int(base, t):
+    """base^t in fp64 for a whole number t >= 0, by binary exponentiation: Triton has no fp64
+    pow the interpreter can run, and exp(t log(base)) loses ~t ulps. Error: log2(t) ulps,
+    far below the fp32 rounding of the math (reference: python's beta ** step)."""
+    result = tl.full((), 1.0, tl.float64)
+    b = base.to(tl.float64)
+    e = t.to(tl.int64)
+    while e > 0:
+        if (e % 2) == 1:
+            result = result * b
+        b = b * b
+        e = e // 2
+    return result
+
+
+@triton.jit
+def step_of(table_ptr, row, COL: tl.constexpr, NCOLS: tl.constexpr):
+    """t = steps[i] + 1 in fp64: the step counter is the count BEFORE this step (the optimizer
+    advances it after every call succeeded)."""
+    step_ptr = column_ptr(table_ptr, row, COL, NCOLS, tl.float32, False)
+    return tl.load(step_ptr).to(tl.float64) + 1.0
+
+
+@triton.jit
+def active_numel(numel, found_inf_ptr, HAS_FOUND_INF: tl.constexpr):
+    """numel, or 0 when a GradScaler found inf/NaN grads: every lane is then masked off and
+    the call stores nothing. (A limit rather than a boolean and-ed into the mask: the
+    interpreter cannot broadcast a scalar boolean against a block.)"""
+    if HAS_FOUND_INF:
+        return tl.where(tl.load(found_inf_ptr) == 0.0, numel, 0)
+    else:
+        return numel
+
+
+@triton.jit
+def unscaled(g, grad_scale_ptr, HAS_GRAD_SCALE: tl.constexpr, MATH: tl.constexpr):
+    """g / grad_scale, in the math dtype (torch's fused Adam divides likewise)."""
+    if HAS_GRAD_SCALE:
+        return div(g, tl.load(grad_scale_ptr).to(MATH), MATH)
+    else:
+        return g
+
+
+# -------------------------------------------------------------------------------------------
+# Host side
+# -------------------------------------------------------------------------------------------
+
+# Decided when the kernels were defined: triton reads TRITON_INTERPRET when @triton.jit runs.
+INTERPRETED = isinstance(block_coords, InterpretedFunction)
+
+_MATH = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.float32,
+         torch.float16: tl.float32}
+_TL = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16,
+       torch.float16: tl.float16}
+
+
+def tl_dtype(dtype: torch.dtype):
+    return _TL[dtype]
+
+
+def math_dtype(dtype: torch.dtype):
+    """fp32 registers for fp32/bf16/fp16 params, fp64 for fp64 (spec: fp32 math)."""
+    return _MATH[dtype]
+
+
+def hyper(value: float):
+    """A hyperparameter as an fp64 runtime argument. Kernels declare these `tl.float64`, so a
+    new value never compiles a new kernel and fp64 params see the exact value. The interpreter
+    ignores annotations and would round a python float to fp32 when it meets a tensor, so it
+    gets an fp64 scalar of its own."""
+    value = float(value)
+    if not INTERPRETED:
+        return value
+    import numpy as np
+    from triton.runtime.interpreter import TensorHandle
+
+    return tl.tensor(TensorHandle(np.array([value], dtype=np.float64), tl.float64), tl.float64)
+
+
+def launch_config(total: int) -> Tuple[int, int]:
+    """(BLOCK, num_warps) by the call's element count: small blocks keep a list of small
+    tensors from being mostly masked lanes, large ones amortize the table lookups. Two
+    variants only, so the compile cache stays small."""
+    if total < (1 << 22):
+        return 1024, 4
+    return 4096, 8
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: its elements fill numel() consecutive slots in some order,
+    so an element-wise kernel may walk the raw memory from data_ptr()."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+class Staged:
+    """The tensor lists a kernel walks as raw memory. roles[k][i] is role k of element index i;
+    every role of one index must share a dense layout (strides). Where they do not (a strided
+    view, say), that index goes through contiguous copies; finish() writes the `writable`
+    roles back. Staged indices get fresh addresses each call, so their plan is rebuilt: dense
+    layouts (the normal case, transposed params included) are used in place."""
+
+    def __init__(self, roles: Sequence[Sequence[torch.Tensor]], writable: Sequence[bool]):
+        self.columns = [list(r) for r in roles]
+        self._write_back = []
+        for i in range(len(self.columns[0])):
+            first = self.columns[0][i]
+            if all(c[i].is_contiguous() for c in self.columns):
+                continue
+            if _is_dense(first) and all(c[i].stride() == first.stride() for c in self.columns):
+                continue
+            for k, column in enumerate(self.columns):
+                original = column[i]
+                column[i] = original.contiguous()
+                if writable[k]:
+                    self._write_back.append((original, column[i]))
+
+    def finish(self) -> None:
+        for original, staged in self._write_back:
+            original.copy_(staged)
+
+
+class Plan:
+    """One tensor list's launch description, all on the device: `table` (rows of role
+    addresses, the step address and numel), `blocks` ((row, start) per block), and, when the
+    steps are read on the host, `step_values` (the buffer the step column points into)."""
+
+    def __init__(self, columns: List[List[torch.Tensor]], steps: Optional[List[torch.Tensor]],
+                 host_steps: bool, device: torch.device):
+        rows, block_pairs = [], []
+        self.numel = 0
+        self.total_rows = 0
+        self.step_values = None
+        if steps is not None and host_steps:
+            self.step_values = torch.zeros(len(columns[0]), dtype=torch.float32, device=device)
+        total = sum(t.numel() for t in columns[0])
+        self.block, self.num_warps = launch_config(total)
+        aligned = True
+        for i in range(len(columns[0])):
+            n = columns[0][i].numel()
+            if n == 0:
+                continue  # nothing to load; the table never points at an empty tensor
+            addresses = [c[i].data_ptr() for c in columns]
+            aligned = aligned and all(a % 16 == 0 for a in addresses)
+            if steps is not None:
+                if host_steps:
+                    addresses.append(self.step_values.data_ptr() + 4 * i)
+                else:
+                    addresses.append(steps[i].data_ptr())
+            addresses.append(n)
+            row = len(rows)
+            rows.append(addresses)
+            for start in range(0, n, self.block):
+                block_pairs.append((row, start))
+            self.numel += n
+        self.ncols = len(columns) + (1 if steps is not None else 0) + 1
+        self.aligned = aligned
+        self.grid = (len(block_pairs),)
+        self.table = torch.tensor(rows, dtype=torch.int64).reshape(-1, self.ncols).to(device)
+        self.blocks = torch.tensor(block_pairs, dtype=torch.int64).reshape(-1, 2).to(device)
+        self.partials = None  # a reduction's per-block output, allocated by its first user
+
+    def fill_steps(self, steps: List[torch.Tensor]) -> None:
+        """Host-read steps: one copy of all counters into the buffer the table points at."""
+        if self.step_values is not None and steps:
+            self.step_values.copy_(torch.stack([s.detach().reshape(()) for s in steps]).float())
+
+
+class PlanCache:
+    """Plans by tensor list, least recently used first out. The key holds each tensor's
+    address and size (and the step counters' addresses when the kernel reads them): exactly
+    what the table records, so a plan is valid whenever its key matches, whatever the tensor
+    objects. Not keying on identity matters for grads: zero_grad(set_to_none=True) makes new
+    grad tensors every step, which the caching allocator usually puts at the same addresses.
+    A tensor at a new address (load_state_dict, a reallocated grad) makes a new plan: a
+    host-built table and one host-to-device copy."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self._plans: "collections.OrderedDict[tuple, Plan]" = collections.OrderedDict()
+        self.builds = 0
+        self.hits = 0
+
+    def get(self, kind: str, columns: List[List[torch.Tensor]], steps: Optional[List[torch.Tensor]],
+            host_steps: bool, device: torch.device) -> Plan:
+        key_parts = [kind, str(device), host_steps]
+        for column in columns:
+            key_parts.append(tuple((t.data_ptr(), t.numel()) for t in column))
+        if steps is not None and not host_steps:
+            key_parts.append(tuple(s.data_ptr() for s in steps))
+        key = tuple(key_parts)
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+            self.hits += 1
+            return plan
+        plan = Plan(columns, steps, host_steps, device)
+        self.builds += 1
+        self._plans[key] = plan
+        if len(self._plans) > self.capacity:
+            self._plans.popitem(last=False)
+        return plan
+
+    def clear(self) -> None:
+        self._plans.clear()
+
+
+PLANS = PlanCache()
+
+
+def launch_options(plan: Plan) -> Dict[str, object]:
+    """Compile options of a launch. enable_fp_fusion=False: the kernels mirror the reference's
+    separately rounded torch ops statement by statement; a contracted a*b+c would differ in
+    the last bit and, for DualAdam's 1 - t*xi >= xi, flip the switching step (spec)."""
+    return {"num_warps": plan.num_warps, "enable_fp_fusion": False}
+
+
+_DUMMIES: Dict[str, torch.Tensor] = {}
+
+
+def dummy(device: torch.device) -> torch.Tensor:
+    """A placeholder pointer argument for an absent optional tensor (its flag is off, so the
+    kernel never reads it): one per device, not an allocation per call."""
+    key = str(device)
+    if key not in _DUMMIES:
+        _DUMMIES[key] = torch.zeros((), dtype=torch.float32, device=device)
+    return _DUMMIES[key]
+
+
+def _arg_key(value) -> object:
+    """How triton's JIT specializes one runtime argument (runtime/jit.py, specialize_impl):
+    a tensor by dtype and 16-byte alignment, an int by == 1 and divisibility by 16, a float
+    annotated tl.float64 not at all."""
+    if isinstance(value, torch.Tensor):
+        return ("*" + str(value.dtype), value.data_ptr() % 16 == 0)
+    if isinstance(value, bool):
+        return ("u1", value)
+    if isinstance(value, int):
+        return ("i", value == 1, value % 16 == 0)
+    return ("fp64",)
+
+
+class VariantLog:
+    """The compile-cache key of every launch, computed as triton's JIT computes it: the
+    constexprs' values, the launch options and each runtime argument's specialization. The
+    interpreter compiles nothing, so this is how the CPU tests check that a new lr or beta
+    does not make a new kernel; on a GPU the tests also count the JIT's own cache."""
+
+    def __init__(self):
+        self.keys = set()
+        self.launches = 0  # every launch, to count launches per call
+
+    def record(self, kernel, args: Sequence[object], constexprs: Dict[str, object],
+               options: Dict[str, object]) -> None:
+        name = getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel))
+        key = (name, tuple(_arg_key(a) for a in args),
+               tuple(sorted((k, str(v)) for k, v in constexprs.items())),
+               tuple(sorted((k, str(v)) for k, v in options.items())))
+        self.keys.add(key)
+        self.launches += 1
+
+    def count(self, name: str) -> int:
+        return sum(1 for key in self.keys if key[0] == name)
+
+
+VARIANTS = VariantLog()
+
+
+def launch(kernel, plan: Plan, args: Sequence[object], constexprs: Dict[str, object]) -> None:
+    """One launch over the plan's blocks (none for a list of empty tensors)."""
+    if plan.grid[0] == 0:
+        return
+    options = launch_options(plan)
+    constexprs = dict(constexprs, NCOLS=plan.ncols, ALIGNED=plan.aligned, BLOCK=plan.block)
+    VARIANTS.record(kernel, args, constexprs, options)
+    runtime = [hyper(a) if isinstance(a, float) else a for a in args]
+    kernel[plan.grid](*runtime, **constexprs, **options)
