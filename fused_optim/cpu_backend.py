@@ -51,6 +51,9 @@ class _Staged:
                 if writable[k]:
                     self._write_back.append((original, column[i]))
         self.addresses = [[t.data_ptr() for t in c] for c in columns]
+        # the staged copies must outlive the native call that reads them by address (the
+        # read-only ones have no other reference)
+        self._columns = columns
 
     def finish(self) -> None:
         for original, staged in self._write_back:

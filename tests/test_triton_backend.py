@@ -2,15 +2,11 @@
 contract: GradScaler inputs, device-read steps, deterministic Adai sums, one launch per call
 from a cached pointer table, no recompilation for new hyperparameters, custom ops.
 
-Without a CUDA device the kernels run under the Triton interpreter on CPU tensors: the
-variable is set only while this module imports the backend and restored afterwards (triton
-reads it when @triton.jit runs), so no other test sees it. On a GPU machine the same tests
-run on CUDA tensors. Sizes are small: the interpreter runs each block in numpy.
+Without a CUDA device the kernels run under the Triton interpreter on CPU tensors
+(tests/conftest.py sets TRITON_INTERPRET=1 before anything imports triton). On a GPU machine
+the same tests run on CUDA tensors. Sizes are small: the interpreter runs each block in numpy.
 """
 import importlib
-import importlib.util
-import os
-import sys
 
 import pytest
 import torch
@@ -25,47 +21,7 @@ ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
 
-def _import_backend():
-    """Imports fused_optim.triton_backend with the kernels of THIS checkout, interpreted when
-    there is no GPU. (An editable install of another checkout can map the fused_optim.
-    triton_kernels package to its own directory; a source-tree run must test its own files.)"""
-    import fused_optim
-
-    if "fused_optim.triton_backend" in sys.modules:
-        backend = sys.modules["fused_optim.triton_backend"]
-        if not ON_GPU and not backend._mt.INTERPRETED:
-            pytest.skip("fused_optim.triton_backend was imported before this module without "
-                        "TRITON_INTERPRET=1 and there is no GPU: run with TRITON_INTERPRET=1",
-                        allow_module_level=True)
-        return backend
-    previous = os.environ.get("TRITON_INTERPRET")
-    if not ON_GPU:
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        kernels_dir = os.path.join(os.path.dirname(os.path.dirname(fused_optim.__file__)), "triton_kernels")
-        name = "fused_optim.triton_kernels"
-        loaded = sys.modules.get(name)
-        if os.path.isdir(kernels_dir) and (
-            loaded is None or os.path.dirname(os.path.abspath(loaded.__file__)) != os.path.abspath(kernels_dir)
-        ):
-            for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
-                del sys.modules[key]
-            spec = importlib.util.spec_from_file_location(
-                name, os.path.join(kernels_dir, "__init__.py"), submodule_search_locations=[kernels_dir]
-            )
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            fused_optim.triton_kernels = module
-        return importlib.import_module("fused_optim.triton_backend")
-    finally:
-        if previous is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-
-
-tb = _import_backend()
+tb = importlib.import_module("fused_optim.triton_backend")
 if tb._IMPORT_ERROR is not None:  # triton imports: then the backend must, too
     raise tb._IMPORT_ERROR
 mt = tb._mt
