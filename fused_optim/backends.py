@@ -1,7 +1,8 @@
 """Which backends exist on this machine, why the others do not, and the choice per group.
 
 Backends: "torch" (fused_optim.reference: any device, the fallback), "cpu" (the native
-module fused_optim._cpu), "cuda" and "triton" (GPU kernels, not part of this version).
+module fused_optim._cpu), "cuda" (the native module fused_optim._cuda) and "triton"
+(fused_optim.triton_kernels; on CPU tensors too under TRITON_INTERPRET=1, for tests).
 "auto" picks cuda -> triton -> torch for GPU tensors and cpu -> torch for CPU tensors, and
 warns once when it has to fall back. FUSED_OPTIM_BACKEND in the environment replaces "auto".
 An explicitly requested backend that cannot serve raises an error that says why.
@@ -57,7 +58,11 @@ def availability(backend: str) -> Tuple[bool, str]:
             return False, f"the native module fused_optim._cpu did not import ({err}); reinstall with a C++ compiler"
         return True, "native module fused_optim._cpu"
     if backend in ("cuda", "triton"):
-        return False, f"the {backend} backend is not part of fused_optim {_version()} (tracked in the project's issues)"
+        try:
+            module = importlib.import_module(f"{__package__}.{backend}_backend")
+        except ImportError as err:
+            return False, f"fused_optim.{backend}_backend did not import ({err})"
+        return module.available()
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
@@ -94,6 +99,10 @@ def serves(backend: str, device: torch.device, state_dtype=None, capturable: boo
         return False, why
     if backend == "cpu" and device.type != "cpu":
         return False, f"the cpu backend updates CPU tensors only, these are on {device}"
+    if backend == "cuda" and device.type != "cuda":
+        return False, f"the cuda backend updates CUDA tensors only, these are on {device}"
+    if backend == "triton" and device.type != "cuda" and not (device.type == "cpu" and _triton_interpreted()):
+        return False, f"the triton backend updates CUDA tensors (CPU ones only under TRITON_INTERPRET=1), these are on {device}"
     if backend == "cpu" and state_dtype is not None:
         return False, f"the cpu backend keeps states in the math dtype (state_dtype={state_dtype} is not served)"
     if backend == "torch" and capturable and device.type != "cpu":
@@ -134,6 +143,12 @@ def choose(backend: str, device: torch.device, state_dtype=None, capturable: boo
     return "torch"
 
 
+def _triton_interpreted() -> bool:
+    from .triton_kernels import multi_tensor
+
+    return multi_tensor.INTERPRETED
+
+
 _implementations: Dict[str, Any] = {}
 _operators: Dict[str, Any] = {}
 
@@ -146,6 +161,8 @@ def implementation(backend: str):
             from . import torch_backend as module
         elif backend == "cpu":
             from . import cpu_backend as module
+        elif backend in ("cuda", "triton") and availability(backend)[0]:
+            module = importlib.import_module(f"{__package__}.{backend}_backend")
         else:
             raise BackendUnavailable(f"backend={backend!r}: {availability(backend)[1]}")
         _implementations[backend] = module
@@ -158,7 +175,12 @@ def operators(backend: str):
     mode, so torch.compile traces them without a break."""
     ops = _operators.get(backend)
     if ops is None:
-        from . import _ops
+        module = implementation(backend)
+        if backend in ("cuda", "triton"):
+            ops = module  # their functions already are thin wrappers around their operators
+        else:
+            from . import _ops
 
-        ops = _operators[backend] = _ops.operators(backend, implementation(backend))
+            ops = _ops.operators(backend, module)
+        _operators[backend] = ops
     return ops

@@ -297,11 +297,12 @@ def _(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, grad_sc
 
 
 def adai_second_moment(
-    params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, grad_scale=None,
+    params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, grad_scale=None, found_inf=None,
 ) -> torch.Tensor:
     """Sum over every element of every tensor of vhat_new = (beta2 v + (1-beta2) g_eff^2) /
     (1 - beta2^t), a 0-dim fp64 tensor on the params' device. Does NOT write v: adai_update
-    recomputes v_new and stores it, so the pair equals the reference pair."""
+    recomputes v_new and stores it, so the pair equals the reference pair (and found_inf
+    needs no check here: adai_update skips)."""
     return _adai_second_moment_op(
         list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2), float(weight_decay),
         bool(decoupled), grad_scale,

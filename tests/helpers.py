@@ -5,9 +5,18 @@ from typing import Callable, Dict, List
 
 import torch
 
+from fused_optim import backends
 from fused_optim.reference._common import LOW_PRECISION
 
 STEPS = 6  # >= 5 steps; 6 also carries AdaMomentum's rectify case across rho_t = 5
+
+# The backends that update CPU tensors here: torch always, cpu with the native module, triton
+# under its interpreter (no GPU: tests/conftest.py). The GPU backends' CUDA-tensor tests live
+# in test_cuda_backend.py and test_triton_backend.py.
+CPU_BACKENDS = [b for b in ("torch", "cpu", "triton") if backends.serves(b, torch.device("cpu"))[0]]
+# The interpreter runs each kernel block in numpy: class-level matrices give it their small
+# layouts only (its own file covers the kernels in depth).
+SLOW_BACKENDS = ("triton",)
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:

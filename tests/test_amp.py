@@ -9,9 +9,9 @@ import torch
 import fused_optim
 from fused_optim.registry import OPTIMIZERS
 
-from .helpers import assert_unchanged, snapshot
+from .helpers import CPU_BACKENDS, assert_unchanged, snapshot
 
-BACKENDS = ["torch"] + (["cpu"] if fused_optim.availability("cpu")[0] else [])
+BACKENDS = CPU_BACKENDS
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"), reason="torch.amp.GradScaler missing")
 

@@ -7,9 +7,9 @@ import torch
 import fused_optim
 from fused_optim.registry import OPTIMIZERS
 
-from .helpers import assert_unchanged, grads_for, make_params, set_grads, snapshot
+from .helpers import CPU_BACKENDS, assert_unchanged, grads_for, make_params, set_grads, snapshot
 
-BACKENDS = ["torch"] + (["cpu"] if fused_optim.availability("cpu")[0] else [])
+BACKENDS = CPU_BACKENDS
 NAMES = list(OPTIMIZERS)
 
 

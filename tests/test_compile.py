@@ -1,7 +1,7 @@
 """torch.compile: the optimizer step traces into one graph (fullgraph=True, no breaks), gives
 bitwise the eager result, does not recompile from step to step, and every custom op passes
-torch.library.opcheck. CPU only: the torch and cpu backends (the GPU backends test their own
-operators in their files)."""
+torch.library.opcheck. On CPU tensors: the torch and cpu backends, and triton under its
+interpreter (whose operators test_triton_backend.py opchecks)."""
 import pytest
 import torch
 import torch._dynamo
@@ -11,9 +11,9 @@ import fused_optim
 from fused_optim import _ops, backends
 from fused_optim.registry import OPTIMIZERS
 
-from .helpers import grads_for, make_params
+from .helpers import CPU_BACKENDS, grads_for, make_params
 
-BACKENDS = ["torch"] + (["cpu"] if fused_optim.availability("cpu")[0] else [])
+BACKENDS = CPU_BACKENDS
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +129,7 @@ def _op_arguments(function, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("torch", "cpu")])  # triton: its own file
 @pytest.mark.parametrize("function", list(_ops.SCHEMAS))
 def test_opcheck(function, backend, dtype):
     op = getattr(torch.ops.fused_optim, f"{backend}_{function}")

@@ -11,9 +11,9 @@ from fused_optim import backends
 from fused_optim.reference import dualadam_blend_weight
 from fused_optim.registry import OPTIMIZERS
 
-from .helpers import assert_unchanged, grads_for, make_params, set_grads, snapshot, step_in_lockstep
+from .helpers import CPU_BACKENDS, assert_unchanged, grads_for, make_params, set_grads, snapshot, step_in_lockstep
 
-BACKENDS = ["torch"] + (["cpu"] if fused_optim.availability("cpu")[0] else [])
+BACKENDS = CPU_BACKENDS
 NAMES = list(OPTIMIZERS)
 
 

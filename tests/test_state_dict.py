@@ -8,9 +8,9 @@ import torch
 import fused_optim
 from fused_optim.registry import OPTIMIZERS
 
-from .helpers import grads_for, make_params, set_grads
+from .helpers import CPU_BACKENDS, grads_for, make_params, set_grads
 
-BACKENDS = ["torch"] + (["cpu"] if fused_optim.availability("cpu")[0] else [])
+BACKENDS = CPU_BACKENDS
 CASES = [(name, case) for name, spec in OPTIMIZERS.items() for case in spec.cases]
 
 

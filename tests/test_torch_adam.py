@@ -4,9 +4,9 @@ import torch
 
 import fused_optim
 
-from .helpers import STEPS, make_params, step_in_lockstep
+from .helpers import CPU_BACKENDS, STEPS, make_params, step_in_lockstep
 
-BACKENDS = ["torch"] + (["cpu"] if fused_optim.availability("cpu")[0] else [])
+BACKENDS = CPU_BACKENDS
 CASES = [
     {},
     {"weight_decay": 0.1},
