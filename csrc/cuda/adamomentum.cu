@@ -1,4 +1,4 @@
-// AdaMomentum on CUDA: one launch per call (per 451 tensors). Bytes per element (fp32): read
+// AdaMomentum on CUDA: one launch per call (per 450 tensors: TensorTable<5>::kCapacity). Bytes per element (fp32): read
 // p, g, m, v; write p, m, v = 28 (+8 with amsgrad), as Adam.
 #include "fused_optim/math/adamomentum.h"
 

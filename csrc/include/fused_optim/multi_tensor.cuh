@@ -155,7 +155,11 @@ inline void check_cuda(const char* op, cudaError_t err) {
 class DeviceGuard {
  public:
   DeviceGuard(const char* op, int device) {
-    check_cuda(op, cudaGetDevice(&previous_));
+    const cudaError_t err = cudaGetDevice(&previous_);
+    if (err != cudaSuccess)
+      throw std::runtime_error(std::string("fused_optim._cuda.") + op +
+                               ": no usable CUDA device or driver here (" + cudaGetErrorName(err) +
+                               ": " + cudaGetErrorString(err) + ")");
     if (previous_ != device) check_cuda(op, cudaSetDevice(device));
     switched_ = previous_ != device;
   }
