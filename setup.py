@@ -123,7 +123,7 @@ def cuda_extension(cuda):
     ext = Pybind11Extension(
         "fused_optim._cuda",
         ["csrc/bindings_cuda.cpp"],
-        include_dirs=["csrc"],
+        include_dirs=["csrc/include", "csrc"],
         define_macros=[("FO_CUDA_ARCHS", '"' + ";".join(names) + '"')],
         # the static runtime needs these system libraries (the CUDA docs' static-link recipe)
         extra_link_args=[f"-L{lib_dirs[0]}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"],
@@ -156,18 +156,18 @@ class CudaBuildExt(build_ext):
     def build_extension(self, ext):
         sources = getattr(ext, "cuda_sources", None)
         if sources:
-            target = self.get_ext_fullpath(ext.name)
-            inputs = list(ext.sources) + list(sources) + list(ext.depends)
-            stale = self.force or not os.path.exists(target) or any(
-                os.path.getmtime(p) > os.path.getmtime(target) for p in inputs
-            )
             objects = [os.path.join(self.build_temp, "cuda", os.path.basename(s) + ".o") for s in sources]
-            if stale:
-                os.makedirs(os.path.join(self.build_temp, "cuda"), exist_ok=True)
-                jobs = max(1, int(os.environ.get("MAX_JOBS", "2") or 2))
-                with ThreadPoolExecutor(jobs) as pool:
-                    list(pool.map(lambda so: self._nvcc(ext, *so), zip(sources, objects)))
+            # an object is rebuilt when older than its source or any header (no dependency scan)
+            newest_header = max(os.path.getmtime(p) for p in ext.depends)
+            stale = [(s, o) for s, o in zip(sources, objects)
+                     if self.force or not os.path.exists(o)
+                     or os.path.getmtime(o) < max(os.path.getmtime(s), newest_header)]
+            os.makedirs(os.path.join(self.build_temp, "cuda"), exist_ok=True)
+            jobs = max(1, int(os.environ.get("MAX_JOBS", "2") or 2))
+            with ThreadPoolExecutor(jobs) as pool:
+                list(pool.map(lambda so: self._nvcc(ext, *so), stale))
             ext.extra_objects = objects
+            ext.depends = list(ext.depends) + objects  # relink when an object changed
         super().build_extension(ext)
 
     @staticmethod

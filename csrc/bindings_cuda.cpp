@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda/ops.h"
+#include "fused_optim/chunking.h"
 
 #ifndef FO_CUDA_ARCHS
 #error "setup.py defines FO_CUDA_ARCHS, the ';'-separated list of compiled archs"
@@ -47,6 +48,9 @@ PYBIND11_MODULE(_cuda, m) {
   m.attr("archs") = compiled_archs();
   m.def("chunk_count", &chunk_count, py::arg("numels"));
   m.def("tensors_per_launch", &tensors_per_launch, py::arg("roles"));
+  // the kernels' vector/masked choice per role, exposed so tests check it without a GPU
+  m.def("aligned_for_pack", &fused_optim::aligned_for_pack, py::arg("address"), py::arg("begin"),
+        py::arg("elem_size"), py::arg("pack"));
 
   m.def("adam_step", &adam_step, release, py::arg("lists"), py::arg("numels"),
         py::arg("step_values"), py::arg("step_addresses"), py::arg("dtype"),

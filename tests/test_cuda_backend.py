@@ -132,6 +132,18 @@ def test_native_checks_of_the_other_entry_points():
     assert cuda.tensors_per_launch(5) >= 400  # a 300-param group is one launch
 
 
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_vector_path_needs_every_pack_aligned():
+    """A chunk takes 16-byte vector loads only where a role's address is a multiple of its
+    pack (4 fp32 of an fp32 param; 8 fp32 states beside bf16 params), else the masked path."""
+    aligned = _module().aligned_for_pack
+    assert aligned(A, 0, 4, 4) and aligned(A + 16, 0, 4, 4)
+    assert not aligned(A + 4, 0, 4, 4)  # a view one fp32 element into its storage
+    assert aligned(A + 4, 3, 4, 4)  # ... whose element 3 is aligned again
+    assert not aligned(A + 16, 0, 4, 8)  # fp32 states of bf16 params: packs of 32 bytes
+    assert aligned(A, 2 ** 31, 2, 8) and not aligned(A, 2 ** 31 + 1, 2, 8)  # 64-bit offsets
+
+
 @pytest.mark.skipif(not HAVE_NVCC or torch.cuda.is_available(), reason="needs nvcc and a machine without a GPU")
 def test_a_valid_call_without_a_gpu_raises_a_clear_error():
     with pytest.raises(RuntimeError, match="no usable CUDA device or driver"):
@@ -218,7 +230,15 @@ CASES = [(name, case) for name, spec in OPTIMIZERS.items() for case in spec.case
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # 600_small: more tensors than one launch carries (450), so several launches; strided: a
 # param that is not dense (every other column), whose index goes through staging copies.
-CUDA_LAYOUTS = LAYOUTS + ["600_small", "strided"]
+# Every dtype runs the layouts that reach different kernel paths (all-masked tail, misaligned
+# and transposed views, several chunks with a ragged tail, zero-size, staging); fp32 also runs
+# the rest of tests/helpers.py's layouts and the many-tensor ones, whose cost is the Python
+# oracle (they add no dtype-specific path), to keep the GPU job's test time short.
+PATH_LAYOUTS = ["7", "views", "chunks", "zero_size", "strided"]
+FP32_LAYOUTS = [layout for layout in LAYOUTS if layout not in PATH_LAYOUTS] + ["600_small"]
+DTYPE_LAYOUTS = [(d, layout) for d in DTYPES for layout in PATH_LAYOUTS] + [
+    (torch.float32, layout) for layout in FP32_LAYOUTS
+]
 
 
 def _params(layout, dtype):
@@ -284,8 +304,8 @@ def _compare(name, kwargs, spec, run, oracle, oracle_params, dtype, extra=None):
 
 
 @needs_gpu
-@pytest.mark.parametrize("layout", CUDA_LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("dtype,layout", DTYPE_LAYOUTS,
+                         ids=[f"{str(d).replace('torch.', '')}-{layout}" for d, layout in DTYPE_LAYOUTS])
 @pytest.mark.parametrize("name,case", CASES, ids=[f"{n}-{c}" for n, c in CASES])
 def test_parity_with_fp64_reference(name, case, dtype, layout):
     spec, kwargs, run, oracle, oracle_params, _ = _run_parity(name, case, dtype, layout)

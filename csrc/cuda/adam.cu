@@ -1,5 +1,6 @@
-// Adam / AdamW on CUDA: one launch per call (per 450 tensors: TensorTable<5>::kCapacity). Bytes per element (fp32):
-// read p, g, m, v; write p, m, v = 28 (+8 with amsgrad: read and write max_exp_avg_sq).
+// Adam / AdamW on CUDA: one launch per call (per 450 tensors, TensorTable<5>::kCapacity).
+// Bytes per element (fp32): read p, g, m, v; write p, m, v = 28 (+8 with amsgrad: read and
+// write max_exp_avg_sq).
 #include "fused_optim/math/adam.h"
 
 #include "driver.h"

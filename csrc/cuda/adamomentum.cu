@@ -1,5 +1,5 @@
-// AdaMomentum on CUDA: one launch per call (per 450 tensors: TensorTable<5>::kCapacity). Bytes per element (fp32): read
-// p, g, m, v; write p, m, v = 28 (+8 with amsgrad), as Adam.
+// AdaMomentum on CUDA: one launch per call (per 450 tensors, TensorTable<5>::kCapacity).
+// Bytes per element (fp32): read p, g, m, v; write p, m, v = 28 (+8 with amsgrad), as Adam.
 #include "fused_optim/math/adamomentum.h"
 
 #include "driver.h"

@@ -1,5 +1,5 @@
-// InvAdam / DualAdam on CUDA: one launch per call (per 510 tensors: TensorTable<4>::kCapacity). Bytes per element (fp32):
-// read p, g, m, v; write p, m, v = 28.
+// InvAdam / DualAdam on CUDA: one launch per call (per 510 tensors, TensorTable<4>::kCapacity).
+// Bytes per element (fp32): read p, g, m, v; write p, m, v = 28.
 #include "fused_optim/math/dualadam.h"
 
 #include "driver.h"
