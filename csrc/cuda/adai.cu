@@ -152,9 +152,7 @@ void adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels
     const int64_t total = launch_over<3>(op, adai_vhat_sum_kernel<P, decltype(stag)>, tl, device,
                                          stream, a, amp);
     const DeviceGuard guard(op, device);
-    tree_total_kernel<<<1, kBlockThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-        partial_sums, total, reinterpret_cast<double*>(out));
-    check_cuda(op, cudaGetLastError());
+    launch(op, tree_total_kernel, 1, stream, partial_sums, total, reinterpret_cast<double*>(out));
   });
 }
 

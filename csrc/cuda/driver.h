@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fused_optim/dtypes.h"
@@ -40,19 +41,26 @@ void dispatch_types(DType param, DType state, F&& f) {
   }
 }
 
-// Launches kernel<<<chunks, kBlockThreads, 0, stream>>>(table, args...) for each table of the
-// lists on `device`, then reports any launch error. Returns the total chunk count.
+// kernel<<<blocks, kBlockThreads, 0, stream>>>(args...), written as cudaLaunchKernel (the
+// same launch) so that tests/cuda_emulation can run the kernels as host code.
+template <class... KArgs>
+void launch(const char* op, void (*kernel)(KArgs...), int64_t blocks, uintptr_t stream,
+            const std::remove_const_t<KArgs>&... args) {
+  if (blocks > int64_t(INT32_MAX)) fail(op, "too many chunks for one launch");
+  void* pointers[] = {const_cast<void*>(static_cast<const void*>(&args))...};
+  check_cuda(op, cudaLaunchKernel(kernel, dim3(unsigned(blocks)), dim3(kBlockThreads), pointers, 0,
+                                  reinterpret_cast<cudaStream_t>(stream)));
+}
+
+// Launches kernel(table, args...) with one block per chunk for each table of the lists on
+// `device`. Returns the total chunk count.
 template <int NROLES, class... KArgs, class... Args>
 int64_t launch_over(const char* op, void (*kernel)(const TensorTable<NROLES>, KArgs...),
                     const TensorLists& lists, int device, uintptr_t stream, const Args&... args) {
   const DeviceGuard guard(op, device);
-  const auto s = reinterpret_cast<cudaStream_t>(stream);
-  const int64_t total = for_each_launch<NROLES>(lists, [&](const TensorTable<NROLES>& table, int64_t chunks) {
-    if (chunks > int64_t(INT32_MAX)) fail(op, "too many chunks for one launch");
-    kernel<<<unsigned(chunks), kBlockThreads, 0, s>>>(table, args...);
-    check_cuda(op, cudaGetLastError());
+  return for_each_launch<NROLES>(lists, [&](const TensorTable<NROLES>& table, int64_t chunks) {
+    launch(op, kernel, chunks, stream, table, args...);
   });
-  return total;
 }
 
 }  // namespace fused_optim::cuda

@@ -51,7 +51,7 @@ struct AmpArgs {
   const float* found_inf;
 };
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(FO_CUDA_EMULATION)  // see tests/cuda_emulation
 
 template <int NROLES>
 __device__ FO_INLINE ChunkSpan table_chunk(const TensorTable<NROLES>& table) {
@@ -139,7 +139,7 @@ __device__ FO_INLINE double block_sum(double value) {
   return values[0];
 }
 
-#endif  // __CUDACC__
+#endif  // __CUDACC__ || FO_CUDA_EMULATION
 
 // ---- host side ----
 
