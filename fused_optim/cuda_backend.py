@@ -34,6 +34,10 @@ else:
 
 Tensor = torch.Tensor
 
+# The device the tensors live on. tests/test_cuda_backend.py sets "cpu" to run this module on
+# host memory against fused_optim._cuda's kernels compiled as host code (tests/cuda_emulation).
+_DEVICE_TYPE = "cuda"
+
 # The codes of csrc/include/fused_optim/dtypes.h.
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 
@@ -84,6 +88,10 @@ class _Staged:
                 if writable[k]:
                     self._write_back.append((original, column[i]))
         self.addresses = [[t.data_ptr() for t in c] for c in columns]
+        # the staged copies must outlive the native call: read-only ones (grads) are held
+        # nowhere else, and a freed copy's memory goes to the next allocation (pass 1's
+        # partial sums, say) before the kernel reads it
+        self._columns = columns
 
     def finish(self) -> None:
         for original, staged in self._write_back:
@@ -98,7 +106,7 @@ def _check(op: str, roles: Sequence[Sequence[Tensor]], names: Sequence[str], sta
     if not params:
         raise ValueError(f"fused_optim.cuda_backend.{op}: empty parameter list")
     device, dtype = params[0].device, params[0].dtype
-    if device.type != "cuda":
+    if device.type != _DEVICE_TYPE:
         raise ValueError(f"fused_optim.cuda_backend.{op}: params must be CUDA tensors, got {device}")
     if dtype not in _DTYPE_CODES:
         raise ValueError(f"fused_optim.cuda_backend.{op}: unsupported param dtype {dtype}")
@@ -126,9 +134,9 @@ def _steps(op: str, steps: Sequence[Tensor], count: int, device: torch.device):
         raise ValueError(f"fused_optim.cuda_backend.{op}: {len(steps)} steps for {count} params")
     if not steps:
         return [], []
-    on_device = steps[0].is_cuda
+    on_device = steps[0].device.type == _DEVICE_TYPE
     for s in steps:
-        if s.dim() != 0 or s.dtype != torch.float32 or s.is_cuda != on_device:
+        if s.dim() != 0 or s.dtype != torch.float32 or (s.device.type == _DEVICE_TYPE) != on_device:
             raise ValueError(f"fused_optim.cuda_backend.{op}: steps must be 0-dim float32 tensors, "
                              "all on the CPU or all on the params' device")
         if on_device and s.device != device:
@@ -149,7 +157,7 @@ def _scalar(op: str, name: str, t: Optional[Tensor], dtype: torch.dtype, device:
 
 
 def _stream(device: torch.device) -> int:
-    return torch.cuda.current_stream(device).cuda_stream
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
 # ---- native calls, each a custom op ----
@@ -169,7 +177,7 @@ def _adam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], 
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
         grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
         found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index, stream=_stream(device),
+        device=device.index or 0, stream=_stream(device),
     )
     staged.finish()
 
@@ -196,7 +204,7 @@ def _adamomentum_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Te
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
         grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
         found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index, stream=_stream(device),
+        device=device.index or 0, stream=_stream(device),
     )
     staged.finish()
 
@@ -216,7 +224,7 @@ def _dualadam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
     device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs"], 2)
     if global_step.dim() != 0 or global_step.dtype != torch.float64:
         raise ValueError(f"fused_optim.cuda_backend.{op}: global_step must be a 0-dim float64 tensor")
-    if global_step.is_cuda:
+    if global_step.device.type == _DEVICE_TYPE:
         if global_step.device != device:
             raise ValueError(f"fused_optim.cuda_backend.{op}: global_step on {global_step.device}, params on {device}")
         step_value, step_address = 0.0, global_step.data_ptr()
@@ -229,7 +237,7 @@ def _dualadam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
         global_step_address=step_address,
         grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
         found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index, stream=_stream(device),
+        device=device.index or 0, stream=_stream(device),
     )
     staged.finish()
 
@@ -257,7 +265,7 @@ def _adai_second_moment_op(params: List[Tensor], grads: List[Tensor], exp_avg_sq
         weight_decay=weight_decay, decoupled=decoupled,
         grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
         partials=partials.data_ptr(), partials_len=partials.numel(), out=out.data_ptr(),
-        device=device.index, stream=_stream(device),
+        device=device.index or 0, stream=_stream(device),
     )
     return out
 
@@ -283,7 +291,7 @@ def _adai_update_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Te
         vbar=_scalar(op, "vbar", vbar, torch.float64, device),
         grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
         found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index, stream=_stream(device),
+        device=device.index or 0, stream=_stream(device),
     )
     staged.finish()
 
