@@ -1,9 +1,10 @@
 // A host emulation of the little of the CUDA runtime and language the kernels use, so that
 // tests/test_cuda_backend.py can compile csrc/cuda/*.cu as C++ and run them on host memory
-// on a machine without a GPU. Blocks run one after another; the threads of a block are
-// coroutines (ucontext) scheduled round-robin, each running until its next __syncthreads or
-// its end, so a round is one barrier phase and __shared__ storage is block-wide. A block whose
-// threads do not all meet at the same barrier aborts (a divergent barrier is a kernel bug).
+// on a machine without a GPU. Blocks run one after another; the threads of a block with
+// barriers are coroutines (ucontext) scheduled round-robin, each running until its next
+// __syncthreads or its end, so a round is one barrier phase and __shared__ storage is
+// block-wide. A block whose threads do not all meet at the same barrier aborts (a divergent
+// barrier is a kernel bug).
 // It checks the kernels' indexing, packing, masking, chunk walk and reduction order; it says
 // nothing about timing, memory coalescing or the device compiler.
 // Found before the real header because the test puts this directory first on the include path.
@@ -56,10 +57,15 @@ struct EmulatedBlock {
   std::unique_ptr<char[]> stacks;
   ucontext_t scheduler;
   unsigned current = 0;
+  bool plain = false;  // threads run as plain calls: reaching a barrier is a divergence
 };
 inline EmulatedBlock*& emulated_block() {
   static EmulatedBlock* block = nullptr;
   return block;
+}
+[[noreturn]] inline void emulated_divergence() {
+  std::fprintf(stderr, "emulated CUDA: divergent __syncthreads in block %u\n", blockIdx.x);
+  std::abort();
 }
 inline void emulated_thread_entry() {
   EmulatedBlock* b = emulated_block();
@@ -68,33 +74,52 @@ inline void emulated_thread_entry() {
 }
 inline void __syncthreads() {
   EmulatedBlock* b = emulated_block();
+  if (b->plain) emulated_divergence();
   swapcontext(&b->threads[b->current], &b->scheduler);
 }
 
+inline void emulated_start(EmulatedBlock& b, unsigned t) {
+  getcontext(&b.threads[t]);
+  b.threads[t].uc_stack.ss_sp = b.stacks.get() + std::size_t(t) * EmulatedBlock::kStack;
+  b.threads[t].uc_stack.ss_size = EmulatedBlock::kStack;
+  b.threads[t].uc_link = &b.scheduler;
+  makecontext(&b.threads[t], emulated_thread_entry, 0);
+}
+
+inline void emulated_resume(EmulatedBlock& b, unsigned t) {
+  b.current = t;
+  threadIdx = dim3(t);
+  swapcontext(&b.scheduler, &b.threads[t]);
+}
+
+// Thread 0 runs first as a coroutine. If it ends without reaching a barrier, the block has
+// none (barriers are block-uniform), and the other threads run as plain calls, which is much
+// faster; otherwise every thread is a coroutine and each round is one barrier phase.
 inline void emulated_run_block(EmulatedBlock& b, unsigned nthreads) {
   b.threads.assign(nthreads, ucontext_t{});
   b.done.assign(nthreads, 0);
   if (!b.stacks) b.stacks.reset(new char[EmulatedBlock::kStack * 1024]);
-  for (unsigned t = 0; t < nthreads; ++t) {
-    getcontext(&b.threads[t]);
-    b.threads[t].uc_stack.ss_sp = b.stacks.get() + std::size_t(t) * EmulatedBlock::kStack;
-    b.threads[t].uc_stack.ss_size = EmulatedBlock::kStack;
-    b.threads[t].uc_link = &b.scheduler;
-    makecontext(&b.threads[t], emulated_thread_entry, 0);
-  }
-  for (bool alive = true; alive;) {
-    unsigned finished = 0, waiting = 0;
-    for (unsigned t = 0; t < nthreads; ++t) {
-      if (b.done[t]) continue;
+  emulated_start(b, 0);
+  emulated_resume(b, 0);
+  if (b.done[0]) {
+    b.plain = true;
+    for (unsigned t = 1; t < nthreads; ++t) {
       b.current = t;
       threadIdx = dim3(t);
-      swapcontext(&b.scheduler, &b.threads[t]);
+      b.body();
+    }
+    b.plain = false;
+    return;
+  }
+  for (unsigned t = 1; t < nthreads; ++t) emulated_start(b, t);
+  for (unsigned first = 1, alive = 1; alive; first = 0) {
+    unsigned finished = 0, waiting = first;  // thread 0 already waits at the first barrier
+    for (unsigned t = first; t < nthreads; ++t) {
+      if (b.done[t]) continue;
+      emulated_resume(b, t);
       (b.done[t] ? finished : waiting) += 1;
     }
-    if (finished > 0 && waiting > 0) {
-      std::fprintf(stderr, "emulated CUDA: divergent __syncthreads in block %u\n", blockIdx.x);
-      std::abort();
-    }
+    if (finished > 0 && waiting > 0) emulated_divergence();
     alive = waiting > 0;
   }
 }
