@@ -103,6 +103,9 @@ def _adam(lists=None, numels=(4,), values=(0.0,), addresses=(), dtype=0, state_d
     (lambda: _adam(values=(-1.0,)), "step count"),
     (lambda: _adam(grad_scale=A + 2), "grad_scale address is misaligned"),
     (lambda: _adam(found_inf=A + 1), "found_inf address is misaligned"),
+    (lambda: _adam(lr=float("nan")), "lr is not finite"),
+    (lambda: _adam(eps=float("inf")), "eps is not finite"),
+    (lambda: _adam(device=-1), "device index"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_native_checks_raise_value_error_without_touching_memory(call, match):
     with pytest.raises(ValueError, match=match):
@@ -456,6 +459,31 @@ def _check_adai_reduction(case, device, layout):
     torch.testing.assert_close(totals[0].cpu(), expected, rtol=1e-6, atol=0)
 
 
+def _check_dualadam_switch(device):
+    """switch_rate 0.05 turns pure Adam at step 19 because 1 - 19 * 0.05 < 0.05 in float64
+    (reference.dualadam_blend_weight); with the global step on the device the kernel decides
+    it, and a contracted a*b+c there would keep blending one step longer."""
+    kwargs = {"switch_rate": 0.05}
+    cpu_params = [p.detach() for p in make_params("7", torch.float32)]
+    run = CudaRun("DualAdam", kwargs, [to_device_like(p, device) for p in cpu_params], device_steps=True)
+    oracle_params = [p.double().clone().requires_grad_() for p in cpu_params]
+    oracle = OPTIMIZERS["DualAdam"].cls(oracle_params, **kwargs, backend="torch")
+    with torch.no_grad():
+        for step in range(1, 21):
+            grads = grads_for(cpu_params, step)
+            run.step([to_device_like(g, device) for g in grads])
+            for q, g in zip(oracle_params, grads):
+                q.grad = g.double()
+            oracle.step()
+    for p, q in zip(run.params, oracle_params):
+        torch.testing.assert_close(p.detach().cpu().double(), q.detach(), rtol=tolerances.FP32[0], atol=tolerances.FP32[1])
+
+
+@needs_gpu
+def test_dualadam_switch_step_with_the_step_on_the_device():
+    _check_dualadam_switch("cuda")
+
+
 @needs_gpu
 @pytest.mark.slow
 def test_tensor_past_2_31_elements():
@@ -493,6 +521,8 @@ def test_tensor_past_2_31_elements():
 
 @pytest.fixture(scope="module")
 def emulated_cuda(tmp_path_factory):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the device tests above run the kernels themselves")
     import importlib.util
     import sysconfig
     from concurrent.futures import ThreadPoolExecutor
@@ -582,3 +612,7 @@ def test_emulated_found_inf_and_grad_scale(on_host, name, case):
 @pytest.mark.parametrize("case", ["default", "l2"])
 def test_emulated_adai_reduction(on_host, case):
     _check_adai_reduction(case, on_host, "views")
+
+
+def test_emulated_dualadam_switch_step(on_host):
+    _check_dualadam_switch(on_host)

@@ -132,6 +132,7 @@ void adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels
   const char* op = "adai_vhat_sum";
   const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
   check_lists(op, lists, {pd, pd, sd}, numels);
+  check_finite(op, {{"beta2", beta2}, {"weight_decay", weight_decay}});
   check_steps(op, step_values, step_addresses, numels.size());
   check_scalar(op, "grad_scale", grad_scale, 4, false);
   check_scalar(op, "out", out, 8, true);
@@ -165,6 +166,7 @@ void adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
   const char* op = "adai_update";
   const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
   check_lists(op, lists, {pd, pd, sd, sd, sd}, numels);
+  check_finite(op, {{"lr", lr}, {"beta0", beta0}, {"beta2", beta2}, {"eps", eps}, {"weight_decay", weight_decay}});
   check_steps(op, step_values, step_addresses, numels.size());
   check_scalar(op, "vbar", vbar, 8, true);
   check_scalar(op, "grad_scale", grad_scale, 4, false);

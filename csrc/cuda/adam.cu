@@ -42,6 +42,7 @@ void adam_step(const AddressLists& lists, const std::vector<int64_t>& numels,
   std::vector<DType> roles{pd, pd, sd, sd};
   if (amsgrad) roles.push_back(sd);
   check_lists(op, lists, roles, numels);
+  check_finite(op, {{"lr", lr}, {"beta1", beta1}, {"beta2", beta2}, {"eps", eps}, {"weight_decay", weight_decay}});
   check_steps(op, step_values, step_addresses, numels.size());
   check_scalar(op, "grad_scale", grad_scale, 4, false);
   check_scalar(op, "found_inf", found_inf, 4, false);

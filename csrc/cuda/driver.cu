@@ -69,8 +69,9 @@ void check_scalar(const char* op, const char* what, uintptr_t address, int64_t s
   if (address % uintptr_t(size) != 0) fail(op, std::string(what) + " address is misaligned");
 }
 
-void check_hyper(const char* op, const char* what, double value) {
-  if (!std::isfinite(value)) fail(op, std::string(what) + " is not finite");
+void check_finite(const char* op, std::initializer_list<std::pair<const char*, double>> values) {
+  for (const auto& [name, value] : values)
+    if (!std::isfinite(value)) fail(op, std::string(name) + " is not finite");
 }
 
 int64_t chunk_count(const std::vector<int64_t>& numels) {

@@ -3,9 +3,11 @@
 // launch of a kernel over a tensor list on the caller's stream. Knows no optimizer.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "fused_optim/dtypes.h"
@@ -27,7 +29,8 @@ void check_steps(const char* op, const std::vector<double>& values,
                  const std::vector<uintptr_t>& addresses, size_t ntensors);
 // A device scalar's address: aligned to `size`; 0 allowed only when not `required`.
 void check_scalar(const char* op, const char* what, uintptr_t address, int64_t size, bool required);
-void check_hyper(const char* op, const char* what, double value);
+// Every hyperparameter must be finite (NaN would silently poison every element).
+void check_finite(const char* op, std::initializer_list<std::pair<const char*, double>> values);
 
 // Calls f(P{}, S{}) with the C++ storage types of the param and state dtypes.
 template <class F>
@@ -57,6 +60,7 @@ void launch(const char* op, void (*kernel)(KArgs...), int64_t blocks, uintptr_t 
 template <int NROLES, class... KArgs, class... Args>
 int64_t launch_over(const char* op, void (*kernel)(const TensorTable<NROLES>, KArgs...),
                     const TensorLists& lists, int device, uintptr_t stream, const Args&... args) {
+  if (device < 0) fail(op, "device index must be >= 0, got " + std::to_string(device));
   const DeviceGuard guard(op, device);
   return for_each_launch<NROLES>(lists, [&](const TensorTable<NROLES>& table, int64_t chunks) {
     launch(op, kernel, chunks, stream, table, args...);

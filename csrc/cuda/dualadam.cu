@@ -43,6 +43,8 @@ void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels
   const char* op = "dualadam_step";
   const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
   check_lists(op, lists, {pd, pd, sd, sd}, numels);
+  check_finite(op, {{"lr", lr}, {"beta1", beta1}, {"beta2", beta2}, {"eps", eps}, {"weight_decay", weight_decay},
+                    {"switch_rate", switch_rate}, {"global_step", global_step}});
   check_scalar(op, "global_step", global_step_address, 8, false);
   if (global_step_address == 0 && !(global_step >= 0.0))
     fail(op, "global_step must be >= 0");
