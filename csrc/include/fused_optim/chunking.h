@@ -45,4 +45,12 @@ FO_HOST_DEVICE FO_INLINE ChunkSpan locate_chunk(const int64_t* chunk_prefix, con
   return ChunkSpan{t, begin, rest < chunk_elems ? rest : chunk_elems};
 }
 
+// Whether a role's data from element `begin` on can be read in packs of `pack` elements with
+// single vector instructions: its address must be a multiple of the pack's size in bytes.
+// A chunk takes the vector path only when every role passes; otherwise the masked scalar path.
+FO_HOST_DEVICE FO_INLINE bool aligned_for_pack(uintptr_t address, int64_t begin, int64_t elem_size,
+                                               int64_t pack) {
+  return (address + uintptr_t(begin * elem_size)) % uintptr_t(pack * elem_size) == 0;
+}
+
 }  // namespace fused_optim

@@ -20,12 +20,21 @@ FO_HOST_DEVICE FO_INLINE double combine_lanes(double* lanes) {
   return lanes[0];
 }
 
+// One addition of the pairwise tree below: at level `width`, pair k adds values[2 k width +
+// width] into values[2 k width]. The additions of one level are independent, so a CUDA block
+// runs a level in parallel (one pair per thread, a barrier between levels) and produces the
+// same bits as the sequential loop.
+FO_HOST_DEVICE FO_INLINE void tree_sum_step(double* values, int64_t n, int64_t width, int64_t pair) {
+  const int64_t i = pair * 2 * width;
+  if (i + width < n) values[i] += values[i + width];
+}
+
 // Fixed pairwise tree over per-chunk partial sums (in place; destroys the input). Pairwise
 // rather than left-to-right keeps the rounding error O(log n) for lists of many chunks.
 FO_HOST_DEVICE FO_INLINE double tree_sum(double* values, int64_t n) {
   if (n == 0) return 0.0;
   for (int64_t width = 1; width < n; width *= 2)
-    for (int64_t i = 0; i + width < n; i += 2 * width) values[i] += values[i + width];
+    for (int64_t pair = 0; pair * 2 * width + width < n; ++pair) tree_sum_step(values, n, width, pair);
   return values[0];
 }
 

@@ -62,6 +62,20 @@ FO_HOST_DEVICE FO_INLINE T adai_grad_sq_element(T p, T g, const AdaiHyper<T>& h)
   return ge * ge;
 }
 
+// v = beta2 v + (1 - beta2) g_eff^2 (reference: adai_second_moment). Shared by the update pass
+// and by a reduction pass that needs the new v without storing it (the CUDA pass 1).
+template <class T>
+FO_HOST_DEVICE FO_INLINE T adai_new_second_moment(T v, T ge, const AdaiHyper<T>& h) {
+  return h.beta2 * v + h.one_minus_beta2 * ge * ge;
+}
+
+// The CUDA pass 1 term: vhat of the new v, v left unwritten (reference: the summand of
+// adai_second_moment). bc2 from adai_bias_correction2, rounded to T.
+template <class T>
+FO_HOST_DEVICE FO_INLINE T adai_vhat_element(T p, T g, T v, const AdaiHyper<T>& h, T bc2) {
+  return adai_new_second_moment(v, adai_effective_grad(g, p, h), h) / bc2;
+}
+
 // The inertia ratio vhat / vbar. vbar == 0 means every counted vhat is exactly zero (they are
 // all >= 0); the authors' code then yields 0/0 = NaN. OURS: we take the ratio as 1, the limit
 // of uniformly vanishing second moments (every element equals the mean), so beta1 = 1 - beta0
@@ -79,7 +93,7 @@ FO_HOST_DEVICE FO_INLINE void adai_update_element(T& p, T g, T& m, T& v, T& beta
                                                   const AdaiHyper<T>& h, T bc2, T vbar) {
   const T ge = adai_effective_grad(g, p, h);
   if (h.apply_decay) p = p * h.decay;
-  v = h.beta2 * v + h.one_minus_beta2 * ge * ge;
+  v = adai_new_second_moment(v, ge, h);
   const T vhat = v / bc2;
   T beta1 = T(1) - adai_inertia_ratio(vhat, vbar) * h.beta0;
   // clamp written with comparisons so a NaN stays NaN, as torch.clamp does

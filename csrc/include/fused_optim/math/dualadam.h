@@ -16,6 +16,16 @@ struct DualAdamHyper : MomentHyper<T> {
   bool blend;                // alpha >= switch_rate, decided in fp64
 };
 
+// (alpha, blend) of fused_optim.reference.dualadam_blend_weight: alpha = max(0, 1 - t xi),
+// blend while alpha >= xi, in fp64. The CUDA kernels evaluate it on the device when the
+// global step lives there (capturable); their build disables a*b+c contraction (--fmad=false),
+// so 1 - t xi rounds twice exactly as in Python and boundary steps do not flip.
+FO_HOST_DEVICE inline bool dualadam_blend_weight(double global_step, double switch_rate, double& alpha) {
+  const double a = 1.0 - global_step * switch_rate;
+  alpha = a > 0.0 ? a : 0.0;
+  return alpha >= switch_rate;
+}
+
 // The blend weight and predicate are decided by the caller in fp64 (see reference); the bias
 // corrections use the GLOBAL step.
 template <class T>

@@ -1,0 +1,185 @@
+// Adai on CUDA: a reduction pass, then one update pass (the global mean of vhat sits between
+// the second-moment update and the momentum/param update).
+// Pass 1 reads g and v (and p for coupled L2) and writes nothing but one fp64 partial sum of
+// the new vhat per chunk; a one-block kernel adds the partials in the fixed tree of
+// reduction.h into a device scalar. No float atomics: reruns are bitwise identical. The mean
+// (the optimizer divides by the count on the device) reaches pass 2 as a device address, so
+// nothing waits for the host.
+// Bytes per element (fp32): pass 1 reads g, v = 8 (+4 for p with L2); pass 2 reads p, g, m,
+// v, beta1_prod and writes p, m, v, beta1_prod = 36. Total 44 (48 with L2). The CPU backend's
+// 40 carries sum(v) between steps to skip reading v in pass 1; here pass 1 recomputes the new
+// v from v itself, which keeps the passes free of state outside the tensors (a captured graph
+// or a state loaded from elsewhere needs no bookkeeping) for 4 more bytes.
+#include "fused_optim/math/adai.h"
+
+#include "driver.h"
+
+namespace fused_optim::cuda {
+namespace {
+
+template <class T>
+struct AdaiSumArgs {
+  math::AdaiHyper<T> h;
+  double beta2;
+  double* partials;  // one per chunk, indexed from the table's chunk_base
+};
+
+// Roles: 0 param (read only with L2), 1 grad, 2 exp_avg_sq.
+template <class P, class S>
+__global__ void __launch_bounds__(kBlockThreads)
+    adai_vhat_sum_kernel(const __grid_constant__ TensorTable<3> table, const AdaiSumArgs<math_t<P>> a,
+                         const AmpArgs amp) {
+  using T = math_t<P>;
+  constexpr int W = kPackWidth<P>;
+  const ChunkSpan s = table_chunk(table);
+  const T bc2 = T(math::adai_bias_correction2(a.beta2, step_before(table, s.tensor) + 1.0));
+  const bool l2 = a.h.apply_l2;
+  const P* p = role_address<const P>(table, 0, s);
+  const P* g = role_address<const P>(table, 1, s);
+  const S* v = role_address<const S>(table, 2, s);
+  const bool aligned = (!l2 || pack_aligned<W>(p)) && pack_aligned<W>(g) && pack_aligned<W>(v);
+  const T scale = grad_divisor<T>(amp);
+  const int64_t n = s.size;
+  double sum = 0.0;  // this thread's elements in a fixed order, then the block's fixed tree
+  for_each_pack<W>(n, aligned, [&](int64_t i, bool full) {
+    P pr[W] = {}, gr[W] = {};
+    S vr[W] = {};
+    if (l2) load_pack(pr, p, i, n, full);
+    load_pack(gr, g, i, n, full);
+    load_pack(vr, v, i, n, full);
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      const T vhat = math::adai_vhat_element(T(load_value(pr[j])), T(load_value(gr[j])) / scale,
+                                             T(load_value(vr[j])), a.h, bc2);
+      if (i + j < n) sum += double(vhat);
+    }
+  });
+  const double block_total = block_sum(sum);
+  if (threadIdx.x == 0) a.partials[table.chunk_base + blockIdx.x] = block_total;
+}
+
+// One block: the partials' fixed tree (reduction.h), level by level; destroys the partials.
+__global__ void __launch_bounds__(kBlockThreads) tree_total_kernel(double* partials, int64_t n,
+                                                                   double* out) {
+  for (int64_t width = 1; width < n; width *= 2) {
+    for (int64_t pair = threadIdx.x; pair * 2 * width + width < n; pair += blockDim.x)
+      tree_sum_step(partials, n, width, pair);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = n > 0 ? partials[0] : 0.0;
+}
+
+template <class T>
+struct AdaiUpdateArgs {
+  math::AdaiHyper<T> h;
+  double beta2;
+  const double* vbar;  // device scalar: the global mean of vhat
+};
+
+// Roles: 0 param, 1 grad, 2 exp_avg, 3 exp_avg_sq, 4 beta1_prod.
+template <class P, class S>
+__global__ void __launch_bounds__(kBlockThreads)
+    adai_update_kernel(const __grid_constant__ TensorTable<5> table,
+                       const AdaiUpdateArgs<math_t<P>> a, const AmpArgs amp) {
+  using T = math_t<P>;
+  constexpr int W = kPackWidth<P>;
+  if (step_skipped(amp)) return;
+  const ChunkSpan s = table_chunk(table);
+  const T bc2 = T(math::adai_bias_correction2(a.beta2, step_before(table, s.tensor) + 1.0));
+  const T vbar = T(*a.vbar);  // rounded to the state precision, as the reference does
+  P* p = role_address<P>(table, 0, s);
+  const P* g = role_address<const P>(table, 1, s);
+  S* m = role_address<S>(table, 2, s);
+  S* v = role_address<S>(table, 3, s);
+  S* b = role_address<S>(table, 4, s);
+  const bool aligned = pack_aligned<W>(p) && pack_aligned<W>(g) && pack_aligned<W>(m) &&
+                       pack_aligned<W>(v) && pack_aligned<W>(b);
+  const T scale = grad_divisor<T>(amp);
+  const int64_t n = s.size;
+  for_each_pack<W>(n, aligned, [&](int64_t i, bool full) {
+    P pr[W] = {}, gr[W] = {};
+    S mr[W] = {}, vr[W] = {}, br[W] = {};
+    load_pack(pr, p, i, n, full);
+    load_pack(gr, g, i, n, full);
+    load_pack(mr, m, i, n, full);
+    load_pack(vr, v, i, n, full);
+    load_pack(br, b, i, n, full);
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      T pi = T(load_value(pr[j])), mi = T(load_value(mr[j])), vi = T(load_value(vr[j]));
+      T bi = T(load_value(br[j]));
+      math::adai_update_element(pi, T(load_value(gr[j])) / scale, mi, vi, bi, a.h, bc2, vbar);
+      store_value(pr[j], pi);
+      store_value(mr[j], mi);
+      store_value(vr[j], vi);
+      store_value(br[j], bi);
+    }
+    store_pack(p, pr, i, n, full);
+    store_pack(m, mr, i, n, full);
+    store_pack(v, vr, i, n, full);
+    store_pack(b, br, i, n, full);
+  });
+}
+
+}  // namespace
+
+void adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels,
+                   const std::vector<double>& step_values,
+                   const std::vector<uintptr_t>& step_addresses, int dtype, int state_dtype,
+                   double beta2, double weight_decay, bool decoupled, uintptr_t grad_scale,
+                   uintptr_t partials, int64_t partials_len, uintptr_t out, int device,
+                   uintptr_t stream) {
+  const char* op = "adai_vhat_sum";
+  const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
+  check_lists(op, lists, {pd, pd, sd}, numels);
+  check_finite(op, {{"beta2", beta2}, {"weight_decay", weight_decay}});
+  check_steps(op, step_values, step_addresses, numels.size());
+  check_scalar(op, "grad_scale", grad_scale, 4, false);
+  check_scalar(op, "out", out, 8, true);
+  const int64_t chunks = chunk_count(numels);
+  if (chunks > 0) check_scalar(op, "partials", partials, 8, true);
+  if (partials_len < chunks)
+    fail(op, "partials has " + std::to_string(partials_len) + " entries for " +
+                 std::to_string(chunks) + " chunks");
+  const TensorLists tl{lists, numels, step_values, step_addresses};
+  const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), nullptr};
+  auto* partial_sums = reinterpret_cast<double*>(partials);
+  dispatch_types(pd, sd, [&](auto ptag, auto stag) {
+    using P = decltype(ptag);
+    using T = math_t<P>;
+    // pass 1 needs only beta2 and the L2 term; lr, beta0 and eps enter in pass 2
+    const AdaiSumArgs<T> a{math::adai_hyper<T>(0.0, 0.0, beta2, 0.0, weight_decay, decoupled),
+                           beta2, partial_sums};
+    const int64_t total = launch_over<3>(op, adai_vhat_sum_kernel<P, decltype(stag)>, tl, device,
+                                         stream, a, amp);
+    const DeviceGuard guard(op, device);
+    launch(op, tree_total_kernel, 1, stream, partial_sums, total, reinterpret_cast<double*>(out));
+  });
+}
+
+void adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
+                 const std::vector<double>& step_values,
+                 const std::vector<uintptr_t>& step_addresses, int dtype, int state_dtype,
+                 double lr, double beta0, double beta2, double eps, double weight_decay,
+                 bool decoupled, uintptr_t vbar, uintptr_t grad_scale, uintptr_t found_inf,
+                 int device, uintptr_t stream) {
+  const char* op = "adai_update";
+  const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
+  check_lists(op, lists, {pd, pd, sd, sd, sd}, numels);
+  check_finite(op, {{"lr", lr}, {"beta0", beta0}, {"beta2", beta2}, {"eps", eps}, {"weight_decay", weight_decay}});
+  check_steps(op, step_values, step_addresses, numels.size());
+  check_scalar(op, "vbar", vbar, 8, true);
+  check_scalar(op, "grad_scale", grad_scale, 4, false);
+  check_scalar(op, "found_inf", found_inf, 4, false);
+  const TensorLists tl{lists, numels, step_values, step_addresses};
+  const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf)};
+  dispatch_types(pd, sd, [&](auto ptag, auto stag) {
+    using P = decltype(ptag);
+    using T = math_t<P>;
+    const AdaiUpdateArgs<T> a{math::adai_hyper<T>(lr, beta0, beta2, eps, weight_decay, decoupled),
+                              beta2, reinterpret_cast<const double*>(vbar)};
+    launch_over<5>(op, adai_update_kernel<P, decltype(stag)>, tl, device, stream, a, amp);
+  });
+}
+
+}  // namespace fused_optim::cuda

@@ -1,0 +1,64 @@
+// AdaMomentum on CUDA: one launch per call (per 450 tensors, TensorTable<5>::kCapacity).
+// Bytes per element (fp32): read p, g, m, v; write p, m, v = 28 (+8 with amsgrad), as Adam.
+#include "fused_optim/math/adamomentum.h"
+
+#include "driver.h"
+#include "moment_chunk.cuh"
+
+namespace fused_optim::cuda {
+namespace {
+
+template <class T>
+struct AdaMomentumArgs {
+  math::AdaMomentumHyper<T> h;
+  double lr, beta1, beta2;  // for the per-tensor fp64 scalars of each tensor's step
+  bool rectify;
+};
+
+template <bool AMSGRAD, class P, class S>
+__global__ void __launch_bounds__(kBlockThreads)
+    adamomentum_kernel(const __grid_constant__ TensorTable<5> table,
+                       const AdaMomentumArgs<math_t<P>> a, const AmpArgs amp) {
+  using T = math_t<P>;
+  if (step_skipped(amp)) return;
+  const ChunkSpan s = table_chunk(table);
+  // step size, bias correction and the rectify regime in fp64 from the tensor's step
+  const math::AdaMomentumScalars sc = math::adamomentum_scalars(
+      a.lr, a.beta1, a.beta2, step_before(table, s.tensor) + 1.0, a.rectify);
+  const T step_size = T(sc.step_size), bc2_sqrt = T(sc.bc2_sqrt);
+  moment_chunk<AMSGRAD, P, S>(table, s, amp, [&](T& p, T g, T& m, T& v, T& vmax) {
+    math::adamomentum_element<AMSGRAD>(p, g, m, v, vmax, a.h, step_size, bc2_sqrt, sc.denominator);
+  });
+}
+
+}  // namespace
+
+void adamomentum_step(const AddressLists& lists, const std::vector<int64_t>& numels,
+                      const std::vector<double>& step_values,
+                      const std::vector<uintptr_t>& step_addresses, int dtype, int state_dtype,
+                      double lr, double beta1, double beta2, double eps, double weight_decay,
+                      bool decoupled, bool amsgrad, bool rectify, uintptr_t grad_scale,
+                      uintptr_t found_inf, int device, uintptr_t stream) {
+  const char* op = "adamomentum_step";
+  const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
+  std::vector<DType> roles{pd, pd, sd, sd};
+  if (amsgrad) roles.push_back(sd);
+  check_lists(op, lists, roles, numels);
+  check_finite(op, {{"lr", lr}, {"beta1", beta1}, {"beta2", beta2}, {"eps", eps}, {"weight_decay", weight_decay}});
+  check_steps(op, step_values, step_addresses, numels.size());
+  check_scalar(op, "grad_scale", grad_scale, 4, false);
+  check_scalar(op, "found_inf", found_inf, 4, false);
+  const TensorLists tl{lists, numels, step_values, step_addresses};
+  const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf)};
+  dispatch_types(pd, sd, [&](auto ptag, auto stag) {
+    using P = decltype(ptag);
+    using S = decltype(stag);
+    using T = math_t<P>;
+    const AdaMomentumArgs<T> a{math::moment_hyper<T>(lr, beta1, beta2, eps, weight_decay, decoupled),
+                               lr, beta1, beta2, rectify};
+    if (amsgrad) launch_over<5>(op, adamomentum_kernel<true, P, S>, tl, device, stream, a, amp);
+    else launch_over<5>(op, adamomentum_kernel<false, P, S>, tl, device, stream, a, amp);
+  });
+}
+
+}  // namespace fused_optim::cuda

@@ -1,0 +1,372 @@
+"""The "cuda" backend: the optimizers' step functions, computed by the native module
+fused_optim._cuda (torch-independent: it gets raw addresses, dtype codes and a stream handle).
+
+Each function hands the whole tensor list of a group to ONE native call per pass, which
+launches one kernel over all tensors (several when the list outgrows a launch's argument
+table). Differences from the reference's signatures, all so that a step can run without a
+host sync and be captured in a CUDA graph:
+- `steps` are the 0-dim float32 step tensors holding each param's count BEFORE this step (the
+  kernels use t = step + 1 and never write them: the optimizer advances them afterwards).
+  CPU tensors are read on the host; CUDA tensors are read by the kernels (capturable).
+- DualAdam's `global_step` is the count before this step, a 0-dim float64 tensor (CPU or
+  CUDA) or a number.
+- Adai's pass 1 returns the sum of the new vhat as a 0-dim float64 tensor on the device, and
+  pass 2 reads `vbar` (a 0-dim float64 CUDA tensor) from device memory.
+- grad_scale (g is divided by it) and found_inf (nonzero: the step changes nothing) are
+  optional 0-dim float32 CUDA tensors, read by the kernels (GradScaler without a sync).
+States are float32 (float64 for float64 params) or, for non-float64 params, bfloat16: the
+kernels load them to fp32 and store them rounded to nearest even.
+
+Every native call is a torch.library custom op (fused_optim::cuda_*) with a fake kernel, so
+torch.compile sees one opaque op per call.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+try:
+    from . import _cuda
+except ImportError as _err:  # built without nvcc, or a broken build: available() says why
+    _cuda = None
+    _IMPORT_ERROR: Optional[ImportError] = _err
+else:
+    _IMPORT_ERROR = None
+
+Tensor = torch.Tensor
+
+# The device the tensors live on. tests/test_cuda_backend.py sets "cpu" to run this module on
+# host memory against fused_optim._cuda's kernels compiled as host code (tests/cuda_emulation).
+_DEVICE_TYPE = "cuda"
+
+# The codes of csrc/include/fused_optim/dtypes.h.
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+
+
+def available() -> Tuple[bool, str]:
+    """(available, reason): the module imported and torch sees a CUDA device."""
+    if _cuda is None:
+        return False, (f"the native module fused_optim._cuda did not import ({_IMPORT_ERROR}); "
+                       "reinstall with nvcc available (FUSED_OPTIM_CUDA=1 makes a missing nvcc an error)")
+    if not torch.cuda.is_available():
+        return False, "no CUDA device is visible to torch"
+    return True, f"native module fused_optim._cuda (archs {', '.join(_cuda.compiled_archs())})"
+
+
+def _is_dense(t: Tensor) -> bool:
+    """Non-overlapping and dense: its elements fill numel() consecutive slots in some order."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+class _Staged:
+    """Address lists for one native call (as cpu_backend._Staged). roles[k][i] is role k
+    (param, grad, ...) of element index i. The kernels walk raw memory, so the tensors of an
+    index must share one dense layout; an index where they do not goes through contiguous
+    copies, and `writable` roles are copied back by finish(). A dense view that is merely
+    misaligned needs no copy: the kernels take their masked path for it."""
+
+    def __init__(self, roles: Sequence[Sequence[Tensor]], writable: Sequence[bool]):
+        self.numels = [t.numel() for t in roles[0]]
+        columns = [list(r) for r in roles]
+        self._write_back = []
+        for i in range(len(self.numels)):
+            tensors = [c[i] for c in columns]
+            if all(t.is_contiguous() for t in tensors):
+                continue
+            first = tensors[0]
+            if _is_dense(first) and all(t.stride() == first.stride() for t in tensors):
+                continue
+            for k, column in enumerate(columns):
+                original = column[i]
+                column[i] = original.contiguous()
+                if writable[k]:
+                    self._write_back.append((original, column[i]))
+        self.addresses = [[t.data_ptr() for t in c] for c in columns]
+        # the staged copies must outlive the native call: read-only ones (grads) are held
+        # nowhere else, and a freed copy's memory goes to the next allocation (pass 1's
+        # partial sums, say) before the kernel reads it
+        self._columns = columns
+
+    def finish(self) -> None:
+        for original, staged in self._write_back:
+            original.copy_(staged)
+
+
+def _check(op: str, roles: Sequence[Sequence[Tensor]], names: Sequence[str], state_from: int):
+    """(device, param dtype code, state dtype code) after checking what the native side cannot
+    see: one CUDA device, params and grads of one dtype, the states of one dtype. Raises
+    ValueError before anything is modified."""
+    params = roles[0]
+    if not params:
+        raise ValueError(f"fused_optim.cuda_backend.{op}: empty parameter list")
+    device, dtype = params[0].device, params[0].dtype
+    if device.type != _DEVICE_TYPE:
+        raise ValueError(f"fused_optim.cuda_backend.{op}: params must be CUDA tensors, got {device}")
+    if dtype not in _DTYPE_CODES:
+        raise ValueError(f"fused_optim.cuda_backend.{op}: unsupported param dtype {dtype}")
+    state_dtype = roles[state_from][0].dtype if len(roles) > state_from else dtype
+    if state_dtype not in _DTYPE_CODES:
+        raise ValueError(f"fused_optim.cuda_backend.{op}: unsupported state dtype {state_dtype}")
+    for k, (role, name) in enumerate(zip(roles, names)):
+        if len(role) != len(params):
+            raise ValueError(f"fused_optim.cuda_backend.{op}: {len(role)} {name} for {len(params)} params")
+        want = dtype if k < state_from else state_dtype
+        for p, t in zip(params, role):
+            if t.device != device:
+                raise ValueError(f"fused_optim.cuda_backend.{op}: {name} on {t.device}, params on {device}")
+            if t.dtype != want:
+                raise ValueError(f"fused_optim.cuda_backend.{op}: {name} of dtype {t.dtype}, expected {want}")
+            if t.shape != p.shape:
+                raise ValueError(f"fused_optim.cuda_backend.{op}: a {name} tensor has shape {tuple(t.shape)}, "
+                                 f"its param {tuple(p.shape)}")
+    return device, _DTYPE_CODES[dtype], _DTYPE_CODES[state_dtype]
+
+
+def _steps(op: str, steps: Sequence[Tensor], count: int, device: torch.device):
+    """(host values, device addresses) of the per-param step tensors: one list is filled."""
+    if len(steps) != count:
+        raise ValueError(f"fused_optim.cuda_backend.{op}: {len(steps)} steps for {count} params")
+    if not steps:
+        return [], []
+    on_device = steps[0].device.type == _DEVICE_TYPE
+    for s in steps:
+        if s.dim() != 0 or s.dtype != torch.float32 or (s.device.type == _DEVICE_TYPE) != on_device:
+            raise ValueError(f"fused_optim.cuda_backend.{op}: steps must be 0-dim float32 tensors, "
+                             "all on the CPU or all on the params' device")
+        if on_device and s.device != device:
+            raise ValueError(f"fused_optim.cuda_backend.{op}: a step is on {s.device}, params on {device}")
+    if on_device:
+        return [], [s.data_ptr() for s in steps]
+    return [float(s) for s in steps], []
+
+
+def _scalar(op: str, name: str, t: Optional[Tensor], dtype: torch.dtype, device: torch.device) -> int:
+    """Device address of an optional 0-dim scalar the kernels read (0 when absent)."""
+    if t is None:
+        return 0
+    if t.dim() != 0 or t.dtype != dtype or t.device != device:
+        raise ValueError(f"fused_optim.cuda_backend.{op}: {name} must be a 0-dim {dtype} tensor on {device}, "
+                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    return t.data_ptr()
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+# ---- native calls, each a custom op ----
+
+@torch.library.custom_op("fused_optim::cuda_adam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
+def _adam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+             max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float, eps: float,
+             weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool, grad_scale: Optional[Tensor],
+             found_inf: Optional[Tensor]) -> None:
+    op = "adam_step"
+    roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
+    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], 2)
+    values, addresses = _steps(op, steps, len(params), device)
+    staged = _Staged(roles, [True, False, True, True, True])
+    _cuda.adam_step(
+        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2,
+        eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
+        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
+        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
+        device=device.index or 0, stream=_stream(device),
+    )
+    staged.finish()
+
+
+@_adam_op.register_fake
+def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
+      decoupled, amsgrad, maximize, grad_scale, found_inf) -> None:
+    return None
+
+
+@torch.library.custom_op("fused_optim::cuda_adamomentum_step",
+                         mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
+def _adamomentum_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                    max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float,
+                    eps: float, weight_decay: float, decoupled: bool, amsgrad: bool, rectify: bool,
+                    grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
+    op = "adamomentum_step"
+    roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
+    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], 2)
+    values, addresses = _steps(op, steps, len(params), device)
+    staged = _Staged(roles, [True, False, True, True, True])
+    _cuda.adamomentum_step(
+        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2,
+        eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
+        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
+        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
+        device=device.index or 0, stream=_stream(device),
+    )
+    staged.finish()
+
+
+@_adamomentum_op.register_fake
+def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
+      decoupled, amsgrad, rectify, grad_scale, found_inf) -> None:
+    return None
+
+
+@torch.library.custom_op("fused_optim::cuda_dualadam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
+def _dualadam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                 global_step: Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                 switch_rate: float, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
+    op = "dualadam_step"
+    roles = [params, grads, exp_avgs, exp_avg_sqs]
+    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs"], 2)
+    if global_step.dim() != 0 or global_step.dtype != torch.float64:
+        raise ValueError(f"fused_optim.cuda_backend.{op}: global_step must be a 0-dim float64 tensor")
+    if global_step.device.type == _DEVICE_TYPE:
+        if global_step.device != device:
+            raise ValueError(f"fused_optim.cuda_backend.{op}: global_step on {global_step.device}, params on {device}")
+        step_value, step_address = 0.0, global_step.data_ptr()
+    else:
+        step_value, step_address = float(global_step), 0
+    staged = _Staged(roles, [True, False, True, True])
+    _cuda.dualadam_step(
+        staged.addresses, staged.numels, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+        weight_decay=weight_decay, switch_rate=switch_rate, global_step=step_value,
+        global_step_address=step_address,
+        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
+        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
+        device=device.index or 0, stream=_stream(device),
+    )
+    staged.finish()
+
+
+@_dualadam_op.register_fake
+def _(params, grads, exp_avgs, exp_avg_sqs, global_step, lr, beta1, beta2, eps, weight_decay, switch_rate,
+      grad_scale, found_inf) -> None:
+    return None
+
+
+@torch.library.custom_op("fused_optim::cuda_adai_second_moment", mutates_args=())
+def _adai_second_moment_op(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
+                           beta2: float, weight_decay: float, decoupled: bool,
+                           grad_scale: Optional[Tensor]) -> Tensor:
+    op = "adai_second_moment"
+    roles = [params, grads, exp_avg_sqs]
+    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avg_sqs"], 2)
+    values, addresses = _steps(op, steps, len(params), device)
+    staged = _Staged(roles, [False, False, False])
+    chunks = _cuda.chunk_count(staged.numels)
+    partials = torch.empty(max(chunks, 1), dtype=torch.float64, device=device)
+    out = torch.empty((), dtype=torch.float64, device=device)
+    _cuda.adai_vhat_sum(
+        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, beta2=beta2,
+        weight_decay=weight_decay, decoupled=decoupled,
+        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
+        partials=partials.data_ptr(), partials_len=partials.numel(), out=out.data_ptr(),
+        device=device.index or 0, stream=_stream(device),
+    )
+    return out
+
+
+@_adai_second_moment_op.register_fake
+def _(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, grad_scale):
+    return params[0].new_empty((), dtype=torch.float64)
+
+
+@torch.library.custom_op("fused_optim::cuda_adai_update", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "beta1_prods"))
+def _adai_update_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                    beta1_prods: List[Tensor], steps: List[Tensor], lr: float, beta0: float, beta2: float, eps: float,
+                    weight_decay: float, decoupled: bool, vbar: Tensor, grad_scale: Optional[Tensor],
+                    found_inf: Optional[Tensor]) -> None:
+    op = "adai_update"
+    roles = [params, grads, exp_avgs, exp_avg_sqs, beta1_prods]
+    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "beta1_prods"], 2)
+    values, addresses = _steps(op, steps, len(params), device)
+    staged = _Staged(roles, [True, False, True, True, True])
+    _cuda.adai_update(
+        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta0=beta0, beta2=beta2,
+        eps=eps, weight_decay=weight_decay, decoupled=decoupled,
+        vbar=_scalar(op, "vbar", vbar, torch.float64, device),
+        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
+        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
+        device=device.index or 0, stream=_stream(device),
+    )
+    staged.finish()
+
+
+@_adai_update_op.register_fake
+def _(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, lr, beta0, beta2, eps, weight_decay, decoupled,
+      vbar, grad_scale, found_inf) -> None:
+    return None
+
+
+def _need_module() -> None:
+    if _cuda is None:
+        raise RuntimeError(available()[1])
+
+
+# ---- the backend's step functions ----
+
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[Tensor]], steps, *,
+              lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
+              grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+    """One Adam (decoupled=False) or AdamW step over a group; steps are the counts before it."""
+    _need_module()
+    if not params:
+        return
+    _adam_op(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+             list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
+             float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(maximize), grad_scale, found_inf)
+
+
+def adamomentum_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[Tensor]], steps, *,
+                     lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, rectify,
+                     grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+    """One AdaMomentum step over a group; steps are the counts before it."""
+    _need_module()
+    if not params:
+        return
+    _adamomentum_op(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+                    list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
+                    float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(rectify), grad_scale,
+                    found_inf)
+
+
+def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta1, beta2, eps, weight_decay,
+                  switch_rate, grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+    """One DualAdam/InvAdam step over a group; global_step is the count before it (a 0-dim
+    float64 tensor, CPU or CUDA, or a number)."""
+    _need_module()
+    if not params:
+        return
+    if not torch.is_tensor(global_step):
+        global_step = torch.tensor(float(global_step), dtype=torch.float64)
+    _dualadam_op(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), global_step, float(lr),
+                 float(beta1), float(beta2), float(eps), float(weight_decay), float(switch_rate), grad_scale,
+                 found_inf)
+
+
+def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
+                       grad_scale: Optional[Tensor] = None) -> Tensor:
+    """Adai pass 1: the group's sum of the new vhat, a 0-dim float64 tensor on the device.
+    Reads g, v (and p with L2) and writes nothing: pass 2 updates v. Deterministic (fixed
+    reduction tree, no atomics)."""
+    _need_module()
+    if not params:
+        return torch.zeros((), dtype=torch.float64)
+    return _adai_second_moment_op(list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2),
+                                  float(weight_decay), bool(decoupled), grad_scale)
+
+
+def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2, eps,
+                weight_decay, decoupled, vbar: Tensor, grad_scale: Optional[Tensor] = None,
+                found_inf: Optional[Tensor] = None) -> None:
+    """Adai pass 2, given vbar (0-dim float64 on the device): v, beta1_prod, m and p."""
+    _need_module()
+    if not params:
+        return
+    _adai_update_op(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods), list(steps),
+                    float(lr), float(beta0), float(beta2), float(eps), float(weight_decay), bool(decoupled), vbar,
+                    grad_scale, found_inf)

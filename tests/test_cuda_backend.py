@@ -1,0 +1,618 @@
+"""The CUDA backend (fused_optim._cuda + fused_optim.cuda_backend).
+
+Without a GPU: the module builds and imports, reports its archs, the build honours
+FUSED_OPTIM_CUDA, and every argument the native side can check raises ValueError (the
+checks run before anything touches a device). With a GPU: parity with the fp64 reference
+for every optimizer, case, dtype, state dtype and layout; CUDA graph capture; GradScaler's
+found_inf and grad_scale; Adai's deterministic reduction; a tensor past 2^31 elements.
+
+The optimizer classes are not wired to this backend here: the GPU tests drive the backend's
+step functions directly and use the classes (torch backend, fp64) as the oracle.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fused_optim.registry import OPTIMIZERS
+
+from . import tolerances
+from .helpers import LAYOUTS, STEPS, grads_for, make_params
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_NVCC = shutil.which("nvcc") is not None or Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc").exists()
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _module():
+    from fused_optim import _cuda
+
+    return _cuda
+
+
+# ---------------------------------------------------------------- without a GPU
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found: the CUDA module is not built here")
+def test_module_built_imports_and_reports_archs():
+    """setup.py builds fused_optim._cuda wherever nvcc is found; it imports without a GPU."""
+    cuda = _module()
+    archs = cuda.compiled_archs()
+    assert archs and all(re.fullmatch(r"(sm|compute)_\d+[a-z]?", a) for a in archs), archs
+    assert list(cuda.archs) == archs
+    from fused_optim.env import _cuda_archs
+
+    assert _cuda_archs() == (archs, "")
+
+
+def _setup_version(env_update):
+    env = {k: v for k, v in os.environ.items() if k != "FUSED_OPTIM_VERSION_LABEL"}
+    env.update(env_update)
+    return subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_build_switch_and_version_label():
+    """FUSED_OPTIM_CUDA=0 leaves the CUDA module out (label +cpu); by default nvcc adds it
+    (label +cu<major>); FUSED_OPTIM_CUDA=1 without nvcc fails loudly."""
+    skipped = _setup_version({"FUSED_OPTIM_CUDA": "0"})
+    assert skipped.returncode == 0, skipped.stderr
+    assert skipped.stdout.strip().splitlines()[-1].endswith("+cpu")
+    built = _setup_version({})
+    assert built.returncode == 0, built.stderr
+    assert re.search(r"\+cu\d+$", built.stdout.strip().splitlines()[-1])
+    missing = _setup_version({"FUSED_OPTIM_CUDA": "1", "CUDA_HOME": str(ROOT / "no-such-toolkit"),
+                              "PATH": os.path.dirname(sys.executable)})
+    assert missing.returncode != 0
+    assert "no nvcc" in missing.stderr
+
+
+# Fake but well-formed device addresses: the checks reject the call before any is used.
+A = 1 << 20
+
+
+def _adam(lists=None, numels=(4,), values=(0.0,), addresses=(), dtype=0, state_dtype=0, amsgrad=False, **kw):
+    args = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=amsgrad,
+                maximize=False, grad_scale=0, found_inf=0, device=0, stream=0)
+    args.update(kw)
+    if lists is None:
+        lists = [[A + 4096 * k] for k in range(5 if amsgrad else 4)]
+    _module().adam_step(lists, list(numels), list(values), list(addresses), dtype, state_dtype, **args)
+
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+@pytest.mark.parametrize("call,match", [
+    (lambda: _adam(lists=[[A]] * 3), "expected 4 tensor lists"),
+    (lambda: _adam(lists=[[A]] * 4, amsgrad=True), "expected 5 tensor lists"),
+    (lambda: _adam(lists=[[A, A]] + [[A]] * 3), "entries"),
+    (lambda: _adam(lists=[[0]] + [[A]] * 3), "null address"),
+    (lambda: _adam(lists=[[A + 2]] + [[A]] * 3), "not aligned"),
+    (lambda: _adam(lists=[[A + 4]] + [[A]] * 3, dtype=1, state_dtype=1), "not aligned"),
+    (lambda: _adam(numels=(-1,)), "negative numel"),
+    (lambda: _adam(dtype=7), "dtype code"),
+    (lambda: _adam(dtype=1, state_dtype=0), "float64 params must be float64"),
+    (lambda: _adam(dtype=2, state_dtype=3), "float32 or bfloat16"),
+    (lambda: _adam(values=()), "one step per tensor"),
+    (lambda: _adam(values=(0.0,), addresses=(A,)), "one step per tensor"),
+    (lambda: _adam(values=(), addresses=(A + 1,)), "step counter address"),
+    (lambda: _adam(values=(-1.0,)), "step count"),
+    (lambda: _adam(grad_scale=A + 2), "grad_scale address is misaligned"),
+    (lambda: _adam(found_inf=A + 1), "found_inf address is misaligned"),
+    (lambda: _adam(lr=float("nan")), "lr is not finite"),
+    (lambda: _adam(eps=float("inf")), "eps is not finite"),
+    (lambda: _adam(device=-1), "device index"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_native_checks_raise_value_error_without_touching_memory(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_native_checks_of_the_other_entry_points():
+    cuda = _module()
+    common = dict(grad_scale=0, device=0, stream=0)
+    with pytest.raises(ValueError, match="partials has 1 entries for 2 chunks"):
+        cuda.adai_vhat_sum([[A], [A], [A]], [65537], [0.0], [], 0, 0, beta2=0.99, weight_decay=0.0,
+                           decoupled=False, partials=A, partials_len=1, out=A, **common)
+    with pytest.raises(ValueError, match="out address is null"):
+        cuda.adai_vhat_sum([[A], [A], [A]], [4], [0.0], [], 0, 0, beta2=0.99, weight_decay=0.0,
+                           decoupled=False, partials=A, partials_len=1, out=0, **common)
+    with pytest.raises(ValueError, match="vbar address is null"):
+        cuda.adai_update([[A]] * 5, [4], [0.0], [], 0, 0, lr=0.1, beta0=0.1, beta2=0.99, eps=1e-3,
+                         weight_decay=0.0, decoupled=False, vbar=0, found_inf=0, **common)
+    with pytest.raises(ValueError, match="global_step address is misaligned"):
+        cuda.dualadam_step([[A]] * 4, [4], 0, 0, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                           switch_rate=0.01, global_step=0.0, global_step_address=A + 4, found_inf=0, **common)
+    with pytest.raises(ValueError, match="expected 5 tensor lists"):
+        cuda.adamomentum_step([[A]] * 4, [4], [0.0], [], 0, 0, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-16,
+                              weight_decay=0.0, decoupled=True, amsgrad=True, rectify=False, found_inf=0, **common)
+    assert cuda.chunk_count([0, 1, 65536, 65537]) == 4
+    assert cuda.tensors_per_launch(5) >= 400  # a 300-param group is one launch
+
+
+@pytest.mark.skipif(not HAVE_NVCC, reason="nvcc not found")
+def test_vector_path_needs_every_pack_aligned():
+    """A chunk takes 16-byte vector loads only where a role's address is a multiple of its
+    pack (4 fp32 of an fp32 param; 8 fp32 states beside bf16 params), else the masked path."""
+    aligned = _module().aligned_for_pack
+    assert aligned(A, 0, 4, 4) and aligned(A + 16, 0, 4, 4)
+    assert not aligned(A + 4, 0, 4, 4)  # a view one fp32 element into its storage
+    assert aligned(A + 4, 3, 4, 4)  # ... whose element 3 is aligned again
+    assert not aligned(A + 16, 0, 4, 8)  # fp32 states of bf16 params: packs of 32 bytes
+    assert aligned(A, 2 ** 31, 2, 8) and not aligned(A, 2 ** 31 + 1, 2, 8)  # 64-bit offsets
+
+
+@pytest.mark.skipif(not HAVE_NVCC or torch.cuda.is_available(), reason="needs nvcc and a machine without a GPU")
+def test_a_valid_call_without_a_gpu_raises_a_clear_error():
+    with pytest.raises(RuntimeError, match="no usable CUDA device or driver"):
+        _adam()
+
+
+def test_backend_rejects_cpu_tensors_and_reports_availability():
+    from fused_optim import cuda_backend
+
+    ok, why = cuda_backend.available()
+    assert isinstance(ok, bool) and why
+    if cuda_backend._cuda is None:
+        pytest.skip("fused_optim._cuda is not built")
+    p = [torch.zeros(3)]
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        cuda_backend.adam_step(p, p, p, p, None, [torch.zeros(())], lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                               weight_decay=0.0, decoupled=False, amsgrad=False, maximize=False)
+
+
+# ---------------------------------------------------------------- with a GPU
+
+def to_device_like(t: torch.Tensor, device="cuda") -> torch.Tensor:
+    """A copy on `device` with the same strides and storage offset (a view one element into
+    its storage stays misaligned; .cuda() would make it contiguous and aligned)."""
+    t = t.detach()
+    storage = t.untyped_storage().nbytes() // t.element_size()
+    base = t.as_strided((storage,), (1,), 0).to(device, copy=True)
+    return base.as_strided(t.shape, t.stride(), t.storage_offset())
+
+
+class CudaRun:
+    """Drives cuda_backend for one optimizer case with the state an optimizer would keep:
+    states shaped like their params (torch.full_like, preserve_format), per-param float32
+    step counters (on the device with device_steps=True), DualAdam's float64 global step."""
+
+    def __init__(self, name, kwargs, params, state_dtype=None, device_steps=False):
+        from fused_optim import cuda_backend
+
+        self.backend = cuda_backend
+        self.name = name
+        cls = OPTIMIZERS[name].cls
+        template = cls([torch.zeros(1, requires_grad=True)], **kwargs, backend="torch")
+        self.hyper = template.hyper(template.param_groups[0], 0)
+        self.decoupled = getattr(template, "decoupled", None)
+        self.params = params
+        layout = template.state_layout(self.hyper)
+        dtype = params[0].dtype
+        sdtype = state_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
+        self.states = [{k: torch.full_like(p, v, dtype=sdtype, memory_format=torch.preserve_format)
+                        for k, v in layout.items()} for p in params]
+        where = params[0].device if device_steps else "cpu"
+        self.steps = [torch.zeros((), dtype=torch.float32, device=where) for _ in params]
+        self.global_step = torch.zeros((), dtype=torch.float64, device=where)
+
+    def column(self, key):
+        return [s[key] for s in self.states]
+
+    def step(self, grads, grad_scale=None, found_inf=None):
+        h, b, name = self.hyper, self.backend, self.name
+        amp = dict(grad_scale=grad_scale, found_inf=found_inf)
+        if name in ("Adam", "AdamW"):
+            b.adam_step(self.params, grads, self.column("exp_avg"), self.column("exp_avg_sq"),
+                        self.column("max_exp_avg_sq") if h["amsgrad"] else None, self.steps,
+                        decoupled=self.decoupled, **h, **amp)
+        elif name == "AdaMomentum":
+            b.adamomentum_step(self.params, grads, self.column("exp_avg"), self.column("exp_avg_sq"),
+                               self.column("max_exp_avg_sq") if h["amsgrad"] else None, self.steps, **h, **amp)
+        elif name in ("DualAdam", "InvAdam"):
+            b.dualadam_step(self.params, grads, self.column("exp_avg"), self.column("exp_avg_sq"),
+                            global_step=self.global_step, **h, **amp)
+        else:
+            total = b.adai_second_moment(self.params, grads, self.column("exp_avg_sq"), self.steps,
+                                         beta2=h["beta2"], weight_decay=h["weight_decay"],
+                                         decoupled=h["decoupled"], grad_scale=grad_scale)
+            vbar = total / sum(p.numel() for p in self.params)
+            b.adai_update(self.params, grads, self.column("exp_avg"), self.column("exp_avg_sq"),
+                          self.column("beta1_prod"), self.steps, vbar=vbar, **h, **amp)
+        # what the optimizer does after its backend calls succeeded (on the device: capturable)
+        torch._foreach_add_(self.steps, 1.0)
+        self.global_step.add_(1.0)
+
+
+CASES = [(name, case) for name, spec in OPTIMIZERS.items() for case in spec.cases]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+# 600_small: more tensors than one launch carries (450), so several launches; strided: a
+# param that is not dense (every other column), whose index goes through staging copies.
+# Every dtype runs the layouts that reach different kernel paths (all-masked tail, misaligned
+# and transposed views, several chunks with a ragged tail, zero-size, staging); fp32 also runs
+# the rest of tests/helpers.py's layouts and the many-tensor ones, whose cost is the Python
+# oracle (they add no dtype-specific path), to keep the GPU job's test time short.
+PATH_LAYOUTS = ["7", "views", "chunks", "zero_size", "strided"]
+FP32_LAYOUTS = [layout for layout in LAYOUTS if layout not in PATH_LAYOUTS] + ["600_small"]
+DTYPE_LAYOUTS = [(d, layout) for d in DTYPES for layout in PATH_LAYOUTS] + [
+    (torch.float32, layout) for layout in FP32_LAYOUTS
+]
+
+
+def _params(layout, dtype):
+    g = torch.Generator().manual_seed(3)
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.05).to(dtype)
+
+    if layout == "600_small":
+        return [rnd(i % 29 + 1) for i in range(600)]
+    if layout == "strided":
+        return [rnd(8, 10)[:, ::2], rnd(7)]
+    return make_params(layout, dtype)
+
+
+def _run_parity(name, case, dtype, layout, state_dtype=None, device="cuda", steps=STEPS):
+    """Steps the CUDA backend and the fp64 reference (the optimizer class, torch backend, on
+    CPU fp64 copies) on the same grads; low-precision params and states of the oracle are
+    rounded after each step to the dtype the CUDA side stores."""
+    spec = OPTIMIZERS[name]
+    kwargs = spec.cases[case]
+    cpu_params = [p.detach() for p in _params(layout, dtype)]
+    params = [to_device_like(p, device) for p in cpu_params]
+    run = CudaRun(name, kwargs, params, state_dtype=state_dtype)
+    oracle_params = [p.double().clone().requires_grad_() for p in cpu_params]
+    oracle = spec.cls(oracle_params, **kwargs, backend="torch")
+    low = dtype in (torch.bfloat16, torch.float16)
+    with torch.no_grad():
+        for step in range(1, steps + 1):
+            grads = grads_for(cpu_params, step)
+            run.step([to_device_like(g, device) for g in grads])
+            for q, g in zip(oracle_params, grads):
+                q.grad = g.double()
+            oracle.step()
+            for q in oracle_params:
+                if low:
+                    q.copy_(q.to(dtype).double())
+                if state_dtype is not None:
+                    for key, value in oracle.state[q].items():
+                        if key != "step" and torch.is_tensor(value):
+                            value.copy_(value.to(state_dtype).double())
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return spec, kwargs, run, oracle, oracle_params, cpu_params
+
+
+def _compare(name, kwargs, spec, run, oracle, oracle_params, dtype, extra=None):
+    for i, (p, q) in enumerate(zip(run.params, oracle_params)):
+        rtol, atol = tolerances.param_tolerance(name, dtype, q.detach())
+        if extra is not None:
+            rtol, atol = extra(rtol, atol, i)
+        torch.testing.assert_close(p.detach().cpu().double(), q.detach(), rtol=rtol, atol=atol)
+        _, param_atol = tolerances.param_tolerance(name, dtype, q.detach())
+        srtol, satol = tolerances.state_tolerance(name, dtype, kwargs.get("weight_decay", 0.0), param_atol)
+        if extra is not None:
+            srtol, satol = BF16_STATE_ADAI if name in ("Adai", "AdaiW") else BF16_STATE
+            satol += kwargs.get("weight_decay", 0.0) * param_atol
+        expected = oracle.state[q]
+        for key in spec.state_names:
+            torch.testing.assert_close(run.states[i][key].cpu().double(), expected[key].double(), rtol=srtol,
+                                       atol=satol, msg=lambda m, key=key: f"state {key}: {m}")
+        if "max_exp_avg_sq" in expected:
+            torch.testing.assert_close(run.states[i]["max_exp_avg_sq"].cpu().double(),
+                                       expected["max_exp_avg_sq"].double(), rtol=srtol, atol=satol)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype,layout", DTYPE_LAYOUTS,
+                         ids=[f"{str(d).replace('torch.', '')}-{layout}" for d, layout in DTYPE_LAYOUTS])
+@pytest.mark.parametrize("name,case", CASES, ids=[f"{n}-{c}" for n, c in CASES])
+def test_parity_with_fp64_reference(name, case, dtype, layout):
+    spec, kwargs, run, oracle, oracle_params, _ = _run_parity(name, case, dtype, layout)
+    _compare(name, kwargs, spec, run, oracle, oracle_params, dtype)
+
+
+# bfloat16 states: the oracle's states are rounded to bf16 after every step, so both sides
+# start each step from the same stored values and differ only where the fp32 and fp64 results
+# of a step straddle a bf16 rounding boundary: one bf16 ulp (2^-8 relative) of a state.
+# States: 2 ulps relative. Params: such a flip changes one step's update by up to an ulp of
+# m or v (Adam family: <= 2^-7 of that step's update), so params get 2^-7 of their total
+# movement on top of their dtype's tolerance. Adai divides by 1 - beta1_prod, and a flip of a
+# bf16 beta1_prod near 1 - eps moves that denominator by up to 2^-8 / eps relative: a flip
+# there can change the step by several percent, so Adai's params get 1/8 of their movement.
+BF16_STATE = (2 * 2 ** -8, 1e-6)
+# Adai: a flipped v moves beta1 = 1 - beta0 vhat / vbar and with it the weight (1 - beta1) of
+# the new gradient in m by about as much relative, and p's step by the same through
+# 1 - beta1_prod; with L2 the step feeds back into g_eff. Measured: 1.5% on one element of
+# 4097 (emulated kernels); 2^-5 = 3.1% leaves margin.
+BF16_STATE_ADAI = (2 ** -5, 1e-6)
+BF16_STATE_LAYOUTS = ["4097", "views", "zero_size"]
+
+
+@needs_gpu
+@pytest.mark.parametrize("layout", BF16_STATE_LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("name,case", CASES, ids=[f"{n}-{c}" for n, c in CASES])
+def test_parity_with_bfloat16_states(name, case, dtype, layout):
+    _check_bfloat16_states(name, case, dtype, layout, "cuda")
+
+
+def _check_bfloat16_states(name, case, dtype, layout, device):
+    spec, kwargs, run, oracle, oracle_params, cpu_params = _run_parity(name, case, dtype, layout, torch.bfloat16,
+                                                                       device)
+    share = 2 ** -3 if name in ("Adai", "AdaiW") else 2 ** -7
+
+    def extra(rtol, atol, i):
+        moved = (oracle_params[i].detach() - cpu_params[i].double()).abs()
+        return rtol, atol + share * (float(moved.max()) if moved.numel() else 0.0)
+
+    for state in run.states:
+        for value in state.values():
+            assert value.dtype == torch.bfloat16
+    _compare(name, kwargs, spec, run, oracle, oracle_params, dtype, extra)
+
+
+def _fresh(name, case, layout="chunks", dtype=torch.float32, device_steps=False, device="cuda"):
+    kwargs = OPTIMIZERS[name].cases[case]
+    params = [to_device_like(p, device) for p in make_params(layout, dtype)]
+    return CudaRun(name, kwargs, params, device_steps=device_steps)
+
+
+def _everything(run):
+    return [t.clone() for t in run.params] + [t.clone() for s in run.states for t in s.values()]
+
+
+def _assert_bitwise(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+GRAPH_CASES = [("Adam", "amsgrad"), ("AdamW", "default"), ("AdaMomentum", "rectify"), ("DualAdam", "fast_switch"),
+               ("Adai", "l2"), ("AdaiW", "default")]
+
+
+@needs_gpu
+@pytest.mark.parametrize("name,case", GRAPH_CASES, ids=[f"{n}-{c}" for n, c in GRAPH_CASES])
+def test_cuda_graph_replay_equals_eager(name, case):
+    """Steps on the device (capturable): one captured step replayed equals eager steps, also
+    across DualAdam's switch and AdaMomentum's rectify threshold, which depend on the step."""
+    eager = _fresh(name, case, device_steps=True)
+    graphed = _fresh(name, case, device_steps=True)
+    cpu_params = make_params("chunks", torch.float32)
+    grads = [[to_device_like(g) for g in grads_for(cpu_params, step)] for step in range(1, STEPS + 1)]
+    static = [g.clone() for g in grads[0]]
+    # warm-up: the first step eagerly on both (loads the kernels outside the capture)
+    eager.step(grads[0])
+    graphed.step(static)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graphed.step(static)
+    for step in range(1, STEPS):
+        eager.step(grads[step])
+        for s, g in zip(static, grads[step]):
+            s.copy_(g)
+        graph.replay()
+    torch.cuda.synchronize()
+    _assert_bitwise(_everything(eager), _everything(graphed))
+    assert float(graphed.steps[0]) == STEPS and float(graphed.global_step) == STEPS
+
+
+@needs_gpu
+@pytest.mark.parametrize("name,case", CASES, ids=[f"{n}-{c}" for n, c in CASES])
+def test_found_inf_changes_nothing_and_grad_scale_divides(name, case):
+    _check_amp(name, case, "chunks", "cuda")
+
+
+def _check_amp(name, case, layout, device):
+    run = _fresh(name, case, layout, device=device)
+    cpu_params = make_params(layout, torch.float32)
+    grads = [to_device_like(g, device) for g in grads_for(cpu_params, 1)]
+    run.step(grads)
+    before = _everything(run)
+    device = run.params[0].device
+    run.step([g * 1e30 for g in grads], grad_scale=torch.tensor(1.0, device=device),
+             found_inf=torch.tensor(1.0, device=device))
+    _assert_bitwise(before, _everything(run))
+
+    # a power-of-two scale divides exactly: scaled grads with grad_scale == the plain grads
+    scaled, plain = _fresh(name, case, layout, device=device), _fresh(name, case, layout, device=device)
+    scale = torch.tensor(1024.0, device=device)
+    for step in range(1, 4):
+        g = [to_device_like(x, device) for x in grads_for(cpu_params, step)]
+        scaled.step([x * 1024.0 for x in g], grad_scale=scale, found_inf=torch.zeros((), device=device))
+        plain.step(g)
+    _assert_bitwise(_everything(plain), _everything(scaled))
+
+
+@needs_gpu
+@pytest.mark.parametrize("case", ["default", "l2"])
+def test_adai_reduction_is_deterministic(case):
+    _check_adai_reduction(case, "cuda", "600_small")
+
+
+def _check_adai_reduction(case, device, layout):
+    """Pass 1 sums in a fixed tree (no atomics): reruns give the same bits, over several
+    launches and many chunks; the sum matches the fp64 reference's pass 1."""
+    from fused_optim import cuda_backend
+    from fused_optim.reference import adai_second_moment
+
+    run = _fresh("Adai", case, layout="chunks", device=device)
+    extra = [to_device_like(p, device) for p in _params(layout, torch.float32)]
+    params = run.params + extra
+    grads = [torch.randn_like(p) for p in params]
+    v = [torch.rand_like(p) for p in params]
+    steps = [torch.full((), float(i % 5), dtype=torch.float32) for i in range(len(params))]
+    h = run.hyper
+    kw = dict(beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"])
+    totals = [cuda_backend.adai_second_moment(params, grads, v, steps, **kw) for _ in range(3)]
+    assert all(torch.equal(totals[0], t) for t in totals[1:])
+    assert totals[0].dtype == torch.float64 and totals[0].dim() == 0 and totals[0].device == params[0].device
+    expected = adai_second_moment([p.double().cpu() for p in params], [g.double().cpu() for g in grads],
+                                  [x.double().cpu() for x in v], [float(s) + 1 for s in steps], **kw)
+    torch.testing.assert_close(totals[0].cpu(), expected, rtol=1e-6, atol=0)
+
+
+def _check_dualadam_switch(device):
+    """switch_rate 0.05 turns pure Adam at step 19 because 1 - 19 * 0.05 < 0.05 in float64
+    (reference.dualadam_blend_weight); with the global step on the device the kernel decides
+    it, and a contracted a*b+c there would keep blending one step longer."""
+    kwargs = {"switch_rate": 0.05}
+    cpu_params = [p.detach() for p in make_params("7", torch.float32)]
+    run = CudaRun("DualAdam", kwargs, [to_device_like(p, device) for p in cpu_params], device_steps=True)
+    oracle_params = [p.double().clone().requires_grad_() for p in cpu_params]
+    oracle = OPTIMIZERS["DualAdam"].cls(oracle_params, **kwargs, backend="torch")
+    with torch.no_grad():
+        for step in range(1, 21):
+            grads = grads_for(cpu_params, step)
+            run.step([to_device_like(g, device) for g in grads])
+            for q, g in zip(oracle_params, grads):
+                q.grad = g.double()
+            oracle.step()
+    for p, q in zip(run.params, oracle_params):
+        torch.testing.assert_close(p.detach().cpu().double(), q.detach(), rtol=tolerances.FP32[0], atol=tolerances.FP32[1])
+
+
+@needs_gpu
+def test_dualadam_switch_step_with_the_step_on_the_device():
+    _check_dualadam_switch("cuda")
+
+
+@needs_gpu
+@pytest.mark.slow
+def test_tensor_past_2_31_elements():
+    """64-bit indexing: one bf16 tensor of 2^31 + 5 elements (bf16 states: 4 tensors of 4 GiB);
+    elements on both sides of 2^31 are checked against the reference on those elements."""
+    n = 2 ** 31 + 5
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2 ** 30:
+        pytest.skip("needs 24 GiB of GPU memory")
+    from fused_optim import cuda_backend
+    from fused_optim.reference import adam_step
+
+    p = torch.full((n,), 0.5, dtype=torch.bfloat16, device="cuda")
+    g = torch.full((n,), 0.125, dtype=torch.bfloat16, device="cuda")
+    m = torch.zeros(n, dtype=torch.bfloat16, device="cuda")
+    v = torch.zeros(n, dtype=torch.bfloat16, device="cuda")
+    probe = torch.arange(2 ** 31 - 8, n, device="cuda")
+    g[probe] = torch.linspace(-1, 1, probe.numel(), device="cuda").to(torch.bfloat16)
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, decoupled=True, amsgrad=False,
+                 maximize=False)
+    ref = [t[probe].double().cpu() for t in (p, g, m, v)]
+    cuda_backend.adam_step([p], [g], [m], [v], None, [torch.zeros(())], **hyper)
+    adam_step([ref[0]], [ref[1]], [ref[2]], [ref[3]], None, [1.0], **hyper)
+    torch.testing.assert_close(p[probe].double().cpu(), ref[0].to(torch.bfloat16).double(), rtol=2 ** -7, atol=0)
+    torch.testing.assert_close(m[probe].double().cpu(), ref[2].to(torch.bfloat16).double(), rtol=2 ** -7, atol=0)
+    assert float(p[0]) != 0.5  # the first element moved too
+
+
+# ---------------------------------------------------------------- the kernels as host code
+
+# tests/cuda_emulation/cuda_runtime.h runs csrc/cuda/*.cu on host memory (each CUDA thread a
+# coroutine, real barriers, block-wide shared memory), so every kernel's indexing, vector and
+# masked paths, chunk walk, multi-launch split and reduction tree run in CI without a GPU,
+# through the real bindings and cuda_backend.py (on CPU tensors). The GPU tests above repeat
+# the checks on the device.
+
+@pytest.fixture(scope="module")
+def emulated_cuda(tmp_path_factory):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the device tests above run the kernels themselves")
+    import importlib.util
+    import sysconfig
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pybind11
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found")
+    out = tmp_path_factory.mktemp("emulated_cuda")
+    flags = ["g++", "-std=c++17", "-O1", "-fPIC", "-DFO_CUDA_EMULATION", f"-I{ROOT / 'tests' / 'cuda_emulation'}",
+             f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc'}"]
+    sources = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+
+    def compile_one(source):
+        obj = out / (source.stem + ".o")
+        subprocess.run(flags + ["-x", "c++", "-c", str(source), "-o", str(obj)], check=True, timeout=600)
+        return str(obj)
+
+    with ThreadPoolExecutor(int(os.environ.get("MAX_JOBS", "2") or 2)) as pool:
+        objects = list(pool.map(compile_one, sources))
+    module = out / ("_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run(flags + ["-shared", "-fvisibility=hidden", '-DFO_CUDA_ARCHS="emulated"',
+                            f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
+                            str(ROOT / "csrc" / "bindings_cuda.cpp"), *objects, "-o", str(module)],
+                   check=True, timeout=600)
+    spec = importlib.util.spec_from_file_location("_cuda", module)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+@pytest.fixture
+def on_host(emulated_cuda, monkeypatch):
+    """cuda_backend on CPU tensors against the emulated kernels. Steps on the params' device
+    are read through their addresses, as on a GPU with capturable steps."""
+    from fused_optim import cuda_backend
+
+    monkeypatch.setattr(cuda_backend, "_cuda", emulated_cuda)
+    monkeypatch.setattr(cuda_backend, "_DEVICE_TYPE", "cpu")
+    return "cpu"
+
+
+# Every case on small layouts that reach each kernel path: fp32 and bf16 vector packs with a
+# masked tail next to misaligned (masked) and transposed views, fp64, fp16 through staging,
+# zero-size. Emulated threads are slow, so the multi-chunk and multi-launch layouts run for a
+# few cases only (each kernel at least once).
+EMULATED = [(torch.float32, "views"), (torch.bfloat16, "views"), (torch.float64, "7"),
+            (torch.float16, "strided"), (torch.float32, "zero_size")]
+EMULATED_CHUNKS = [("Adam", "amsgrad"), ("AdamW", "amsgrad_maximize"), ("AdaMomentum", "rectify_amsgrad"),
+                   ("DualAdam", "fast_switch"), ("Adai", "l2")]
+
+
+@pytest.mark.parametrize("dtype,layout", EMULATED,
+                         ids=[f"{str(d).replace('torch.', '')}-{layout}" for d, layout in EMULATED])
+@pytest.mark.parametrize("name,case", CASES, ids=[f"{n}-{c}" for n, c in CASES])
+def test_emulated_kernels_match_the_fp64_reference(on_host, name, case, dtype, layout):
+    spec, kwargs, run, oracle, oracle_params, _ = _run_parity(name, case, dtype, layout, device=on_host)
+    _compare(name, kwargs, spec, run, oracle, oracle_params, dtype)
+
+
+@pytest.mark.parametrize("name,case", EMULATED_CHUNKS, ids=[f"{n}-{c}" for n, c in EMULATED_CHUNKS])
+def test_emulated_kernels_over_several_chunks(on_host, name, case):
+    """3 x 70001 elements: several 65536-element chunks (blocks) of one tensor, ragged tails."""
+    spec, kwargs, run, oracle, oracle_params, _ = _run_parity(name, case, torch.float32, "chunks", device=on_host)
+    _compare(name, kwargs, spec, run, oracle, oracle_params, torch.float32)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Adai"])
+def test_emulated_kernels_over_several_launches(on_host, name):
+    """600 tensors: more than one launch's table (450) for every kernel; two steps (600
+    emulated blocks with barriers are slow)."""
+    spec, kwargs, run, oracle, oracle_params, _ = _run_parity(name, "default", torch.float32, "600_small",
+                                                              device=on_host, steps=2)
+    _compare(name, kwargs, spec, run, oracle, oracle_params, torch.float32)
+
+
+@pytest.mark.parametrize("name,case", CASES, ids=[f"{n}-{c}" for n, c in CASES])
+def test_emulated_kernels_with_bfloat16_states(on_host, name, case):
+    _check_bfloat16_states(name, case, torch.float32, "views", on_host)
+
+
+@pytest.mark.parametrize("name,case", CASES, ids=[f"{n}-{c}" for n, c in CASES])
+def test_emulated_found_inf_and_grad_scale(on_host, name, case):
+    _check_amp(name, case, "views", on_host)
+
+
+@pytest.mark.parametrize("case", ["default", "l2"])
+def test_emulated_adai_reduction(on_host, case):
+    _check_adai_reduction(case, on_host, "views")
+
+
+def test_emulated_dualadam_switch_step(on_host):
+    _check_dualadam_switch(on_host)
