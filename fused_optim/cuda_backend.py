@@ -349,10 +349,10 @@ def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta
 
 
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
-                       grad_scale: Optional[Tensor] = None) -> Tensor:
+                       grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> Tensor:
     """Adai pass 1: the group's sum of the new vhat, a 0-dim float64 tensor on the device.
-    Reads g, v (and p with L2) and writes nothing: pass 2 updates v. Deterministic (fixed
-    reduction tree, no atomics)."""
+    Reads g, v (and p with L2) and writes nothing: pass 2 updates v (so found_inf needs no
+    check here: pass 2 skips). Deterministic (fixed reduction tree, no atomics)."""
     _need_module()
     if not params:
         return torch.zeros((), dtype=torch.float64)

@@ -1,0 +1,139 @@
+"""The optimizer classes on CUDA tensors, on every backend that serves them (torch, cuda,
+triton), against the fp64 reference; capturable steps in a CUDA graph; GradScaler's fused
+path. Skips without a GPU; .ci/gpu runs it on a lent one. (The backends' own functions are
+tested in depth in test_cuda_backend.py and test_triton_backend.py.)"""
+import pytest
+import torch
+
+from fused_optim import backends
+from fused_optim.registry import OPTIMIZERS
+
+from . import tolerances
+from .helpers import grads_for, make_params, run_with_oracle
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CUDA = torch.device("cuda")
+GPU_BACKENDS = [b for b in ("torch", "cuda", "triton") if torch.cuda.is_available() and backends.serves(b, CUDA)[0]]
+KERNEL_BACKENDS = [b for b in GPU_BACKENDS if b != "torch"]
+CASES = [(name, case) for name, spec in OPTIMIZERS.items() for case in spec.cases]
+
+
+def _on_gpu(params):
+    return [p.detach().to(CUDA).requires_grad_() for p in params]
+
+
+@pytest.mark.parametrize("layout", ["4097", "300_small", "views"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("name,case", CASES, ids=[f"{n}-{c}" for n, c in CASES])
+def test_optimizer_on_cuda_matches_fp64_reference(name, case, backend, dtype, layout):
+    spec = OPTIMIZERS[name]
+    kwargs = spec.cases[case]
+    params = _on_gpu(make_params(layout, dtype))
+    opt, oracle, oracle_params = run_with_oracle(
+        lambda ps: spec.cls(ps, **kwargs, backend=backend), params, lambda ps: spec.cls(ps, **kwargs, backend="torch"),
+    )
+    for p, q in zip(params, oracle_params):
+        rtol, atol = tolerances.param_tolerance(name, dtype, q.detach())
+        torch.testing.assert_close(p.detach().double(), q.detach(), rtol=rtol, atol=atol)
+        _, param_atol = tolerances.param_tolerance(name, dtype, q.detach())
+        srtol, satol = tolerances.state_tolerance(name, dtype, kwargs.get("weight_decay", 0.0), param_atol)
+        for key, value in opt.state[p].items():
+            if key != "step":
+                torch.testing.assert_close(value.double(), oracle.state[q][key].double(), rtol=srtol, atol=satol)
+
+
+@pytest.mark.parametrize("backend", [b for b in GPU_BACKENDS if backends.serves(b, CUDA, torch.bfloat16)[0]])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_bf16_states_on_cuda(name, backend):
+    spec = OPTIMIZERS[name]
+    kwargs = spec.cases["default"]
+    params = _on_gpu(make_params("4097", torch.float32))
+    initial = [p.detach().double().clone() for p in params]
+    opt, oracle, oracle_params = run_with_oracle(
+        lambda ps: spec.cls(ps, **kwargs, backend=backend, state_dtype=torch.bfloat16), params,
+        lambda ps: spec.cls(ps, **kwargs, backend="torch"),
+    )
+    for p, q, p0 in zip(params, oracle_params, initial):
+        rtol, atol = tolerances.bf16_state_param_tolerance(name, torch.float32, q.detach(), p0)
+        torch.testing.assert_close(p.detach().double(), q.detach(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_capturable_step_replayed_from_a_cuda_graph_equals_eager(name, backend):
+    """A whole step() captured once and replayed on new grads gives bitwise the eager steps
+    (steps, DualAdam's global step and Adai's mean all stay on the device)."""
+    spec = OPTIMIZERS[name]
+    kwargs = dict(spec.cases["default"], backend=backend, capturable=True)
+    host = make_params("300_small", torch.float32)[:40] + make_params("4097", torch.float32)
+    graphed, eager = _on_gpu(host), _on_gpu(host)
+    opt, twin = spec.cls(graphed, **kwargs), spec.cls(eager, **kwargs)
+    static_grads = [torch.zeros_like(p) for p in graphed]
+    for p, g in zip(graphed, static_grads):
+        p.grad = g
+
+    def load(step):
+        for g, new in zip(static_grads, grads_for(graphed, step)):
+            g.copy_(new)
+        for p, new in zip(eager, grads_for(eager, step)):
+            p.grad = new
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: states, pointer tables, lazy kernel loading
+        for step in (1, 2):
+            load(step)
+            opt.step()
+            twin.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for step in range(3, 7):
+        load(step)
+        graph.replay()
+        twin.step()
+    torch.cuda.synchronize()
+    for p, q in zip(graphed, eager):
+        assert torch.equal(p, q)
+        for key, value in opt.state[p].items():
+            assert torch.equal(value, twin.state[q][key]), key
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("name", ["AdamW", "Adai", "DualAdam"])
+def test_grad_scaler_on_cuda(name, backend):
+    """GradScaler hands the kernels its scale and inf flag: a scaled run equals the unscaled
+    one bit for bit, and a step with an inf grad changes nothing."""
+    spec = OPTIMIZERS[name]
+
+    def run(scaler, poison=None):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)).to(CUDA)
+        opt = spec.cls(model.parameters(), **spec.cases["default"], backend=backend)
+        gen = torch.Generator().manual_seed(1)
+        for i in range(4):
+            x, y = torch.randn(8, 16, generator=gen).to(CUDA), torch.randint(0, 4, (8,), generator=gen).to(CUDA)
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            if scaler is None:
+                loss.backward()
+                opt.step()
+                continue
+            scaler.scale(loss).backward()
+            if i == poison:
+                next(model.parameters()).grad[0, 0] = float("inf")
+                before = [p.detach().clone() for p in model.parameters()]
+                scaler.step(opt)
+                assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+            else:
+                scaler.step(opt)
+            scaler.update()
+        return model
+
+    plain = run(None)
+    scaled = run(torch.amp.GradScaler("cuda", init_scale=2.0**10))
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), scaled.parameters()))
+    run(torch.amp.GradScaler("cuda", init_scale=2.0**10), poison=2)
