@@ -134,6 +134,8 @@ def choose(backend: str, device: torch.device, state_dtype=None, capturable: boo
     for name in candidates:
         ok, why = serves(name, device, state_dtype, capturable)
         if ok:
+            if reasons:  # e.g. triton because the CUDA module was not built: say so once
+                _warn_once(f"fused_optim: using the {name} backend for {device.type} tensors ({'; '.join(reasons)})")
             return name
         reasons.append(f"{name}: {why}")
     ok, why = serves("torch", device, state_dtype, capturable)

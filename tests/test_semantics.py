@@ -232,6 +232,20 @@ def test_backend_choice(monkeypatch):
         fused_optim.Adam(make_params("7", torch.float32))
 
 
+def test_auto_without_the_cuda_module_says_once_that_it_uses_triton(monkeypatch):
+    """A source install without nvcc: GPU tensors go to triton, with one warning saying why."""
+    fake = {"cuda": (False, "fused_optim._cuda was not built (no nvcc)"), "triton": (True, "")}
+    monkeypatch.setattr(backends, "availability", lambda name: fake.get(name, (True, "")))
+    backends._warned.clear()
+    with pytest.warns(RuntimeWarning, match="using the triton backend.*no nvcc"):
+        assert backends.choose("auto", torch.device("cuda")) == "triton"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.choose("auto", torch.device("cuda")) == "triton"  # once
+
+
 def test_auto_on_a_device_without_native_backend_warns_once_and_uses_torch():
     backends._warned.clear()
     with pytest.warns(RuntimeWarning, match="torch reference backend"):
