@@ -7,57 +7,15 @@ one does not (a strided view, say), that index goes through contiguous staging c
 are written back after the call.
 """
 import weakref
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 
 from . import _cpu
 from ._grad_scaling import skipped, unscaled
+from ._staging import Staged
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-
-
-def _is_dense(t: torch.Tensor) -> bool:
-    """Non-overlapping and dense: its elements fill numel() consecutive slots in some order."""
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
-        if size == 1:
-            continue
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-class _Staged:
-    """Address lists for one native call. roles[k][i] is role k (param, grad, ...) of element
-    index i; `writable` marks the roles the call writes, copied back by finish()."""
-
-    def __init__(self, roles: Sequence[Sequence[torch.Tensor]], writable: Sequence[bool]):
-        self.numels = [t.numel() for t in roles[0]]
-        columns = [list(r) for r in roles]
-        self._write_back = []
-        # fast path: all contiguous (one cheap call per tensor); the general test only for the rest
-        contiguous = [all(flags) for flags in zip(*([t.is_contiguous() for t in c] for c in columns))]
-        for i, ok in enumerate(contiguous):
-            if ok:
-                continue
-            first = columns[0][i]
-            if _is_dense(first) and all(c[i].stride() == first.stride() for c in columns):
-                continue
-            for k, column in enumerate(columns):
-                original = column[i]
-                column[i] = original.contiguous()
-                if writable[k]:
-                    self._write_back.append((original, column[i]))
-        self.addresses = [[t.data_ptr() for t in c] for c in columns]
-        # the staged copies must outlive the native call that reads them by address (the
-        # read-only ones have no other reference)
-        self._columns = columns
-
-    def finish(self) -> None:
-        for original, staged in self._write_back:
-            original.copy_(staged)
 
 
 def _dtype_code(params: List[torch.Tensor]) -> int:
@@ -87,7 +45,7 @@ def adam_step(
         return
     grads = unscaled(grads, grad_scale)
     roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    staged = _Staged(roles, [True, False, True, True, True])
+    staged = Staged(roles, [True, False, True, True, True])
     _cpu.adam_step(
         staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
@@ -104,7 +62,7 @@ def adamomentum_step(
         return
     grads = unscaled(grads, grad_scale)
     roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    staged = _Staged(roles, [True, False, True, True, True])
+    staged = Staged(roles, [True, False, True, True, True])
     _cpu.adamomentum_step(
         staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
@@ -124,7 +82,7 @@ def dualadam_step(
     grads = unscaled(grads, grad_scale)
     t = int(global_step.item()) + 1
     alpha, blend = dualadam_blend_weight(t, switch_rate)
-    staged = _Staged([params, grads, exp_avgs, exp_avg_sqs], [True, False, True, True])
+    staged = Staged([params, grads, exp_avgs, exp_avg_sqs], [True, False, True, True])
     _cpu.dualadam_step(
         staged.addresses, staged.numels, _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2, eps=eps,
         weight_decay=weight_decay, global_step=float(t), alpha=alpha, blend=blend,
@@ -167,7 +125,7 @@ def _carried_v_sums(exp_avg_sqs: List[torch.Tensor]) -> List[float]:
     missing = [i for i, total in enumerate(sums) if total is None]
     if missing:
         states = [exp_avg_sqs[i] for i in missing]
-        staged = _Staged([states], [False])
+        staged = Staged([states], [False])
         computed = _cpu.tensor_sums(staged.addresses, staged.numels, _dtype_code(states), num_threads=_threads())
         for i, value in zip(missing, computed):
             sums[i] = value
@@ -178,7 +136,7 @@ def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay
                        found_inf=None) -> torch.Tensor:
     # pass 1 writes nothing, so found_inf needs no check here (adai_update skips)
     grads = unscaled(grads, grad_scale)
-    staged = _Staged([params, grads], [False, False])
+    staged = Staged([params, grads], [False, False])
     total = _cpu.adai_vhat_sum(
         staged.addresses, staged.numels, _new_steps(steps), _carried_v_sums(exp_avg_sqs), _dtype_code(params),
         beta2=beta2, weight_decay=weight_decay, decoupled=decoupled, num_threads=_threads(),
@@ -193,7 +151,7 @@ def adai_update(
     if skipped(found_inf):
         return
     grads = unscaled(grads, grad_scale)
-    staged = _Staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], [True, False, True, True, True])
+    staged = Staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], [True, False, True, True, True])
     v_sums = _cpu.adai_update(
         staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta0=beta0, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, vbar=float(vbar), num_threads=_threads(),

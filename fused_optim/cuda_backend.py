@@ -24,6 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ._staging import Staged
+
 try:
     from . import _cuda
 except ImportError as _err:  # built without nvcc, or a broken build: available() says why
@@ -50,52 +52,6 @@ def available() -> Tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "no CUDA device is visible to torch"
     return True, f"native module fused_optim._cuda (archs {', '.join(_cuda.compiled_archs())})"
-
-
-def _is_dense(t: Tensor) -> bool:
-    """Non-overlapping and dense: its elements fill numel() consecutive slots in some order."""
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
-        if size == 1:
-            continue
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-class _Staged:
-    """Address lists for one native call (as cpu_backend._Staged). roles[k][i] is role k
-    (param, grad, ...) of element index i. The kernels walk raw memory, so the tensors of an
-    index must share one dense layout; an index where they do not goes through contiguous
-    copies, and `writable` roles are copied back by finish(). A dense view that is merely
-    misaligned needs no copy: the kernels take their masked path for it."""
-
-    def __init__(self, roles: Sequence[Sequence[Tensor]], writable: Sequence[bool]):
-        self.numels = [t.numel() for t in roles[0]]
-        columns = [list(r) for r in roles]
-        self._write_back = []
-        for i in range(len(self.numels)):
-            tensors = [c[i] for c in columns]
-            if all(t.is_contiguous() for t in tensors):
-                continue
-            first = tensors[0]
-            if _is_dense(first) and all(t.stride() == first.stride() for t in tensors):
-                continue
-            for k, column in enumerate(columns):
-                original = column[i]
-                column[i] = original.contiguous()
-                if writable[k]:
-                    self._write_back.append((original, column[i]))
-        self.addresses = [[t.data_ptr() for t in c] for c in columns]
-        # the staged copies must outlive the native call: read-only ones (grads) are held
-        # nowhere else, and a freed copy's memory goes to the next allocation (pass 1's
-        # partial sums, say) before the kernel reads it
-        self._columns = columns
-
-    def finish(self) -> None:
-        for original, staged in self._write_back:
-            original.copy_(staged)
 
 
 def _check(op: str, roles: Sequence[Sequence[Tensor]], names: Sequence[str], state_from: int):
@@ -171,7 +127,7 @@ def _adam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], 
     roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
     device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], 2)
     values, addresses = _steps(op, steps, len(params), device)
-    staged = _Staged(roles, [True, False, True, True, True])
+    staged = Staged(roles, [True, False, True, True, True])
     _cuda.adam_step(
         staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
@@ -198,7 +154,7 @@ def _adamomentum_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Te
     roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
     device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], 2)
     values, addresses = _steps(op, steps, len(params), device)
-    staged = _Staged(roles, [True, False, True, True, True])
+    staged = Staged(roles, [True, False, True, True, True])
     _cuda.adamomentum_step(
         staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
@@ -230,7 +186,7 @@ def _dualadam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
         step_value, step_address = 0.0, global_step.data_ptr()
     else:
         step_value, step_address = float(global_step), 0
-    staged = _Staged(roles, [True, False, True, True])
+    staged = Staged(roles, [True, False, True, True])
     _cuda.dualadam_step(
         staged.addresses, staged.numels, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
         weight_decay=weight_decay, switch_rate=switch_rate, global_step=step_value,
@@ -256,7 +212,7 @@ def _adai_second_moment_op(params: List[Tensor], grads: List[Tensor], exp_avg_sq
     roles = [params, grads, exp_avg_sqs]
     device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avg_sqs"], 2)
     values, addresses = _steps(op, steps, len(params), device)
-    staged = _Staged(roles, [False, False, False])
+    staged = Staged(roles, [False, False, False])
     chunks = _cuda.chunk_count(staged.numels)
     partials = torch.empty(max(chunks, 1), dtype=torch.float64, device=device)
     out = torch.empty((), dtype=torch.float64, device=device)
@@ -284,7 +240,7 @@ def _adai_update_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Te
     roles = [params, grads, exp_avgs, exp_avg_sqs, beta1_prods]
     device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "beta1_prods"], 2)
     values, addresses = _steps(op, steps, len(params), device)
-    staged = _Staged(roles, [True, False, True, True, True])
+    staged = Staged(roles, [True, False, True, True, True])
     _cuda.adai_update(
         staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta0=beta0, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled,

@@ -6,7 +6,6 @@ import sys
 import torch
 import torch.distributed as dist
 
-import fused_optim
 from fused_optim.registry import OPTIMIZERS
 
 STEPS = 4

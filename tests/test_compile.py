@@ -7,7 +7,6 @@ import torch
 import torch._dynamo
 import torch._dynamo.testing
 
-import fused_optim
 from fused_optim import _ops, backends
 from fused_optim.registry import OPTIMIZERS
 

@@ -3,7 +3,6 @@ reference over several steps, on params and every state tensor."""
 import pytest
 import torch
 
-import fused_optim
 from fused_optim.registry import OPTIMIZERS
 
 from . import tolerances

@@ -1,8 +1,6 @@
 """Adai (Xie et al., "Adaptive Inertia: Disentangling the Effects of Adaptive Learning Rate
 and Momentum"): per-element inertia beta1 = clamp(1 - beta0 vhat / mean(vhat), 0, 1 - eps),
 where the mean runs over every element of every param with a grad, in all groups."""
-import torch
-
 from . import _validation as check
 from ._sharding import global_mean
 from .base import FusedOptimizer

@@ -1,0 +1,53 @@
+"""Address lists for the native modules (cpu and cuda backends), which walk raw memory.
+
+Every tensor of one element index (param, grad, states) must share one dense layout; an
+index where they do not (a strided view, say) goes through contiguous copies, and the roles a
+call writes are copied back by finish(). A dense view that is merely misaligned needs no
+copy: the kernels take their unaligned path for it.
+"""
+from typing import Sequence
+
+import torch
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: its elements fill numel() consecutive slots in some order."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+class Staged:
+    """Address lists for one native call. roles[k][i] is role k (param, grad, ...) of element
+    index i; `writable` marks the roles the call writes, copied back by finish()."""
+
+    def __init__(self, roles: Sequence[Sequence[torch.Tensor]], writable: Sequence[bool]):
+        self.numels = [t.numel() for t in roles[0]]
+        columns = [list(r) for r in roles]
+        self._write_back = []
+        # fast path: all contiguous (one cheap call per tensor); the general test only for the rest
+        contiguous = [all(flags) for flags in zip(*([t.is_contiguous() for t in c] for c in columns))]
+        for i, ok in enumerate(contiguous):
+            if ok:
+                continue
+            first = columns[0][i]
+            if _is_dense(first) and all(c[i].stride() == first.stride() for c in columns):
+                continue
+            for k, column in enumerate(columns):
+                original = column[i]
+                column[i] = original.contiguous()
+                if writable[k]:
+                    self._write_back.append((original, column[i]))
+        self.addresses = [[t.data_ptr() for t in c] for c in columns]
+        # the staged copies must outlive the native call that reads them by address (the
+        # read-only ones have no other reference)
+        self._columns = columns
+
+    def finish(self) -> None:
+        for original, staged in self._write_back:
+            original.copy_(staged)
