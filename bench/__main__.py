@@ -12,7 +12,7 @@ from fused_optim.reference._common import math_dtype
 
 from . import cases as case_mod
 from . import impls, plot, report
-from .timing import YARDSTICK, Timing, Yardstick, time_interleaved
+from .timing import MIN_REPEATS, WARMUP, YARDSTICK, Timing, Yardstick, time_interleaved
 
 BUSY_CPUS = 0.1  # an idle machine measures about 0.01
 YARDSTICK_NUMEL = {"cpu": 1 << 25, "cuda": 1 << 28}  # 128 MB / 1 GB per fp32 tensor: beyond any cache
@@ -34,10 +34,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "available or not serving the device are listed as skipped")
     p.add_argument("--peers", default=",".join(impls.PEERS), help=f"comma list of {list(impls.PEERS)}")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile peer")
-    p.add_argument("--compile-max-tensors", type=int, default=80,
+    p.add_argument("--compile-max-tensors", type=int, default=None,
                    help="compile the reference step only for cases with at most this many tensors "
-                        "(compile time grows with the count; default 80)")
-    p.add_argument("--dtype", default="fp32,bf16", help="param dtypes, comma list of fp32, bf16, fp16")
+                        "(compile time grows with the count; default 32, 1 with --quick)")
+    p.add_argument("--dtype", default=None,
+                   help="param dtypes, comma list of fp32, bf16, fp16 (default fp32,bf16; fp32 with --quick)")
     p.add_argument("--state-dtype", default="fp32,bf16",
                    help="state dtypes: fp32 (the default states) and bf16 (where the classes have state_dtype)")
     p.add_argument("--cases", default=",".join(case_mod.FAMILIES), help=f"comma list of {list(case_mod.FAMILIES)}")
@@ -62,7 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.optimizers = choose("--optimizers", args.optimizers, names)
     args.backends = choose("--backends", args.backends, impls.OUR_BACKENDS)
     args.peers = [x for x in choose("--peers", args.peers, impls.PEERS) if not (args.no_compile and x == "compiled")]
-    args.dtype = choose("--dtype", args.dtype, impls.DTYPES)
+    args.dtype = choose("--dtype", args.dtype or ("fp32" if args.quick else "fp32,bf16"), impls.DTYPES)
+    if args.compile_max_tensors is None:
+        args.compile_max_tensors = 1 if args.quick else 32
     args.state_dtype = choose("--state-dtype", args.state_dtype, ("fp32", "bf16"))
     args.cases = choose("--cases", args.cases, case_mod.FAMILIES)
     try:
@@ -184,6 +187,8 @@ def main(argv=None) -> None:
     yard_numel = (QUICK_YARDSTICK_NUMEL if args.quick else YARDSTICK_NUMEL)[device.type]
     limit = max_case_numel(device, args, yard_numel)
     case_list = case_mod.build(device, args.quick, args.cases, limit, args.sizes)
+    if args.sizes and max(args.sizes) > limit:
+        notes.append(f"--sizes capped to {limit:,} elements: what one group's tensors fit in the free memory")
     configs = dtype_configs(args, notes)
     module, why = impls.pytorch_optimizer_module()
     if "pytorch_optimizer" in args.peers and module is None:
@@ -209,6 +214,7 @@ def main(argv=None) -> None:
                             for key, reason in why_not]
                 if group:
                     calls = {YARDSTICK: yard.call(device), **{i.key: i.step for i in group}}
+                    calls[YARDSTICK]()  # its first touch; every implementation made one step in build_group
                     timings = time_interleaved(calls, device, args.repeats, args.budget)
                     yard_timing = timings.pop(YARDSTICK)
                     pooled.append(yard_timing)
@@ -236,7 +242,7 @@ def main(argv=None) -> None:
                 "peers": args.peers, "dtype": args.dtype, "state_dtype": args.state_dtype, "cases": args.cases,
                 "sizes": args.sizes, "repeats": args.repeats, "budget_s": args.budget,
                 "compile_max_tensors": args.compile_max_tensors, "max_case_numel": limit,
-                "warmup": 2, "min_repeats": 3}
+                "warmup": 1 + WARMUP, "min_repeats": MIN_REPEATS}
     env = report.environment(device, before, other_during, time.perf_counter() - t_start)
     doc = {"environment": env, "settings": settings, "notes": notes, "cases": cases_out, "rows": rows,
            "skipped": skipped}

@@ -92,7 +92,7 @@ def _mega(n: int) -> str:
 
 def _sizes_for(device: torch.device, quick: bool, max_numel: int) -> List[int]:
     if device.type == "cpu":
-        sizes = [1 << 18, 1 << 20] if quick else [1 << 20, 1 << 22, 1 << 24, 1 << 26]
+        sizes = [1 << 16, 1 << 18] if quick else [1 << 20, 1 << 22, 1 << 24]
     else:
         sizes = [1 << 20, 1 << 24] if quick else [1 << 20, 1 << 24, 1 << 28, 1 << 30]
     fitting = [s for s in sizes if s <= max_numel]
@@ -112,22 +112,24 @@ def build(device: torch.device, quick: bool, families: Sequence[str], max_numel:
     cases: List[Case] = []
     for family in families:
         if family == "large":
-            for n in (list(sizes) if sizes else _sizes_for(device, quick, max_numel)):
+            # explicit sizes are capped to what fits (the caller notes it)
+            chosen = [min(n, max_numel) for n in sizes] if sizes else _sizes_for(device, quick, max_numel)
+            for n in dict.fromkeys(chosen):
                 cases.append(Case(f"large {_mega(n)}", "large", ((n,),), f"one tensor of {n:,} elements"))
         elif family == "llama":
             scale = (32 if quick else 8) if cpu else (16 if quick else 2)
-            target = (1 << 21 if quick else 1 << 24) if cpu else min(max_numel, 1 << 29)
+            target = (1 << 19 if quick else 10_500_000) if cpu else min(max_numel, 1 << 29)
             per_layer, outside = llama_layer_numel(scale)
             layers = max(1, min(LLAMA_7B["layers"], (target - outside) // per_layer))
             shapes = llama_shapes(scale, layers)
             cases.append(Case(f"llama-7b/{scale} x{layers}L", "llama", tuple(shapes),
                               f"LLaMA-7B shapes, dims / {scale}, {layers} of 32 layers"))
         elif family == "small":
-            count = 500 if quick else 2000
+            count = 200 if quick else 2000
             cases.append(Case(f"{count} small", "small", tuple(small_shapes(count)),
                               f"{count} tensors of 1-4K elements"))
         elif family == "resnet":
-            div = (4 if quick else 2) if cpu else 1
+            div = (8 if quick else 2) if cpu else 1
             name = "resnet50" if div == 1 else f"resnet50 width/{div}"
             cases.append(Case(name, "resnet", tuple(resnet50_shapes(div)),
                               "ResNet-50's 161 parameter tensors" + (f", channels / {div}" if div > 1 else "")))

@@ -156,11 +156,14 @@ def reference_step(case: OptimizerCase, params, grads, state_dtype: torch.dtype)
 
 def _compile(step: Callable[[], None], device: torch.device) -> Tuple[Callable[[], None], Dict]:
     """torch.compile the step and run it once; the time of that first call (the compile) is
-    reported, not timed. A fresh dynamo cache per group: every group's step is the same code
-    object with other tensors in its closure, and past the recompile limit dynamo would
-    silently fall back to eager."""
-    torch._dynamo.reset()
-    compiled = torch.compile(step)
+    reported, not timed. Compiled with dynamic shapes, so the sweep's sizes share one graph per
+    optimizer, dtype and tensor count (the later cases' first call finds it compiled). Every
+    group's step is one of four code objects with other tensors in its closure: the recompile
+    limit is raised so that dynamo never silently falls back to eager."""
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 512))
+    compiled = torch.compile(step, dynamic=True)
     start = time.perf_counter()
     compiled()
     if device.type == "cuda":

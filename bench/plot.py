@@ -5,6 +5,8 @@ from typing import Dict, Optional, Tuple
 
 ORDER = ("ours:cpu", "ours:cuda", "ours:triton", "ours:torch", "compiled", "authors", "pytorch_optimizer",
          "fused", "foreach")
+COLORS = dict(zip(ORDER, ("tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:green", "tab:red",
+                          "tab:pink", "tab:gray", "tab:olive")))
 
 
 def save(doc: Dict, path: Path) -> Tuple[Optional[Path], str]:
@@ -39,7 +41,7 @@ def save(doc: Dict, path: Path) -> Tuple[Optional[Path], str]:
                 if r:
                     xs.append(j + (k - (len(impls) - 1) / 2) * width)
                     ys.append(r["pct_yardstick"])
-            ax.bar(xs, ys, width, label=LABELS[impl])
+            ax.bar(xs, ys, width, label=LABELS[impl], color=COLORS[impl])
         ax.axhline(100, color="k", lw=0.8, ls="--")
         ax.set_xticks(range(len(opts)), opts)
         ax.set_ylabel("% of yardstick")
@@ -55,17 +57,19 @@ def save(doc: Dict, path: Path) -> Tuple[Optional[Path], str]:
                 lines.setdefault((r["optimizer"], r["impl"]), []).append((sizes[r["case"]], r["median_s"] * 1e3))
         for (o, impl), pts in sorted(lines.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{o} {LABELS[impl]}")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ls="-" if impl.startswith("ours") else "--",
+                    label=f"{o} {LABELS[impl]}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("elements (one tensor)")
         ax.set_ylabel("ms per step (median)")
-        ax.set_title("size sweep", fontsize=10)
+        ax.set_title(f"size sweep: our native backend per optimizer, and AdamW's peers; params {first[0]}, "
+                     f"states {first[1]}", fontsize=10)
         ax.legend(fontsize=7, ncol=3)
     env = doc["environment"]
     fig.suptitle(f"fused_optim bench: {env['device_name']}, {env['threads']} threads, torch {env['versions']['torch']}",
                  fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)

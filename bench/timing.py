@@ -13,7 +13,8 @@ from typing import Callable, Dict, List
 
 import torch
 
-WARMUP = 2  # step 1 allocates the state (first-touch page faults); step 2 runs warm
+WARMUP = 1  # untimed calls here, after the one each implementation made when it was built (which
+# allocated its state: first-touch page faults), so the timed ones run warm
 MIN_REPEATS = 3
 YARDSTICK = "yardstick"
 
@@ -62,7 +63,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
 
 def time_interleaved(calls: Dict[str, Callable[[], object]], device: torch.device, repeats: int,
                      budget_s: float) -> Dict[str, Timing]:
-    """WARMUP untimed calls of each, then rounds of one timed call of each until every one is
+    """WARMUP more untimed calls of each, then rounds of one timed call of each until every one is
     done (`repeats` samples, or at least MIN_REPEATS and budget_s of timed work)."""
     for fn in calls.values():
         for _ in range(WARMUP):
