@@ -8,6 +8,7 @@ from typing import Dict, List
 
 import torch
 
+from fused_optim.backends import serves
 from fused_optim.reference._common import math_dtype
 
 from . import cases as case_mod
@@ -125,11 +126,13 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def max_case_numel(device: torch.device, args, yard_numel: int) -> int:
-    """The most elements a case may have so that one group fits in 85% of the free memory:
-    the initial values and grads, each implementation's params and up to 3 fp32 states, about
-    6 fp32 temporaries of the per-tensor loops, and the yardstick's two fp32 tensors."""
+    """The most elements a case may have so that the largest group fits in 85% of the free
+    memory: the initial values and grads, each implementation's params and up to 3 fp32 states
+    (our backends that serve the device, and at most 3 peers: AdamW's group has fused, foreach
+    and compiled, the others compiled, authors and pytorch_optimizer), about 6 fp32 temporaries
+    of the per-tensor loops, and the yardstick's two fp32 tensors."""
     pb = max(impls.DTYPES[d].itemsize for d in args.dtype)
-    n_impls = len(args.backends) + len([p for p in args.peers if p not in impls.TORCH_PEERS])
+    n_impls = sum(serves(b, device)[0] for b in args.backends) + min(3, len(args.peers))
     per_element = 2 * pb + n_impls * (pb + 12) + 24
     return max(1 << 16, int((0.85 * _free_bytes(device) - 8 * yard_numel) // per_element))
 
