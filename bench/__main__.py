@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile peer")
     p.add_argument("--compile-max-tensors", type=int, default=None,
                    help="compile the reference step only for cases with at most this many tensors "
-                        "(compile time grows with the count; default 32, 1 with --quick)")
+                        "(compile time grows with the count: default 32 on cuda, 1 on cpu and with --quick)")
     p.add_argument("--dtype", default=None,
                    help="param dtypes, comma list of fp32, bf16, fp16 (default fp32,bf16; fp32 with --quick)")
     p.add_argument("--state-dtype", default="fp32,bf16",
@@ -66,7 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.peers = [x for x in choose("--peers", args.peers, impls.PEERS) if not (args.no_compile and x == "compiled")]
     args.dtype = choose("--dtype", args.dtype or ("fp32" if args.quick else "fp32,bf16"), impls.DTYPES)
     if args.compile_max_tensors is None:
-        args.compile_max_tensors = 1 if args.quick else 32
+        # on 2 CPU cores compiling a 21-tensor list takes 10-40 s per optimizer and dtype: the
+        # sweep's single tensors (one dynamic-shape graph per optimizer and dtype) fit the budget
+        args.compile_max_tensors = 1 if args.quick or args.device.type == "cpu" else 32
     args.state_dtype = choose("--state-dtype", args.state_dtype, ("fp32", "bf16"))
     args.cases = choose("--cases", args.cases, case_mod.FAMILIES)
     try:
@@ -132,7 +134,8 @@ def max_case_numel(device: torch.device, args, yard_numel: int) -> int:
     and compiled, the others compiled, authors and pytorch_optimizer), about 6 fp32 temporaries
     of the per-tensor loops, and the yardstick's two fp32 tensors."""
     pb = max(impls.DTYPES[d].itemsize for d in args.dtype)
-    n_impls = sum(serves(b, device)[0] for b in args.backends) + min(3, len(args.peers))
+    n_impls = sum(serves(b, device)[0] and (b in ("cpu", "torch")) == (device.type == "cpu" or b == "torch")
+                  for b in args.backends) + min(3, len(args.peers))
     per_element = 2 * pb + n_impls * (pb + 12) + 24
     return max(1 << 16, int((0.85 * _free_bytes(device) - 8 * yard_numel) // per_element))
 

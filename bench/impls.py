@@ -193,6 +193,8 @@ def build_group(case: OptimizerCase, workload: Workload, state_dtype: torch.dtyp
     for backend in backends:
         def ours(backend=backend):
             ok, why = serves(backend, device)
+            if ok and backend in ("cuda", "triton") and device.type != "cuda":
+                ok, why = False, f"the {backend} backend serves CUDA tensors only"
             if not ok:
                 raise Skip(why)
             kwargs = dict(case.kwargs)
