@@ -65,10 +65,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.backends = choose("--backends", args.backends, impls.OUR_BACKENDS)
     args.peers = [x for x in choose("--peers", args.peers, impls.PEERS) if not (args.no_compile and x == "compiled")]
     args.dtype = choose("--dtype", args.dtype or ("fp32" if args.quick else "fp32,bf16"), impls.DTYPES)
-    if args.compile_max_tensors is None:
-        # on 2 CPU cores compiling a 21-tensor list takes 10-40 s per optimizer and dtype: the
-        # sweep's single tensors (one dynamic-shape graph per optimizer and dtype) fit the budget
-        args.compile_max_tensors = 1 if args.quick or args.device.type == "cpu" else 32
     args.state_dtype = choose("--state-dtype", args.state_dtype, ("fp32", "bf16"))
     args.cases = choose("--cases", args.cases, case_mod.FAMILIES)
     try:
@@ -80,6 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--device: cpu or cuda")
     if args.device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no GPU")
+    if args.compile_max_tensors is None:
+        # on 2 CPU cores compiling a 21-tensor list takes 10-40 s per optimizer and dtype: the
+        # sweep's single tensors (one dynamic-shape graph per optimizer and dtype) fit the budget
+        args.compile_max_tensors = 1 if args.quick or args.device.type == "cpu" else 32
     if args.repeats is None:
         args.repeats = 20 if args.device.type == "cuda" else (5 if args.quick else 10)
     if args.budget is None:
