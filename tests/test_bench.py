@@ -33,7 +33,7 @@ def _check(obj, keys):
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     cmd = [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--optimizers", "AdamW,Adai",
-           "--cases", "large,small", "--sizes", "4096", "--dtype", "fp32,bf16", "--repeats", "3", "--out", str(out)]
+           "--cases", "large,llama", "--sizes", "4096", "--dtype", "fp32,bf16", "--repeats", "3", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "results.json").read_text()), proc.stdout, out
@@ -45,7 +45,7 @@ def test_schema(run):
     _check(doc["environment"], ENV_KEYS)
     assert {"torch", "fused_optim", "numpy", "triton"} <= set(doc["environment"]["versions"])
     assert doc["settings"]["optimizers"] == ["AdamW", "Adai"]
-    assert [c["family"] for c in doc["cases"]] == ["large", "small"]
+    assert [c["family"] for c in doc["cases"]] == ["large", "llama"]
     for case in doc["cases"]:
         assert case["tensors"] == len(case["shapes"])
         for cfg in case["configs"]:
@@ -65,7 +65,7 @@ def test_rows_cover_the_matrix(run):
     doc, _, _ = run
     got = {(r["case"], r["param_dtype"], r["optimizer"], r["impl"]) for r in doc["rows"]}
     ours = ("ours:cpu", "ours:torch") if fused_optim.availability("cpu")[0] else ("ours:torch",)
-    for case in ("large 4K", "200 small"):
+    for case in ("large 4K", "llama-7b/32 x1L"):
         for dtype in ("fp32", "bf16"):
             assert {(case, dtype, "AdamW", i) for i in ours + ("fused", "foreach")} <= got
             assert {(case, dtype, "Adai", i) for i in ours + ("authors",)} <= got
@@ -73,7 +73,7 @@ def test_rows_cover_the_matrix(run):
     assert {"ours:cuda", "ours:triton"} <= skipped or fused_optim.availability("cuda")[0]
     # --quick compiles single-tensor cases only
     assert ("large 4K", "fp32", "Adai", "compiled") in got
-    assert not any(r["impl"] == "compiled" for r in doc["rows"] if r["case"] == "200 small")
+    assert not any(r["impl"] == "compiled" for r in doc["rows"] if r["case"] == "llama-7b/32 x1L")
     adai = next(r for r in doc["rows"] if r["optimizer"] == "Adai" and r["impl"] == ours[0] and r["param_dtype"] == "bf16")
     assert adai["bytes_per_element"] == 4 * 2 + 6 * 4  # p, g twice, p written in bf16; 3 fp32 states read+written
     assert adai["speedup_over"]["authors"] is not None and adai["speedup_over"]["fused"] is not None
