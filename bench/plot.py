@@ -41,13 +41,16 @@ def save(doc: Dict, path: Path) -> Tuple[Optional[Path], str]:
                 if r:
                     xs.append(j + (k - (len(impls) - 1) / 2) * width)
                     ys.append(r["pct_yardstick"])
-            ax.bar(xs, ys, width, label=LABELS[impl], color=COLORS[impl])
+            if xs:
+                ax.bar(xs, ys, width, color=COLORS[impl])
         ax.axhline(100, color="k", lw=0.8, ls="--")
         ax.set_xticks(range(len(opts)), opts)
         ax.set_ylabel("% of yardstick")
         ax.set_title(f"{case['name']} ({case['tensors']} tensors, {case['elements'] / 1e6:.1f}M), "
                      f"params {first[0]}, states {first[1]}", fontsize=10)
-    axes[0].legend(fontsize=7, ncol=5, loc="upper right")
+    from matplotlib.patches import Patch
+    axes[0].legend(handles=[Patch(color=COLORS[i], label=LABELS[i]) for i in impls], fontsize=7, ncol=5,
+                   loc="upper right")
     if sweep:
         ax = axes[-1]
         sizes = {c["name"]: c["elements"] for c in sweep}
