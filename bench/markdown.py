@@ -1,43 +1,95 @@
-"""The README's results table from benchmark JSON files: python -m bench.markdown FILE...
+"""The README's results tables from results.json files: python -m bench.markdown FILE... [--all-sizes]
 
-One row per optimizer and case, for our cpu backend: median time, % of the bandwidth
-yardstick, and time ratios against torch.optim's fused AdamW and the authors'-style loop,
-each from the same run. Several files (repeated runs) give one column group per run.
+Per file (one run on one device): for our native backend on that device (cuda, triton or cpu;
+the torch backend where there is none), one row per case, dtype configuration and
+optimizer: median step time, % of the bandwidth yardstick, and the speed-up over each peer
+measured in the same run; then the size sweep as time and % of the yardstick per size.
 """
+import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+NATIVE = ("ours:cuda", "ours:triton", "ours:cpu", "ours:torch")
+PEERS = (("fused", "torch.optim fused"), ("foreach", "torch.optim foreach"),
+         ("compiled", "torch.compile(reference)"), ("authors", "authors' loop"),
+         ("pytorch_optimizer", "pytorch_optimizer"))
 
 
-def _fmt(x, pattern):
-    return "-" if x is None else pattern.format(x)
+def _x(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f}x"
 
 
-def table(runs: List[Dict]) -> str:
-    header = "| optimizer | case | " + " | ".join(
-        f"run {i + 1}: ms, % yardstick, x fused AdamW, x authors" for i in range(len(runs))) + " |"
-    lines = [header, "|" + "---|" * (2 + len(runs))]
-    keys = [(r["optimizer"], r["case"]) for r in runs[0]["rows"] if r["impl"] == "cpu"]
-    for optimizer, case in keys:
-        cells = []
-        for run in runs:
-            row = next(r for r in run["rows"] if r["impl"] == "cpu" and r["optimizer"] == optimizer and r["case"] == case)
-            cells.append(f"{row['median_s'] * 1e3:.1f}, {row['pct_yardstick']:.0f}%, "
-                         f"{_fmt(row['time_vs_fused'], '{:.2f}')}, {_fmt(row['time_vs_authors'], '{:.2f}')}")
-        lines.append(f"| {optimizer} | {case} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _ours(rows: List[Dict]) -> str:
+    present = {r["impl"] for r in rows}
+    return next(i for i in NATIVE if i in present)
 
 
-def main(paths: List[str]) -> None:
-    runs = [json.loads(Path(p).read_text()) for p in paths]
-    env = runs[0]["environment"]
-    print(f"{env['cpu_model']}, {env['threads']} threads, torch {env['torch']}; "
-          + ", ".join(f"run {i + 1}: {run['environment']['date']}" for i, run in enumerate(runs)) + "\n")
-    print(table(runs))
+def header(doc: Dict) -> str:
+    env = doc["environment"]
+    busy = env["other_cpus_busy"]["during_run"]
+    rev = (env["git_revision"] or "unknown")[:10] + ("+dirty" if env["git_dirty"] else "")
+    return (f"{env['device_name']} ({env['device']}), {env['threads']} threads, torch {env['versions']['torch']}, "
+            f"fused_optim {env['versions']['fused_optim']} at {rev}, {env['date']}; run took "
+            f"{env['wall_s']:.0f} s, other processes kept {busy:.2f} CPUs busy during it.")
+
+
+def table(doc: Dict, all_sizes: bool = False) -> str:
+    rows = doc["rows"]
+    ours = _ours(rows)
+    sweep = [c["name"] for c in doc["cases"] if c["family"] == "large"]
+    shown = [c["name"] for c in doc["cases"] if c["family"] != "large" or all_sizes or c["name"] == sweep[-1]]
+    peers = [(k, label) for k, label in PEERS if any(r["speedup_over"][k] is not None for r in rows if r["impl"] == ours)]
+    lines = [f"Our `{ours.split(':')[1]}` backend; speed-up = the peer's median step time / ours "
+             "(above 1: ours is faster), both from the same run; torch.optim is AdamW (Adam for Adam).", "",
+             "| case | params / states | optimizer | ms | % yardstick | "
+             + " | ".join(f"vs {label}" for _, label in peers) + " |",
+             "|" + "---|" * (5 + len(peers))]
+    for case in shown:
+        for r in (r for r in rows if r["case"] == case and r["impl"] == ours):
+            cells = [case, f"{r['param_dtype']} / {r['state_dtype']}", r["optimizer"],
+                     f"{r['median_s'] * 1e3:.2f}", f"{r['pct_yardstick']:.0f}%"]
+            cells += [_x(r["speedup_over"][k]) for k, _ in peers]
+            lines.append("| " + " | ".join(cells) + " |")
+    if len(sweep) > 1:
+        configs = list(dict.fromkeys((r["param_dtype"], r["state_dtype"]) for r in rows))
+        lines += ["", "Size sweep (one tensor): ms per step and % of the yardstick, same backend.", "",
+                  "| params / states | optimizer | " + " | ".join(sweep) + " |", "|" + "---|" * (2 + len(sweep))]
+        for p, s in configs:
+            for name in dict.fromkeys(r["optimizer"] for r in rows if r["impl"] == ours):
+                cells = []
+                for case in sweep:
+                    r = next((r for r in rows if r["case"] == case and r["impl"] == ours and r["optimizer"] == name
+                              and (r["param_dtype"], r["state_dtype"]) == (p, s)), None)
+                    cells.append("-" if r is None else f"{r['median_s'] * 1e3:.2f} ({r['pct_yardstick']:.0f}%)")
+                lines.append(f"| {p} / {s} | {name} | " + " | ".join(cells) + " |")
+    compiled = [r["compile_s"] for r in rows if r["compile_s"]]
+    yard = {c["name"]: c["configs"][0]["yardstick"] for c in doc["cases"] if c["configs"]}
+    any_yard = next(iter(yard.values()), None)
+    notes = []
+    if any_yard:
+        notes.append(f"yardstick: `{any_yard['op']}` on {any_yard['numel'] / 2**20:.0f}M fp32 elements "
+                     f"({any_yard['bytes_per_element']} B/element), "
+                     f"{min(y['gbps'] for y in yard.values()):.0f}-{max(y['gbps'] for y in yard.values()):.0f} GB/s "
+                     "across the cases")
+    if compiled:
+        notes.append(f"torch.compile: first call (compile) {max(compiled):.1f} s at most, not timed")
+    notes += doc.get("notes", [])
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.markdown", description=__doc__)
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--all-sizes", action="store_true", help="every size of the sweep in the main table")
+    args = parser.parse_args(argv)
+    for i, path in enumerate(args.files):
+        doc = json.loads(path.read_text())
+        if i:
+            print()
+        print(header(doc) + "\n")
+        print(table(doc, args.all_sizes))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m bench.markdown RESULTS.json [MORE.json ...]")
-    main(sys.argv[1:])
+    main()

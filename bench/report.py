@@ -1,6 +1,7 @@
-"""Turns timings into report rows (GB/s, % of the yardstick, ratios), the terminal table,
-the three target checks and the results JSON."""
+"""Timings to report rows (GB/s, % of the yardstick, speed-ups over the peers), the terminal
+table, the environment record and results.json (schema: bench/README.md)."""
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -14,143 +15,104 @@ import torch
 import fused_optim
 from fused_optim.env import cpu_model
 
-from .cpu_first import RATIO_PEER, YARDSTICK_BYTES, OptimizerCase, Timing
+from .impls import DTYPE_NAMES, RATIO_PEER, Impl, OptimizerCase, bytes_per_element
+from .timing import Timing
 
-SCHEMA = "fused_optim.bench.cpu_first/1"
-IMPL_LABELS = {
-    "cpu": "ours cpu",
-    "torch": "ours torch",
+SCHEMA = "fused_optim.bench/2"
+LABELS = {
+    "ours:cpu": "fused_optim cpu",
+    "ours:cuda": "fused_optim cuda",
+    "ours:triton": "fused_optim triton",
+    "ours:torch": "fused_optim torch",
+    "compiled": "torch.compile(ref)",
     "authors": "authors' loop",
+    "pytorch_optimizer": "pytorch_optimizer",
     "fused": "torch.optim fused",
     "foreach": "torch.optim foreach",
 }
+# the peers every row's speed-up refers to: key in speedup_over -> (group, impl)
+SPEEDUP_PEERS = ("fused", "foreach", "compiled", "authors", "pytorch_optimizer", "ours:torch")
 
 
-def timing_record(timing: Timing, numel: int, bytes_per_element: int) -> Dict:
-    samples = sorted(timing.samples_s)
-    return {
-        "median_s": timing.median_s,
-        "min_s": samples[0],
-        "max_s": samples[-1],
-        "samples_s": timing.samples_s,
-        "gbps": bytes_per_element * numel / timing.median_s / 1e9,
-    }
+def timing_record(timing: Timing, numel: int, nbytes: int) -> Dict:
+    q1, q3 = timing.quartiles()
+    return {"median_s": timing.median_s, "q1_s": q1, "q3_s": q3,
+            "min_s": min(timing.samples_s), "max_s": max(timing.samples_s),
+            "samples_s": timing.samples_s, "gbps": nbytes * numel / timing.median_s / 1e9}
 
 
-def yardstick_record(timing: Timing, numel: int) -> Dict:
-    return {"op": "dst.add_(src)", "bytes_per_element": YARDSTICK_BYTES,
-            **timing_record(timing, numel, YARDSTICK_BYTES)}
-
-
-def case_record(name: str, shapes, numel: int, yardsticks: List[Timing]) -> Dict:
-    """The case, with the yardstick samples of all its groups pooled (for the header line)."""
-    pooled = Timing([s for t in yardsticks for s in t.samples_s])
-    return {
-        "name": name,
-        "tensors": len(shapes),
-        "elements": numel,
-        "shapes": [list(s) for s in shapes],
-        "yardstick": yardstick_record(pooled, numel),
-    }
-
-
-def row_record(case_name: str, opt: OptimizerCase, impl: str, timing: Timing, numel: int, yardstick: Timing) -> Dict:
-    """One implementation of one optimizer; % of the yardstick timed interleaved with it."""
-    yard = yardstick_record(yardstick, numel)
+def row_record(case, config: Dict, opt: OptimizerCase, impl: Impl, timing: Timing, yard: Dict) -> Dict:
+    """One implementation in one group; % of the yardstick timed interleaved with it. GB/s
+    counts the bytes this implementation's dtypes really move (param and grad bytes from the
+    param dtype, state bytes from the state dtype it keeps)."""
+    nbytes = bytes_per_element(opt.name, impl.param_dtype, impl.state_dtype, impl.cpu_design)
     rec = {
-        "case": case_name,
-        "optimizer": opt.name,
-        "impl": impl,
-        "hyperparameters": opt.kwargs,
-        # GB/s and % use the bytes our native design moves for every implementation of the
-        # optimizer, so within a group they are inverse times on one scale
-        "bytes_per_element": opt.bytes_moved,
-        "bytes_per_element_min": opt.bytes_min,
-        **timing_record(timing, numel, opt.bytes_moved),
+        "case": case.name, "family": case.family, "tensors": case.tensors, "elements": case.numel,
+        **config,
+        "optimizer": opt.name, "impl": impl.key, "label": LABELS[impl.key],
+        "impl_param_dtype": DTYPE_NAMES[impl.param_dtype], "impl_state_dtype": DTYPE_NAMES[impl.state_dtype],
+        "hyperparameters": opt.kwargs, "bytes_per_element": nbytes,
+        **timing_record(timing, case.numel, nbytes),
+        "compile_s": impl.extra.get("compile_s"),
         "yardstick": yard,
     }
     rec["pct_yardstick"] = 100.0 * rec["gbps"] / yard["gbps"]
     return rec
 
 
-def add_ratios(rows: List[Dict]) -> None:
-    """time / peer time within each case: torch.optim fused and foreach (Adam's own for the
-    Adam group, AdamW's for every other) and the optimizer's authors' loop. None if not run."""
-    medians = {(r["case"], r["optimizer"], r["impl"]): r["median_s"] for r in rows}
+def add_speedups(rows: List[Dict]) -> None:
+    """speedup_over[peer] = peer's median time / this row's (> 1: this row is faster), in the
+    same case and dtype configuration: torch.optim fused/foreach from the AdamW group (Adam's
+    own for Adam), the others from the row's own group. None where the peer did not run."""
+    medians = {(r["case"], r["param_dtype"], r["state_dtype"], r["optimizer"], r["impl"]): r["median_s"] for r in rows}
     for r in rows:
-        peer = "Adam" if r["optimizer"] == "Adam" else RATIO_PEER
-        for impl, ref in (("fused", (peer, "fused")), ("foreach", (peer, "foreach")),
-                          ("authors", (r["optimizer"], "authors"))):
-            base = medians.get((r["case"], *ref))
-            r[f"time_vs_{impl}"] = r["median_s"] / base if base else None
+        where = (r["case"], r["param_dtype"], r["state_dtype"])
+        out = {}
+        for peer in SPEEDUP_PEERS:
+            group = ("Adam" if r["optimizer"] == "Adam" else RATIO_PEER) if peer in ("fused", "foreach") else r["optimizer"]
+            base = medians.get((*where, group, peer))
+            out[peer] = None if base is None or (group, peer) == (r["optimizer"], r["impl"]) else base / r["median_s"]
+        r["speedup_over"] = out
 
 
-def _ratio(x: Optional[float]) -> str:
-    return "-" if x is None else f"{x:.2f}"
-
-
-def _spread(rec: Dict) -> str:
-    return f"{rec['min_s'] * 1e3:.1f}-{rec['max_s'] * 1e3:.1f}"
+def _x(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def table(cases: List[Dict], rows: List[Dict]) -> str:
-    header = (f"{'optimizer':<12} {'implementation':<20} {'median ms':>10} {'min-max ms':>15} {'B/el':>6} "
-              f"{'GB/s':>6} {'% yard':>7} {'t/fused':>8} {'t/foreach':>9} {'t/authors':>9}")
+    header = (f"{'optimizer':<12} {'implementation':<28} {'median ms':>10} {'IQR ms':>15} {'B/el':>5} "
+              f"{'GB/s':>7} {'% yard':>7} {'x fused':>8} {'x foreach':>9} {'x compile':>9} {'x authors':>9}")
     lines = []
     for c in cases:
-        y = c["yardstick"]
-        lines += ["", f"== {c['name']}: {c['tensors']} tensors, {c['elements'] / 1e6:.1f}M fp32 elements; "
-                      f"yardstick dst.add_(src), all groups pooled: {y['median_s'] * 1e3:.2f} ms = "
-                      f"{y['gbps']:.1f} GB/s", header, "-" * len(header)]
-        group = None
-        for r in (r for r in rows if r["case"] == c["name"]):
-            if r["optimizer"] != group:  # the yardstick timed interleaved with this group
-                group, y = r["optimizer"], r["yardstick"]
-                lines.append(f"{group:<12} {'yardstick add_':<20} {y['median_s'] * 1e3:>10.2f} "
-                             f"{_spread(y):>15} {YARDSTICK_BYTES:>6} {y['gbps']:>6.1f} {100:>6}%")
-            moved = f"{r['bytes_per_element']}{'*' if r['bytes_per_element'] != r['bytes_per_element_min'] else ''}"
-            lines.append(
-                f"{r['optimizer']:<12} {IMPL_LABELS[r['impl']]:<20} {r['median_s'] * 1e3:>10.2f} {_spread(r):>15} "
-                f"{moved:>6} {r['gbps']:>6.1f} {r['pct_yardstick']:>6.0f}% {_ratio(r['time_vs_fused']):>8} "
-                f"{_ratio(r['time_vs_foreach']):>9} {_ratio(r['time_vs_authors']):>9}")
-    lines += ["", "Each optimizer's rows and its yardstick add_ row were timed interleaved, step by step.",
-              "B/el: bytes per element counted for GB/s and % yard (the bytes our native design moves; "
-              "* = more than the minimum any design must move).",
-              "t/x: median time / median time of x in the same case (x: torch.optim fused or foreach "
-              "AdamW, Adam's own for Adam; the optimizer's authors' loop). < 1 is faster."]
+        for cfg in c["configs"]:
+            sel = [r for r in rows if r["case"] == c["name"] and r["param_dtype"] == cfg["param_dtype"]
+                   and r["state_dtype"] == cfg["state_dtype"]]
+            if not sel:
+                continue
+            y = cfg["yardstick"]
+            lines += ["", f"== {c['name']} ({c['tensors']} tensors, {c['elements'] / 1e6:.2f}M elements), "
+                          f"params {cfg['param_dtype']}, states {cfg['state_dtype']}; yardstick {y['op']} "
+                          f"on {y['numel'] / 1e6:.0f}M fp32, pooled: {y['gbps']:.1f} GB/s", header, "-" * len(header)]
+            group = None
+            for r in sel:
+                if r["optimizer"] != group:
+                    group, g = r["optimizer"], r["yardstick"]
+                    lines.append(f"{group:<12} {'yardstick':<28} {g['median_s'] * 1e3:>10.3f} "
+                                 f"{_iqr(g):>15} {g['bytes_per_element']:>5} {g['gbps']:>7.1f} {100:>6}%")
+                s = r["speedup_over"]
+                label = r["label"] + ("" if r["impl_state_dtype"] == r["state_dtype"] else f" ({r['impl_state_dtype']} states)")
+                lines.append(f"{r['optimizer']:<12} {label:<28} {r['median_s'] * 1e3:>10.3f} {_iqr(r):>15} "
+                             f"{r['bytes_per_element']:>5} {r['gbps']:>7.1f} {r['pct_yardstick']:>6.0f}% "
+                             f"{_x(s['fused']):>8} {_x(s['foreach']):>9} {_x(s['compiled']):>9} {_x(s['authors']):>9}")
+    lines += ["", "Each optimizer's rows and its yardstick row were timed interleaved, step by step.",
+              "B/el: bytes one step moves per element with that row's param/state dtypes; GB/s and % yard use it.",
+              "x peer: the peer's median time / this row's in the same case and dtypes (> 1: faster than the peer);",
+              "fused/foreach: torch.optim AdamW (Adam for Adam); compile: torch.compile of our reference step."]
     return "\n".join(lines)
 
 
-def targets(cases: List[Dict], rows: List[Dict]) -> List[Dict]:
-    """The three targets of the CPU backend, as measured values (not assertions): AdamW vs
-    torch fused AdamW and % of the yardstick on the large list, Adai vs its authors' loop on
-    the many-tensor case. A check whose rows were not run is left out."""
-    big, many = cases[0]["name"], cases[-1]["name"]
-    ours = {(r["case"], r["optimizer"]): r for r in rows if r["impl"] == "cpu"}
-    checks = []
-    adamw = ours.get((big, "AdamW"))
-    if adamw and adamw["time_vs_fused"] is not None:
-        checks.append({"check": f"AdamW cpu time / torch fused AdamW time, {big}",
-                       "measured": adamw["time_vs_fused"], "target": "<= 1.1",
-                       "met": adamw["time_vs_fused"] <= 1.1})
-    for (case, name), r in ours.items():
-        if case == big:
-            checks.append({"check": f"{name} cpu % of yardstick ({r['bytes_per_element']} B/el moved), {big}",
-                           "measured": r["pct_yardstick"], "target": ">= 80", "met": r["pct_yardstick"] >= 80})
-    adai = ours.get((many, "Adai"))
-    if adai and adai["time_vs_authors"] is not None:
-        speedup = 1 / adai["time_vs_authors"]
-        checks.append({"check": f"Adai cpu speed-up over the authors' loop, {many}",
-                       "measured": speedup, "target": ">= 2.5", "met": speedup >= 2.5})
-    return checks
-
-
-def targets_text(checks: List[Dict]) -> str:
-    lines = ["", "Targets (measured, not asserted):"]
-    for c in checks:
-        lines.append(f"  {c['check']}: {c['measured']:.2f} (target {c['target']}) "
-                     f"{'met' if c['met'] else 'NOT met'}")
-    return "\n".join(lines)
+def _iqr(rec: Dict) -> str:
+    return f"{rec['q1_s'] * 1e3:.3f}-{rec['q3_s'] * 1e3:.3f}"
 
 
 def _git(*args: str) -> Optional[str]:
@@ -163,9 +125,17 @@ def _git(*args: str) -> Optional[str]:
 
 def _system_busy_s() -> float:
     """CPU seconds all processes have used since boot (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 class OtherLoad:
@@ -183,39 +153,46 @@ class OtherLoad:
         return max(0.0, busy - own) / wall
 
 
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def other_load_now(interval_s: float = 0.5) -> float:
     load = OtherLoad().start()
     time.sleep(interval_s)
     return load.value()
 
 
-def environment(other_cpus_before: float, other_cpus_during: float) -> Dict:
+def _version(module: str) -> Optional[str]:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "unknown")
+    except ImportError:
+        return None
+
+
+def environment(device: torch.device, other_before: float, other_during: float, wall_s: float) -> Dict:
     status = _git("status", "--porcelain")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "fused_optim": fused_optim.__version__,
-        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": gpu or cpu_model(),
         "cpu_model": cpu_model(),
+        "gpu_name": gpu,
         "logical_cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
-        # CPUs' worth of other processes' work; above ~0.1 the timings are not representative
-        "other_cpus_busy": {"before_run": other_cpus_before, "during_run": other_cpus_during},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "cuda": torch.version.cuda, "triton": _version("triton"),
+                     "fused_optim": fused_optim.__version__, "numpy": _version("numpy"),
+                     "pytorch_optimizer": _version("pytorch_optimizer")},
+        "backends": {b: dict(zip(("available", "why"), fused_optim.availability(b)))
+                     for b in ("torch", "cpu", "cuda", "triton")},
         "git_revision": _git("rev-parse", "HEAD"),
         # timings of a working tree with uncommitted edits do not belong to the revision alone
         "git_dirty": None if status is None else bool(status),
+        # CPUs' worth of other processes' work; above ~0.1 the CPU timings are not representative
+        "other_cpus_busy": {"before_run": other_before, "during_run": other_during},
+        "wall_s": wall_s,
     }
 
 
-def write_json(out_dir: Path, settings: Dict, env: Dict, cases: List[Dict], rows: List[Dict], checks: List[Dict]) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out_dir / f"cpu_first-{stamp}{'-quick' if settings['quick'] else ''}.json"
-    doc = {"schema": SCHEMA, "environment": env, "settings": settings, "cases": cases, "rows": rows, "targets": checks}
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+def write_json(path: Path, doc: Dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"schema": SCHEMA, **doc}, indent=1) + "\n")
     return path

@@ -1,0 +1,111 @@
+"""Interleaved timing of a group's implementations and the bandwidth yardstick.
+
+The memory bandwidth of a shared host drifts by tens of percent within a minute; timing rows
+one after another turned that drift into differences between implementations (Adam and
+AdamW, the same native kernel, measured 16 and 28 ms in two consecutive rows). So a group is
+timed in rounds of one call of each implementation and of the yardstick: the same drift hits
+every row, and their ratios and % of the yardstick hold.
+"""
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
+
+import torch
+
+WARMUP = 1  # untimed calls here, after the one each implementation made when it was built (which
+# allocated its state: first-touch page faults), so the timed ones run warm
+MIN_REPEATS = 3
+YARDSTICK = "yardstick"
+
+
+@dataclass
+class Timing:
+    samples_s: List[float] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.samples_s)
+
+    def quartiles(self):
+        if len(self.samples_s) < 2:
+            return self.samples_s[0], self.samples_s[0]
+        q = statistics.quantiles(self.samples_s, n=4, method="inclusive")
+        return q[0], q[2]
+
+    def done(self, repeats: int, budget_s: float) -> bool:
+        # at least MIN_REPEATS; fewer than `repeats` once budget_s is spent (the slow loops)
+        n = len(self.samples_s)
+        return n >= repeats or (n >= MIN_REPEATS and sum(self.samples_s) > budget_s)
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """Seconds one call takes. CPU ops are synchronous, so perf_counter brackets the work; on
+    a GPU, events recorded on the current stream around the call, waited for at once (the
+    rows are interleaved, so one call never overlaps the next one's timing)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def cuda_time(fn):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        return cuda_time
+
+    def cpu_time(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return cpu_time
+
+
+def time_interleaved(calls: Dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                     budget_s: float) -> Dict[str, Timing]:
+    """WARMUP more untimed calls of each, then rounds of one timed call of each until every one is
+    done (`repeats` samples, or at least MIN_REPEATS and budget_s of timed work)."""
+    for fn in calls.values():
+        for _ in range(WARMUP):
+            fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timer = _timer(device)
+    timings = {name: Timing() for name in calls}
+    active = list(calls)
+    while active:
+        for name in active:
+            timings[name].samples_s.append(timer(calls[name]))
+        active = [name for name in active if not timings[name].done(repeats, budget_s)]
+    return timings
+
+
+@dataclass(frozen=True)
+class Yardstick:
+    """The bandwidth an optimizer step is compared with, on the same device, in the same run.
+    CPU: dst.add_(src) on fp32, 12 B/element, all real: a copy_ counts 8 but moves 12 on x86,
+    each store reading its line first (read-for-ownership; shared/design.md). GPU: a
+    device-to-device copy_, read + write = 8 B/element."""
+    op: str
+    bytes_per_element: int
+    numel: int
+
+    @staticmethod
+    def for_device(device: torch.device, numel: int) -> "Yardstick":
+        if device.type == "cuda":
+            return Yardstick("dst.copy_(src)", 8, numel)
+        return Yardstick("dst.add_(src)", 12, numel)
+
+    def call(self, device: torch.device) -> Callable[[], object]:
+        dst = torch.zeros(self.numel, device=device)
+        src = torch.randn(self.numel, device=device)
+        if self.op == "dst.copy_(src)":
+            return lambda: dst.copy_(src)
+        return lambda: dst.add_(src)
+
+    def record(self, timing: Timing) -> Dict:
+        q1, q3 = timing.quartiles()
+        return {"op": self.op, "bytes_per_element": self.bytes_per_element, "numel": self.numel,
+                "median_s": timing.median_s, "q1_s": q1, "q3_s": q3,
+                "min_s": min(timing.samples_s), "max_s": max(timing.samples_s),
+                "gbps": self.bytes_per_element * self.numel / timing.median_s / 1e9}
