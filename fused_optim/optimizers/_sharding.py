@@ -20,8 +20,12 @@ except ImportError:  # torch < 2.5 keeps it private; builds without distributed 
         dist = DTensor = Shard = None
 
 
+# the types most tensors have: tested first, a step asks this several times per param
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def is_distributed_tensor(t: torch.Tensor) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    return type(t) not in _PLAIN and DTensor is not None and isinstance(t, DTensor)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

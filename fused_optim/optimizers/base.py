@@ -56,6 +56,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         # GradScaler.step() then hands us `grad_scale` and `found_inf` as attributes instead of
         # unscaling the grads in memory and reading found_inf itself (see scaling())
         self._step_supports_amp_scaling = True
+        # id(state dict) -> what _check_state last accepted for it
+        self._checked_states: Dict[int, tuple] = {}
 
     @property
     def backend(self) -> str:
@@ -130,32 +132,38 @@ class FusedOptimizer(torch.optim.Optimizer):
         batches: List[Batch] = []
         device = None
         name = type(self).__name__
+        supported = backends.SUPPORTED_DTYPES
         for index, group in enumerate(self.param_groups):
             hyper = self.hyper(group, index)
             by_kind: Dict[Any, List[List[torch.Tensor]]] = {}
+            state_dtype = group.get("state_dtype")
+            # per param and step, so the checks are ordered to cost little (a step of 2000 small
+            # tensors is bound by this loop): supported dtypes are real, so the dtype checks
+            # also rule out complex params and grads
             for p in group["params"]:
                 g = p.grad
                 if g is None:
                     continue
-                if g.is_sparse or g.layout != torch.strided:
+                if g.layout is not torch.strided:
                     raise RuntimeError(f"{name} does not support sparse gradients")
-                if p.is_complex() or g.is_complex():
-                    raise ValueError(f"{name} does not support complex parameters or gradients")
-                if p.dtype not in backends.SUPPORTED_DTYPES:
-                    raise ValueError(f"{name} does not support parameter dtype {p.dtype}")
-                if g.dtype != p.dtype:
-                    raise ValueError(f"{name}: a gradient of dtype {g.dtype} for a parameter of dtype {p.dtype}")
+                dtype = p.dtype
+                if dtype not in supported:
+                    raise ValueError(f"{name} does not support "
+                                     + ("complex parameters" if p.is_complex() else f"parameter dtype {dtype}"))
+                if g.dtype != dtype:
+                    raise ValueError(f"{name}: a gradient of dtype {g.dtype} for a parameter of dtype {dtype}")
                 if g.shape != p.shape:
                     raise ValueError(f"{name}: a gradient of shape {tuple(g.shape)} for a parameter of shape {tuple(p.shape)}")
-                if g.device != p.device:
-                    raise ValueError(f"{name}: a gradient on {g.device} for a parameter on {p.device}")
+                where = p.device
+                if g.device != where:
+                    raise ValueError(f"{name}: a gradient on {g.device} for a parameter on {where}")
                 if device is None:
-                    device = p.device
-                elif p.device != device:
-                    raise ValueError(f"all parameters of one {name} must be on one device; got {device} and {p.device}")
+                    device = where
+                elif where != device:
+                    raise ValueError(f"all parameters of one {name} must be on one device; got {device} and {where}")
                 state = self.state.get(p)
                 if state:
-                    self._check_state(p, state, group.get("state_dtype"))
+                    self._check_state(p, state, state_dtype)
                 lists = by_kind.setdefault((p.dtype, shard_group(p)), [[], [], []])
                 lists[0].append(local(p))
                 lists[1].append(local(g))
@@ -173,7 +181,14 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _check_state(self, p: torch.Tensor, state: Dict[str, Any], state_dtype=None) -> None:
         """Existing state must fit its param: the kernels trust shapes and dtypes (a param
         converted with .double() or .to(device) after its state was made would otherwise be
-        updated from memory of the wrong size)."""
+        updated from memory of the wrong size). A state checked before is checked again only
+        when the param or any state tensor is not the one checked (a cheap signature)."""
+        # (eager only: torch.compile guards on what it traces and runs none of this later)
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            signature = (p.dtype, p.shape, p.device, state_dtype, tuple(map(id, state.values())))
+            if self._checked_states.get(id(state)) == signature:
+                return
         where = p.get_device()
         for key, value in state.items():
             if key == "step" or not torch.is_tensor(value):
@@ -186,6 +201,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                     "was the parameter converted or moved after the optimizer made its state? Move the model "
                     "before creating the optimizer, or load a state dict"
                 )
+        if not compiling:
+            self._checked_states[id(state)] = signature
 
     def _state_dtype(self, p: torch.Tensor, key: str, state_dtype) -> torch.dtype:
         return state_dtype_for(p.dtype, None if key in self.math_dtype_states else state_dtype)
@@ -195,6 +212,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         layout = self.state_layout(batch.hyper)
         state_dtype = batch.group.get("state_dtype")
         capturable = batch.group.get("capturable", False)
+        cpu = torch.device("cpu")
         states = []
         for p in batch.keys:
             state = self.state[p]
@@ -203,7 +221,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 # a float32 scalar, as torch.optim keeps it: on the CPU (what the native counter
                 # update expects), on the param's device when capturable; anything else a user
                 # or another library put there is converted
-                where = p.device if capturable else torch.device("cpu")
+                where = p.device if capturable else cpu
                 if not (torch.is_tensor(step) and step.dtype is torch.float32 and step.device == where
                         and step.dim() == 0):
                     state["step"] = (torch.zeros((), dtype=torch.float32, device=where) if step is None
@@ -248,6 +266,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         int steps accepted). Tensors are copied (no aliasing of the given dict) and keep the
         state dtype our kernels use (torch would cast them to the param dtype)."""
         imported = self._import_state_dict(state_dict)
+        self._checked_states.clear()
         super().load_state_dict(imported)
         self._restore_state(imported)
 
