@@ -40,8 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(compile time grows with the count: default 32 on cuda, 1 on cpu and with --quick)")
     p.add_argument("--dtype", default=None,
                    help="param dtypes, comma list of fp32, bf16, fp16 (default fp32,bf16; fp32 with --quick)")
-    p.add_argument("--state-dtype", default="fp32,bf16",
-                   help="state dtypes: fp32 (the default states) and bf16 (where the classes have state_dtype)")
+    p.add_argument("--state-dtype", default=None,
+                   help="state dtypes: fp32 (the default states) and bf16 (state_dtype=torch.bfloat16); default "
+                        "fp32,bf16 on cuda, fp32 on cpu (whose native backend keeps fp32 states: bf16 rows "
+                        "there would time the torch reference)")
     p.add_argument("--cases", default=",".join(case_mod.FAMILIES), help=f"comma list of {list(case_mod.FAMILIES)}")
     p.add_argument("--sizes", default=None,
                    help="sizes of the large-tensor sweep, comma list of element counts (e.g. 1e6,1.6e7)")
@@ -65,7 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.backends = choose("--backends", args.backends, impls.OUR_BACKENDS)
     args.peers = [x for x in choose("--peers", args.peers, impls.PEERS) if not (args.no_compile and x == "compiled")]
     args.dtype = choose("--dtype", args.dtype or ("fp32" if args.quick else "fp32,bf16"), impls.DTYPES)
-    args.state_dtype = choose("--state-dtype", args.state_dtype, ("fp32", "bf16"))
+    on_gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    args.state_dtype = choose("--state-dtype", args.state_dtype or ("fp32,bf16" if on_gpu else "fp32"),
+                              ("fp32", "bf16"))
     args.cases = choose("--cases", args.cases, case_mod.FAMILIES)
     try:
         args.sizes = [int(float(s)) for s in _list(args.sizes)] if args.sizes else None
