@@ -616,3 +616,25 @@ def test_emulated_adai_reduction(on_host, case):
 
 def test_emulated_dualadam_switch_step(on_host):
     _check_dualadam_switch(on_host)
+
+
+@pytest.mark.parametrize("function", ["adam_step", "adamomentum_step", "dualadam_step", "adai_second_moment",
+                                      "adai_update"])
+def test_emulated_operators_pass_opcheck(on_host, function, monkeypatch):
+    """torch.library.opcheck on each fused_optim::cuda_* operator (schema, fake kernel,
+    functionalization), with the arguments the public function hands it."""
+    from fused_optim import cuda_backend
+
+    from .test_compile import _op_arguments
+
+    op = getattr(cuda_backend, f"_{function.replace('_step', '')}_op")
+    calls = []
+
+    def record(*args):
+        calls.append(args)
+        return op(*args)
+
+    monkeypatch.setattr(cuda_backend, f"_{function.replace('_step', '')}_op", record)
+    args, kwargs = _op_arguments(function, torch.float32)
+    getattr(cuda_backend, function)(*args, **kwargs)
+    torch.library.opcheck(op._opoverload, calls[0])
