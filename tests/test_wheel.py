@@ -1,10 +1,12 @@
 """A wheel built from a clean copy of the sources installs into a fresh virtual environment
 and steps every optimizer on the native CPU backend there (issue #7). Slow (~1 min: it
 compiles the native module); CI runs it with the rest."""
+import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -44,7 +46,12 @@ def test_wheel_installs_into_a_fresh_venv_and_steps_every_optimizer(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-w", str(dist), "-q"],
                    check=True, cwd=tmp_path)
     wheels = list(dist.glob("fused_optim-*.whl"))
-    assert len(wheels) == 1 and "+cpu" in wheels[0].name, wheels  # the name says what it carries
+    # the name says what it carries: the CUDA module too where nvcc is found (as setup.py looks)
+    with_cuda = bool(shutil.which("nvcc") or Path("/usr/local/cuda/bin/nvcc").exists()) and \
+        os.environ.get("FUSED_OPTIM_CUDA") != "0"
+    assert len(wheels) == 1 and ("+cu" if with_cuda else "+cpu") in wheels[0].name, wheels
+    with zipfile.ZipFile(wheels[0]) as archive:
+        assert any(n.startswith("fused_optim/_cuda") for n in archive.namelist()) == with_cuda
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -60,3 +67,7 @@ def test_wheel_installs_into_a_fresh_venv_and_steps_every_optimizer(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "stepped 7 optimizers" in result.stdout
     assert str(venv) in result.stdout  # the wheel's copy ran, not the source tree
+    if with_cuda:  # the CUDA module imports without a GPU and knows its archs
+        archs = subprocess.run([str(python), "-c", "from fused_optim import _cuda; print(_cuda.archs)"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert archs.returncode == 0 and "sm_90" in archs.stdout, archs.stderr
