@@ -137,3 +137,24 @@ def test_grad_scaler_on_cuda(name, backend):
     scaled = run(torch.amp.GradScaler("cuda", init_scale=2.0**10))
     assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), scaled.parameters()))
     run(torch.amp.GradScaler("cuda", init_scale=2.0**10), poison=2)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_clipped_step_on_cuda_equals_clip_grad_norm_then_step(name, backend):
+    """max_grad_norm: the kernels divide by the clip-folded scale they read on the device."""
+    spec = OPTIMIZERS[name]
+    host = make_params("300_small", torch.float32)[:20] + make_params("4097", torch.float32)
+    fused, plain = _on_gpu(host), _on_gpu(host)
+    opt = spec.cls(fused, **spec.cases["default"], backend=backend, max_grad_norm=0.5)
+    ref = spec.cls(plain, **spec.cases["default"], backend="torch")
+    for step in range(1, 5):
+        for p, q, g in zip(fused, plain, grads_for(host, step)):
+            p.grad, q.grad = g.to(CUDA), g.to(CUDA)
+        opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(plain, 0.5)
+        ref.step()
+        torch.testing.assert_close(opt.last_grad_norm.float(), norm, rtol=1e-5, atol=0)
+    rtol, atol = tolerances.param_tolerance(name, torch.float32, plain[0])
+    for p, q in zip(fused, plain):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=atol)

@@ -19,10 +19,12 @@ class Adai(FusedOptimizer):
     math_dtype_states = ("beta1_prod",)
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=False,
-                 *, backend="auto", state_dtype=None, capturable=False):
+                 *, backend="auto", state_dtype=None, capturable=False,
+                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         self.hyper(defaults, None)
-        super().__init__(params, defaults, backend, state_dtype, capturable)
+        super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
+                         error_if_nonfinite)
 
     def hyper(self, group, index):
         beta0, beta2 = check.betas_pair(group["betas"], index)
@@ -67,6 +69,8 @@ class AdaiW(Adai):
     """Adai with decoupled weight decay (decoupled=True by default)."""
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=True,
-                 *, backend="auto", state_dtype=None, capturable=False):
+                 *, backend="auto", state_dtype=None, capturable=False,
+                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False):
         super().__init__(params, lr, betas, eps, weight_decay, decoupled, backend=backend,
-                         state_dtype=state_dtype, capturable=capturable)
+                         state_dtype=state_dtype, capturable=capturable,
+                         max_grad_norm=max_grad_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite)

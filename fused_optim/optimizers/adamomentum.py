@@ -12,11 +12,13 @@ class AdaMomentum(FusedOptimizer):
     state_aliases = {"exp_avg_var": "exp_avg_sq", "max_exp_avg_var": "max_exp_avg_sq"}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0.0, decoupled=True,
-                 amsgrad=False, rectify=False, *, backend="auto", state_dtype=None, capturable=False):
+                 amsgrad=False, rectify=False, *, backend="auto", state_dtype=None, capturable=False,
+                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
                         amsgrad=amsgrad, rectify=rectify)
         self.hyper(defaults, None)
-        super().__init__(params, defaults, backend, state_dtype, capturable)
+        super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
+                         error_if_nonfinite)
 
     def hyper(self, group, index):
         # betas[1] > 0: rectify's rho_inf = 2 / (1 - beta2) - 1 and the bias correction need it

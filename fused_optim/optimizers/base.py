@@ -4,6 +4,7 @@ batches (one per group and param dtype) that the backends process in one call ea
 No update math lives here: subclasses hand their batches to a backend's step functions.
 """
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -13,6 +14,7 @@ from .. import backends
 from .._grad_scaling import skipped
 from ..reference._common import state_dtype_for
 from . import _validation as check
+from ._clipping import clip_settings, clipped_scale, total_norm
 from ._sharding import local, shard_group
 
 
@@ -44,18 +46,27 @@ class FusedOptimizer(torch.optim.Optimizer):
     math_dtype_states: tuple = ()
 
     def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto", state_dtype=None,
-                 capturable: bool = False):
+                 capturable: bool = False, max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
+                 error_if_nonfinite: bool = False):
         self._backend_request = backends.requested_backend(backend)
         # the dtype of the tensor states of fp32/bf16/fp16 params (None: fp32); per group
         state_dtype_for(torch.float32, state_dtype)
         # capturable: step counters live on the params' device and nothing in step() reads a
         # device value on the host, so a CUDA graph can capture the step (cuda/triton backends)
         check.flag("capturable", capturable)
-        defaults = {**defaults, "state_dtype": state_dtype, "capturable": capturable}
+        # max_grad_norm: clip_grad_norm_ fused into the step (see _clipping.py); in the groups,
+        # so a schedule can change it like lr, but the same in all of them
+        defaults = {**defaults, "state_dtype": state_dtype, "capturable": capturable, "max_grad_norm": max_grad_norm,
+                    "norm_type": norm_type, "error_if_nonfinite": error_if_nonfinite}
+        clip_settings([defaults], type(self).__name__)
         super().__init__(params, defaults)
         # GradScaler.step() then hands us `grad_scale` and `found_inf` as attributes instead of
         # unscaling the grads in memory and reading found_inf itself (see scaling())
         self._step_supports_amp_scaling = True
+        # the total grad norm of the last step with max_grad_norm, for logging: a 0-dim fp64
+        # tensor on the params' device, NaN before the first such step. Written in place, so a
+        # compiled or graph-captured step updates it too.
+        self.last_grad_norm = torch.full((), math.nan, dtype=torch.float64, device=self._device() or "cpu")
         # id(state dict) -> what _check_state last accepted for it
         self._checked_states: Dict[int, tuple] = {}
 
@@ -125,8 +136,33 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._update(self._collect())
+        batches = self._collect()
+        self._step_scaling = self._scaling_for(batches)
+        self._update(batches)
         return loss
+
+    def _scaling_for(self, batches: List[Batch]) -> Dict[str, Optional[torch.Tensor]]:
+        """GradScaler's scale and inf flag for this step, with the clip coefficient folded into
+        the scale when max_grad_norm is set (the norm is kept as last_grad_norm)."""
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        max_norm, norm_type, error_if_nonfinite = clip_settings(self.param_groups, type(self).__name__)
+        if max_norm is None:
+            return {"grad_scale": grad_scale, "found_inf": found_inf}
+        if any(b.shard_group is not None for b in batches):
+            raise NotImplementedError(f"{type(self).__name__}: max_grad_norm with sharded (FSDP2) params is not "
+                                      "supported yet; clip with torch.nn.utils.clip_grad_norm_ before step()")
+        grads = [g for b in batches for g in b.grads]
+        device = grads[0].device if grads else torch.device("cpu")
+        norm = total_norm(grads, norm_type, device)
+        if grad_scale is not None:
+            norm = norm / grad_scale.to(norm.device)
+        if error_if_nonfinite and not bool(torch.isfinite(norm)):  # a host read, as in torch
+            raise RuntimeError(f"{type(self).__name__}: the total norm of order {norm_type} of the gradients is "
+                               "non-finite, so it cannot be clipped (error_if_nonfinite=True)")
+        self.last_grad_norm.copy_(norm)
+        on_gpu_kernels = any(b.backend in ("cuda", "triton") for b in batches)
+        dtype = torch.float32 if on_gpu_kernels else norm.dtype
+        return {"grad_scale": clipped_scale(norm, max_norm, grad_scale, dtype), "found_inf": found_inf}
 
     def _collect(self) -> List[Batch]:
         batches: List[Batch] = []
@@ -235,9 +271,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         return states
 
     def scaling(self) -> Dict[str, Optional[torch.Tensor]]:
-        """What GradScaler.step() set for this step: the scale the grads still carry and
-        whether it found an inf/NaN (then the step changes nothing, counters included)."""
-        return {"grad_scale": getattr(self, "grad_scale", None), "found_inf": getattr(self, "found_inf", None)}
+        """What the backends divide the grads by this step (GradScaler's scale, with the clip
+        coefficient folded in) and whether GradScaler found an inf/NaN (then the step changes
+        nothing, counters included)."""
+        return self._step_scaling
 
     def _advance(self, counters: List[torch.Tensor], impl: Any = None) -> None:
         """Adds 1 to step counters after every call of the step succeeded (0 when found_inf)."""
