@@ -1,4 +1,4 @@
-"""Address lists for the native modules (cpu and cuda backends), which walk raw memory.
+"""Address lists for the kernels (cpu, cuda and triton backends), which walk raw memory.
 
 Every tensor of one element index (param, grad, states) must share one dense layout; an
 index where they do not (a strided view, say) goes through contiguous copies, and the roles a
@@ -45,8 +45,8 @@ class Staged:
                     self._write_back.append((original, column[i]))
         self.addresses = [[t.data_ptr() for t in c] for c in columns]
         # the staged copies must outlive the native call that reads them by address (the
-        # read-only ones have no other reference)
-        self._columns = columns
+        # read-only ones have no other reference); the triton backend builds its table from them
+        self.columns = columns
 
     def finish(self) -> None:
         for original, staged in self._write_back:

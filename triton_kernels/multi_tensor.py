@@ -17,6 +17,10 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+# the staging of non-dense tensors, shared with the native backends (its .columns are what the
+# kernels walk)
+from .._staging import Staged  # noqa: F401  (used as multi_tensor.Staged)
+
 # -------------------------------------------------------------------------------------------
 # Device-side helpers
 # -------------------------------------------------------------------------------------------
@@ -203,46 +207,6 @@ def launch_config(total: int) -> Tuple[int, int]:
     if total < (1 << 22):
         return 1024, 4
     return 4096, 8
-
-
-def _is_dense(t: torch.Tensor) -> bool:
-    """Non-overlapping and dense: its elements fill numel() consecutive slots in some order,
-    so an element-wise kernel may walk the raw memory from data_ptr()."""
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
-        if size == 1:
-            continue
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-class Staged:
-    """The tensor lists a kernel walks as raw memory. roles[k][i] is role k of element index i;
-    every role of one index must share a dense layout (strides). Where they do not (a strided
-    view, say), that index goes through contiguous copies; finish() writes the `writable`
-    roles back. Staged indices get fresh addresses each call, so their plan is rebuilt: dense
-    layouts (the normal case, transposed params included) are used in place."""
-
-    def __init__(self, roles: Sequence[Sequence[torch.Tensor]], writable: Sequence[bool]):
-        self.columns = [list(r) for r in roles]
-        self._write_back = []
-        for i in range(len(self.columns[0])):
-            first = self.columns[0][i]
-            if all(c[i].is_contiguous() for c in self.columns):
-                continue
-            if _is_dense(first) and all(c[i].stride() == first.stride() for c in self.columns):
-                continue
-            for k, column in enumerate(self.columns):
-                original = column[i]
-                column[i] = original.contiguous()
-                if writable[k]:
-                    self._write_back.append((original, column[i]))
-
-    def finish(self) -> None:
-        for original, staged in self._write_back:
-            original.copy_(staged)
 
 
 class Plan:

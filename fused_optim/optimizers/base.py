@@ -149,8 +149,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         if max_norm is None:
             return {"grad_scale": grad_scale, "found_inf": found_inf}
         if any(b.shard_group is not None for b in batches):
-            raise NotImplementedError(f"{type(self).__name__}: max_grad_norm with sharded (FSDP2) params is not "
-                                      "supported yet; clip with torch.nn.utils.clip_grad_norm_ before step()")
+            # the partial sums of squares would have to be all-reduced over the shards (issue #11)
+            raise ValueError(f"{type(self).__name__}: max_grad_norm with sharded (FSDP2) params is not supported "
+                             "in this version; clip with torch.nn.utils.clip_grad_norm_ before step()")
         grads = [g for b in batches for g in b.grads]
         device = grads[0].device if grads else torch.device("cpu")
         norm = total_norm(grads, norm_type, device)
