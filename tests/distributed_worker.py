@@ -1,5 +1,6 @@
 """The per-rank side of tests/test_distributed.py: trains a small model with every optimizer
 and backend under DDP or FSDP2 (gloo, CPU) and saves the full params rank 0 ends with."""
+import datetime
 import os
 import sys
 
@@ -57,7 +58,9 @@ def full_params(net):
 def main(rank: int, world: int, mode: str, out_dir: str, backends) -> None:
     # a file store: no port to pick (one picked by another process in between would hang us)
     store = os.path.join(out_dir, "store")
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    # a bounded wait: a rank that never arrives makes the other fail instead of hang
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     try:
         for name, spec in OPTIMIZERS.items():
             for backend in backends:

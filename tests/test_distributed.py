@@ -31,18 +31,30 @@ RTOL, ATOL = 1e-5, 1e-6
 
 
 def _run_ranks(mode: str, out_dir: str) -> None:
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    # gloo on the loopback interface: resolving the host name (what it does otherwise) can
+    # stall on a machine without DNS. Output goes to files, not pipes: a rank blocked on a full
+    # pipe would stall the other in a collective.
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               GLOO_SOCKET_IFNAME="lo")
+    logs = [open(os.path.join(out_dir, f"rank{rank}.log"), "w") for rank in range(2)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.distributed_worker", str(rank), "2", mode, out_dir,
-             ",".join(BACKENDS)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [sys.executable, "-m", "tests.distributed_worker", str(rank), "2", mode, out_dir, ",".join(BACKENDS)],
+            cwd=ROOT, env=env, stdout=logs[rank], stderr=subprocess.STDOUT, text=True,
         )
         for rank in range(2)
     ]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for rank, (p, out) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
+    try:
+        for p in procs:
+            p.wait(timeout=240)
+    finally:
+        for p in procs:
+            p.kill()
+        for log in logs:
+            log.close()
+    for rank, p in enumerate(procs):
+        with open(os.path.join(out_dir, f"rank{rank}.log")) as f:
+            assert p.returncode == 0, f"rank {rank} failed:\n{f.read()[-3000:]}"
 
 
 @pytest.fixture(scope="module", params=["ddp", "fsdp2"])
