@@ -3,6 +3,7 @@ and backend under DDP or FSDP2 (gloo, CPU) and saves the full params rank 0 ends
 import datetime
 import os
 import sys
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -70,8 +71,15 @@ def main(rank: int, world: int, mode: str, out_dir: str, backends) -> None:
                 params = full_params(net)
                 if rank == 0:
                     torch.save(params, os.path.join(out_dir, f"{mode}-{name}-{backend}.pt"))
-    finally:
-        dist.destroy_process_group()
+        dist.barrier()
+    except BaseException:
+        traceback.print_exc()
+        sys.stdout.flush()
+        os._exit(1)
+    # both ranks are done (the barrier): leave without tearing the process group down, which
+    # with DDP's reducer and gloo could hang at exit on the CI machine after all work was saved
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
