@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import fused_optim
 from fused_optim.env import cpu_model
 
 from .impls import DTYPE_NAMES, RATIO_PEER, Impl, OptimizerCase, bytes_per_element
-from .timing import Timing
+from .timing import GPU_BURST, Timing
 
 SCHEMA = "fused_optim.bench/2"
 LABELS = {
@@ -38,7 +39,8 @@ def timing_record(timing: Timing, numel: int, nbytes: int) -> Dict:
     q1, q3 = timing.quartiles()
     return {"median_s": timing.median_s, "q1_s": q1, "q3_s": q3,
             "min_s": min(timing.samples_s), "max_s": max(timing.samples_s),
-            "samples_s": timing.samples_s, "gbps": nbytes * numel / timing.median_s / 1e9}
+            "samples_s": timing.samples_s, "gbps": nbytes * numel / timing.median_s / 1e9,
+            "host_median_s": statistics.median(timing.host_samples_s) if timing.host_samples_s else None}
 
 
 def row_record(case, config: Dict, opt: OptimizerCase, impl: Impl, timing: Timing, yard: Dict) -> Dict:
@@ -81,7 +83,8 @@ def _x(v: Optional[float]) -> str:
 
 def table(cases: List[Dict], rows: List[Dict]) -> str:
     header = (f"{'optimizer':<12} {'implementation':<28} {'median ms':>10} {'IQR ms':>15} {'B/el':>5} "
-              f"{'GB/s':>7} {'% yard':>7} {'x fused':>8} {'x foreach':>9} {'x compile':>9} {'x authors':>9}")
+              f"{'GB/s':>7} {'% yard':>7} {'x fused':>8} {'x foreach':>9} {'x compile':>9} {'x authors':>9}"
+              + (f" {'host ms':>8}" if any(r.get("host_median_s") is not None for r in rows) else ""))
     lines = []
     for c in cases:
         for cfg in c["configs"]:
@@ -103,11 +106,15 @@ def table(cases: List[Dict], rows: List[Dict]) -> str:
                 label = r["label"] + ("" if r["impl_state_dtype"] == r["state_dtype"] else f" ({r['impl_state_dtype']} states)")
                 lines.append(f"{r['optimizer']:<12} {label:<28} {r['median_s'] * 1e3:>10.3f} {_iqr(r):>15} "
                              f"{r['bytes_per_element']:>5} {r['gbps']:>7.1f} {r['pct_yardstick']:>6.0f}% "
-                             f"{_x(s['fused']):>8} {_x(s['foreach']):>9} {_x(s['compiled']):>9} {_x(s['authors']):>9}")
+                             f"{_x(s['fused']):>8} {_x(s['foreach']):>9} {_x(s['compiled']):>9} {_x(s['authors']):>9}"
+                             + ("" if r.get("host_median_s") is None else f" {r['host_median_s'] * 1e3:>8.3f}"))
     lines += ["", "Each optimizer's rows and its yardstick row were timed interleaved, step by step.",
               "B/el: bytes one step moves per element with that row's param/state dtypes; GB/s and % yard use it.",
               "x peer: the peer's median time / this row's in the same case and dtypes (> 1: faster than the peer);",
               "fused/foreach: torch.optim AdamW (Adam for Adam); compile: torch.compile of our reference step."]
+    if any(r.get("host_median_s") is not None for r in rows):
+        lines += [f"GPU: each sample is a burst of {GPU_BURST} back-to-back steps (bench/timing.py); host ms: the "
+                  "host's time per step, hidden while it is under the device's."]
     return "\n".join(lines)
 
 

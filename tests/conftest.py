@@ -11,3 +11,14 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_runtest_logreport(report):
+    """FUSED_OPTIM_FAILURE_LOG=path: each failure's id and traceback appended as it happens, so
+    a run cut off by a time limit (a lent GPU's) still says what failed and why. Written by
+    the process that prints the summary (the xdist controller, or the only process)."""
+    path = os.environ.get("FUSED_OPTIM_FAILURE_LOG")
+    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    with open(path, "a") as f:
+        f.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n\n")

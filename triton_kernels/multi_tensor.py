@@ -40,11 +40,13 @@ def block_coords(blocks_ptr, BLOCK: tl.constexpr):
 def column_ptr(table_ptr, row, col: tl.constexpr, NCOLS: tl.constexpr, DTYPE: tl.constexpr,
                ALIGNED: tl.constexpr):
     """The typed pointer in column `col` of a table row. ALIGNED (every address of the call is
-    16-byte aligned, decided on the host) lets the compiler emit 16-byte vector accesses."""
-    addr = tl.load(table_ptr + row * NCOLS + col)
+    16-byte aligned, decided on the host) lets the compiler emit 16-byte vector accesses. The
+    hint goes on the pointer, after the cast: Triton's alignment analysis does not carry a hint
+    on the integer through the int-to-pointer cast (checked in the PTX: scalar loads only)."""
+    ptr = tl.load(table_ptr + row * NCOLS + col).to(tl.pointer_type(DTYPE))
     if ALIGNED:
-        addr = tl.multiple_of(addr, 16)
-    return addr.to(tl.pointer_type(DTYPE))
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
 
 
 @triton.jit
