@@ -3,7 +3,7 @@
 Per file (one run on one device): for our native backend on that device (cuda, triton or cpu;
 the torch backend where there is none), one row per case, dtype configuration and
 optimizer: median step time, % of the bandwidth yardstick, and the speed-up over each peer
-measured in the same run; then the size sweep as time and % of the yardstick per size.
+measured in the same run (with cuda, the triton backend's time beside it); then the size sweep as time and % of the yardstick per size.
 """
 import argparse
 import json
@@ -40,16 +40,24 @@ def table(doc: Dict, all_sizes: bool = False) -> str:
     sweep = [c["name"] for c in doc["cases"] if c["family"] == "large"]
     shown = [c["name"] for c in doc["cases"] if c["family"] != "large" or all_sizes or c["name"] == sweep[-1]]
     peers = [(k, label) for k, label in PEERS if any(r["speedup_over"][k] is not None for r in rows if r["impl"] == ours)]
+    # on a GPU both kernel backends: triton's time beside cuda's (target: at most 1.3x)
+    second = ({(r["case"], r["param_dtype"], r["state_dtype"], r["optimizer"]): r for r in rows
+               if r["impl"] == "ours:triton"} if ours == "ours:cuda" else {})
     lines = [f"Our `{ours.split(':')[1]}` backend; speed-up = the peer's median step time / ours "
              "(above 1: ours is faster), both from the same run; torch.optim is AdamW (Adam for Adam).", "",
              "| case | params / states | optimizer | ms | % yardstick | "
-             + " | ".join(f"vs {label}" for _, label in peers) + " |",
-             "|" + "---|" * (5 + len(peers))]
+             + " | ".join(f"vs {label}" for _, label in peers)
+             + (" | triton: ms, % yardstick, time / cuda" if second else "") + " |",
+             "|" + "---|" * (5 + len(peers) + (1 if second else 0))]
     for case in shown:
         for r in (r for r in rows if r["case"] == case and r["impl"] == ours):
             cells = [case, f"{r['param_dtype']} / {r['state_dtype']}", r["optimizer"],
                      f"{r['median_s'] * 1e3:.2f}", f"{r['pct_yardstick']:.0f}%"]
             cells += [_x(r["speedup_over"][k]) for k, _ in peers]
+            if second:
+                t = second.get((r["case"], r["param_dtype"], r["state_dtype"], r["optimizer"]))
+                cells.append("-" if t is None else f"{t['median_s'] * 1e3:.2f}, {t['pct_yardstick']:.0f}%, "
+                             f"{t['median_s'] / r['median_s']:.2f}x")
             lines.append("| " + " | ".join(cells) + " |")
     if len(sweep) > 1:
         configs = list(dict.fromkeys((r["param_dtype"], r["state_dtype"]) for r in rows))

@@ -225,7 +225,7 @@ def _dualadam_op(
     staged = _mt.Staged([params, grads, exp_avgs, exp_avg_sqs], [True, False, True, True])
     plan = _plan("dualadam", staged, None, device)
     # a CPU counter next to CUDA params travels in one small copy; the kernel reads it
-    step = global_step if global_step.device == device else global_step.to(device)
+    step = _mt.to_device_async(global_step, device)
     pointers, flags = _scaling(grad_scale, found_inf, device)
     _mt.launch(
         _dualadam.dualadam_kernel, plan,
@@ -333,7 +333,7 @@ def _adai_update_op(
     device = _device_of(params)
     staged = _mt.Staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], [True, False, True, True, True])
     plan = _plan("adai_update", staged, steps, device)
-    vbar = vbar if vbar.device == device else vbar.to(device)
+    vbar = _mt.to_device_async(vbar, device)
     pointers, flags = _scaling(grad_scale, found_inf, device)
     _mt.launch(
         _adai.adai_update_kernel, plan,

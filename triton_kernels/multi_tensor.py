@@ -254,7 +254,21 @@ class Plan:
     def fill_steps(self, steps: List[torch.Tensor]) -> None:
         """Host-read steps: one copy of all counters into the buffer the table points at."""
         if self.step_values is not None and steps:
-            self.step_values.copy_(torch.stack([s.detach().reshape(()) for s in steps]).float())
+            self.step_values.copy_(to_device_async(torch.stack([s.detach().reshape(()) for s in steps]).float(),
+                                                   self.step_values.device))
+
+
+def to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device` without stalling the host. A copy from pageable memory makes
+    the host wait until the stream has drained: on an H200 that put the whole previous step
+    inside every step's host time (8.2 ms of a 9 ms step, 1G elements, bench burst). From
+    pinned memory the copy is queued like a kernel; torch's pinned-memory cache keeps the
+    block until the copy has run."""
+    if host.device == device:
+        return host
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 class PlanCache:
