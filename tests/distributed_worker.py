@@ -12,6 +12,15 @@ from fused_optim.registry import OPTIMIZERS
 
 STEPS = 4
 GLOBAL_BATCH = 8
+# max_grad_norm variants (suffix -> extra optimizer arguments): the bound is below this
+# model's grad norm on every step, so clipping is active (the test checks it)
+CLIP = 0.05
+VARIANTS = {"": {}, "-clip": {"max_grad_norm": CLIP}}
+INF_NORM = {"-clipinf": {"max_grad_norm": CLIP, "norm_type": float("inf")}}  # Adai only (scale-sensitive)
+
+
+def variants(name: str):
+    return {**VARIANTS, **(INF_NORM if name == "Adai" else {})}
 
 
 def model() -> torch.nn.Module:
@@ -65,12 +74,13 @@ def main(rank: int, world: int, mode: str, out_dir: str, backends) -> None:
     try:
         for name, spec in OPTIMIZERS.items():
             for backend in backends:
-                net = wrap(model(), mode, world)
-                opt = spec.cls(net.parameters(), **spec.cases["default"], backend=backend)
-                train(net, opt, data(), rank, world)
-                params = full_params(net)
-                if rank == 0:
-                    torch.save(params, os.path.join(out_dir, f"{mode}-{name}-{backend}.pt"))
+                for suffix, extra in variants(name).items():
+                    net = wrap(model(), mode, world)
+                    opt = spec.cls(net.parameters(), **spec.cases["default"], **extra, backend=backend)
+                    train(net, opt, data(), rank, world)
+                    params = full_params(net)
+                    if rank == 0:
+                        torch.save(params, os.path.join(out_dir, f"{mode}-{name}-{backend}{suffix}.pt"))
         dist.barrier()
     except BaseException:
         traceback.print_exc()

@@ -1,7 +1,8 @@
 """DDP and FSDP2 (fully_shard: DTensor params) on CPU with gloo, 2 local processes: every
 optimizer and backend, trained 2-rank, ends where the same training ends on 1 rank with the
 whole batch, to fp32 rounding. For Adai this holds only because the sum of vhat and the
-element count are all-reduced over the shards (each rank alone sees a different mean)."""
+element count are all-reduced over the shards (each rank alone sees a different mean); with
+max_grad_norm, only because the shards' parts of the grad norm are."""
 import os
 import subprocess
 import sys
@@ -64,13 +65,22 @@ def two_rank_results(request, tmp_path_factory):
     return request.param, out_dir
 
 
+VARIANTS = [(name, suffix) for name in OPTIMIZERS for suffix in worker.variants(name)]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_two_ranks_equal_one(two_rank_results, name, backend):
+@pytest.mark.parametrize("name,variant", VARIANTS, ids=[f"{n}{v}" for n, v in VARIANTS])
+def test_two_ranks_equal_one(two_rank_results, name, variant, backend):
+    """Clipping variants: under FSDP2 each rank's grads are shards, so the norm is right only
+    because the shards' sums of |g|^p (maxima for inf) are all-reduced."""
     mode, out_dir = two_rank_results
     spec = OPTIMIZERS[name]
     net = worker.model()
-    worker.train(net, spec.cls(net.parameters(), **spec.cases["default"], backend=backend), worker.data())
-    distributed = torch.load(os.path.join(out_dir, f"{mode}-{name}-{backend}.pt"))
+    extra = worker.variants(name)[variant]
+    opt = spec.cls(net.parameters(), **spec.cases["default"], **extra, backend=backend)
+    worker.train(net, opt, worker.data())
+    if extra:
+        assert float(opt.last_grad_norm) > worker.CLIP  # clipping was active on the last step
+    distributed = torch.load(os.path.join(out_dir, f"{mode}-{name}-{backend}{variant}.pt"))
     for p, q in zip(net.parameters(), distributed):
         torch.testing.assert_close(q, p.detach(), rtol=RTOL, atol=ATOL)

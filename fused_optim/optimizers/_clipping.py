@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from . import _validation as check
+from ._sharding import global_norm
 
 # torch.nn.utils.clip_grad_norm_'s guard against a zero norm
 NORM_EPS = 1e-6
@@ -36,13 +37,22 @@ def clip_settings(groups, name: str) -> Tuple[Optional[float], float, bool]:
     return max_norm, norm_type, check.flag("error_if_nonfinite", error_if_nonfinite)
 
 
-def total_norm(grads: List[torch.Tensor], norm_type: float, device: torch.device) -> torch.Tensor:
+def total_norm(batches: List[Tuple[object, List[torch.Tensor]]], norm_type: float,
+               device: torch.device) -> torch.Tensor:
     """The norm of all grads together, as clip_grad_norm_ computes it (fp32 for fp32/bf16/fp16
-    grads: torch._foreach_norm's result dtype)."""
-    if not grads:
+    grads: torch._foreach_norm's result dtype), from (shard group, local grads) batches: the
+    grads of sharded (FSDP2) params are this rank's shards, whose part is all-reduced over
+    their group (_sharding.global_norm)."""
+    parts = []
+    for group, grads in batches:
+        if grads:
+            norms = torch._foreach_norm(grads, norm_type)
+            parts.append((group, torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), norm_type)))
+    if not parts:
         return torch.zeros((), device=device)
-    norms = torch._foreach_norm(grads, norm_type)
-    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), norm_type)
+    if len(parts) == 1 and parts[0][0] is None:
+        return parts[0][1]
+    return global_norm(parts, norm_type)
 
 
 def clipped_scale(norm: torch.Tensor, max_norm: float, grad_scale: Optional[torch.Tensor],

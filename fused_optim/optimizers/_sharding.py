@@ -3,8 +3,10 @@
 The kernels update each rank's local shard; states are created like their param (DTensors
 sharded the same way, as torch.optim's are, so distributed checkpoints treat them alike).
 Only a global reduction needs the other ranks: Adai's mean of vhat over every element of
-every param, which global_mean() completes with one all-reduce per step.
+every param, which global_mean() completes with one all-reduce per step, and the total grad
+norm of max_grad_norm, which global_norm() completes likewise.
 """
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -73,3 +75,31 @@ def global_mean(parts: List[Tuple[object, torch.Tensor, int]]) -> torch.Tensor:
         total = both[0] if total is None else total + both[0].to(total.device)
         count = count + both[1].to(total.device)
     return total / count if not (isinstance(count, int) and count == 0) else total
+
+
+def global_norm(parts: List[Tuple[object, torch.Tensor]], norm_type: float) -> torch.Tensor:
+    """The norm of order norm_type over all elements, from (shard group, local norm) parts.
+
+    A local norm of a sharded batch covers this rank's shard only: the shards' sums of
+    |g|^norm_type (their maximum for the inf norm) are all-reduced over their group (one
+    collective per group, in fp64), replicated batches count once as they are. The result
+    has the local norms' dtype and device. Without sharded parts nothing is communicated.
+    """
+    first = parts[0][1]
+    if not any(group is not None for group, _ in parts):
+        return torch.linalg.vector_norm(torch.stack([n.to(first.device) for _, n in parts]), norm_type)
+    infinite = math.isinf(norm_type)
+    by_group: Dict[object, List[torch.Tensor]] = {}
+    for group, norm in parts:
+        by_group.setdefault(group, []).append(norm.to(first.device, torch.float64))
+    combined = []
+    for group, norms in by_group.items():
+        stacked = torch.stack(norms)
+        part = stacked.max() if infinite else stacked.pow(norm_type).sum()
+        if group is not None:
+            part = part.clone()
+            dist.all_reduce(part, op=dist.ReduceOp.MAX if infinite else dist.ReduceOp.SUM, group=group)
+        combined.append(part)
+    stacked = torch.stack(combined)
+    total = stacked.max() if infinite else stacked.sum().pow(1.0 / norm_type)
+    return total.to(first.dtype)

@@ -148,13 +148,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         max_norm, norm_type, error_if_nonfinite = clip_settings(self.param_groups, type(self).__name__)
         if max_norm is None:
             return {"grad_scale": grad_scale, "found_inf": found_inf}
-        if any(b.shard_group is not None for b in batches):
-            # the partial sums of squares would have to be all-reduced over the shards (issue #11)
-            raise ValueError(f"{type(self).__name__}: max_grad_norm with sharded (FSDP2) params is not supported "
-                             "in this version; clip with torch.nn.utils.clip_grad_norm_ before step()")
-        grads = [g for b in batches for g in b.grads]
-        device = grads[0].device if grads else torch.device("cpu")
-        norm = total_norm(grads, norm_type, device)
+        device = next((b.grads[0].device for b in batches if b.grads), torch.device("cpu"))
+        # batches of one shard group (or of replicated params) share one norm part
+        by_group: Dict[Any, List[torch.Tensor]] = {}
+        for b in batches:
+            by_group.setdefault(b.shard_group, []).extend(b.grads)
+        norm = total_norm(list(by_group.items()), norm_type, device)
         if grad_scale is not None:
             norm = norm / grad_scale.to(norm.device)
         if error_if_nonfinite and not bool(torch.isfinite(norm)):  # a host read, as in torch
