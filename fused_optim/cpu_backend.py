@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 import torch
 
 from . import _cpu
-from ._grad_scaling import skipped, unscaled
+from ._grad_scaling import skipped
 from ._staging import Staged
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -30,6 +30,15 @@ def _new_steps(steps: List[torch.Tensor]) -> List[float]:
     return [s.item() + 1.0 for s in steps]
 
 
+def _divisor(grad_scale: Optional[torch.Tensor]) -> float:
+    """What the kernels divide every grad by, in the math dtype: GradScaler's scale, with the
+    clip coefficient folded in (FusedOptimizer._scaling_for); 1 without either. Dividing in
+    the loop saves the divided copy of every grad that the torch backend makes (read + write
+    per element), which is what makes clipping inside the step cheaper than clip_grad_norm_
+    here too. A CPU scalar: reading it costs no sync."""
+    return 1.0 if grad_scale is None else float(grad_scale)
+
+
 def advance_steps(steps: List[torch.Tensor]) -> None:
     """Adds 1 to each 0-dim float32 CPU step tensor (FusedOptimizer._states makes them so) in
     one native call: torch's per-tensor ops (torch._foreach_add_ included) cost ~2 us per CPU
@@ -43,13 +52,12 @@ def adam_step(
 ) -> None:
     if skipped(found_inf):
         return
-    grads = unscaled(grads, grad_scale)
     roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
     staged = Staged(roles, [True, False, True, True, True])
     _cpu.adam_step(
         staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
-        num_threads=_threads(),
+        num_threads=_threads(), grad_divisor=_divisor(grad_scale),
     )
     staged.finish()
 
@@ -60,13 +68,12 @@ def adamomentum_step(
 ) -> None:
     if skipped(found_inf):
         return
-    grads = unscaled(grads, grad_scale)
     roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
     staged = Staged(roles, [True, False, True, True, True])
     _cpu.adamomentum_step(
         staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
-        num_threads=_threads(),
+        num_threads=_threads(), grad_divisor=_divisor(grad_scale),
     )
     staged.finish()
 
@@ -79,14 +86,13 @@ def dualadam_step(
 
     if skipped(found_inf):
         return
-    grads = unscaled(grads, grad_scale)
     t = int(global_step.item()) + 1
     alpha, blend = dualadam_blend_weight(t, switch_rate)
     staged = Staged([params, grads, exp_avgs, exp_avg_sqs], [True, False, True, True])
     _cpu.dualadam_step(
         staged.addresses, staged.numels, _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2, eps=eps,
         weight_decay=weight_decay, global_step=float(t), alpha=alpha, blend=blend,
-        num_threads=_threads(),
+        num_threads=_threads(), grad_divisor=_divisor(grad_scale),
     )
     staged.finish()
 
@@ -135,11 +141,11 @@ def _carried_v_sums(exp_avg_sqs: List[torch.Tensor]) -> List[float]:
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, grad_scale=None,
                        found_inf=None) -> torch.Tensor:
     # pass 1 writes nothing, so found_inf needs no check here (adai_update skips)
-    grads = unscaled(grads, grad_scale)
     staged = Staged([params, grads], [False, False])
     total = _cpu.adai_vhat_sum(
         staged.addresses, staged.numels, _new_steps(steps), _carried_v_sums(exp_avg_sqs), _dtype_code(params),
         beta2=beta2, weight_decay=weight_decay, decoupled=decoupled, num_threads=_threads(),
+        grad_divisor=_divisor(grad_scale),
     )
     return torch.tensor(total, dtype=torch.float64)
 
@@ -150,11 +156,10 @@ def adai_update(
 ) -> None:
     if skipped(found_inf):
         return
-    grads = unscaled(grads, grad_scale)
     staged = Staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], [True, False, True, True, True])
     v_sums = _cpu.adai_update(
         staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta0=beta0, beta2=beta2,
-        eps=eps, weight_decay=weight_decay, decoupled=decoupled, vbar=float(vbar), num_threads=_threads(),
+        eps=eps, weight_decay=weight_decay, decoupled=decoupled, vbar=float(vbar), num_threads=_threads(), grad_divisor=_divisor(grad_scale),
     )
     staged.finish()
     for v, total in zip(exp_avg_sqs, v_sums):

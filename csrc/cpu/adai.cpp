@@ -16,11 +16,11 @@ namespace {
 // COUPLED_L2 is a template flag so the decoupled/no-decay loop never loads p.
 template <bool COUPLED_L2, class P, class T = math_t<P>>
 FO_CPU_CLONES double adai_grad_sq_chunk(const P* __restrict p, const P* __restrict g, int64_t n,
-                                        const math::AdaiHyper<T> hyper) {
+                                        const math::AdaiHyper<T> hyper, const T grad_divisor) {
   const auto h = fixed_weight_decay<COUPLED_L2 ? kL2Decay : kNoDecay>(hyper);
   return lane_sum(n, [&](int64_t i) {
     const T pi = COUPLED_L2 ? T(load_value(p[i])) : T(0);
-    return math::adai_grad_sq_element(pi, T(load_value(g[i])), h);
+    return math::adai_grad_sq_element(pi, T(load_value(g[i])) / grad_divisor, h);
   });
 }
 
@@ -32,12 +32,13 @@ FO_CPU_CLONES double sum_chunk(const T* __restrict x, int64_t n) {
 template <int DECAY, class P, class T = math_t<P>>
 FO_CPU_CLONES void adai_update_chunk(P* __restrict p, const P* __restrict g, T* __restrict m,
                                      T* __restrict v, T* __restrict beta1_prod, int64_t n,
-                                     const math::AdaiHyper<T> hyper, const T bc2, const T vbar) {
+                                     const math::AdaiHyper<T> hyper, const T bc2, const T vbar,
+                                     const T grad_divisor) {
   const auto h = fixed_weight_decay<DECAY>(hyper);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     T pi = load_value(p[i]), mi = m[i], vi = v[i], bpi = beta1_prod[i];
-    math::adai_update_element(pi, T(load_value(g[i])), mi, vi, bpi, h, bc2, vbar);
+    math::adai_update_element(pi, T(load_value(g[i])) / grad_divisor, mi, vi, bpi, h, bc2, vbar);
     store_value(p[i], pi);
     m[i] = mi;
     v[i] = vi;
@@ -50,7 +51,7 @@ FO_CPU_CLONES void adai_update_chunk(P* __restrict p, const P* __restrict g, T* 
 double adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels,
                      const std::vector<double>& steps, const std::vector<double>& v_sums,
                      int dtype, double beta2, double weight_decay, bool decoupled,
-                     int num_threads) {
+                     int num_threads, double grad_divisor) {
   const char* op = "adai_vhat_sum";
   const DType pd = parse_dtype(op, dtype);
   check_lists(op, lists, {pd, pd}, numels);
@@ -71,8 +72,8 @@ double adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& nume
       const auto t = s.tensor;
       const P* p = address<const P>(lists[0][t], s.begin);
       const P* g = address<const P>(lists[1][t], s.begin);
-      partials[size_t(c)] = coupled_l2 ? adai_grad_sq_chunk<true, P>(p, g, s.size, h)
-                                       : adai_grad_sq_chunk<false, P>(p, g, s.size, h);
+      partials[size_t(c)] = coupled_l2 ? adai_grad_sq_chunk<true, P>(p, g, s.size, h, T(grad_divisor))
+                                       : adai_grad_sq_chunk<false, P>(p, g, s.size, h, T(grad_divisor));
     });
     const std::vector<double> grad_sq = per_tensor_sums(plan, partials);
     std::vector<double> terms(numels.size());
@@ -86,7 +87,8 @@ double adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& nume
 std::vector<double> adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
                                 const std::vector<double>& steps, int dtype, double lr,
                                 double beta0, double beta2, double eps, double weight_decay,
-                                bool decoupled, double vbar, int num_threads) {
+                                bool decoupled, double vbar, int num_threads,
+                                double grad_divisor) {
   const char* op = "adai_update";
   const DType pd = parse_dtype(op, dtype), sd = state_dtype_for(pd);
   check_lists(op, lists, {pd, pd, sd, sd, sd}, numels);
@@ -108,7 +110,7 @@ std::vector<double> adai_update(const AddressLists& lists, const std::vector<int
         adai_update_chunk<decltype(decay)::value, P>(
             address<P>(lists[0][t], s.begin), address<const P>(lists[1][t], s.begin),
             address<T>(lists[2][t], s.begin), v, address<T>(lists[4][t], s.begin), s.size, h,
-            T(bc2[t]), T(vbar));
+            T(bc2[t]), T(vbar), T(grad_divisor));
         // the new v of the chunk is still in cache (256 KB): summing it costs no memory
         // traffic, and a separate loop keeps both loops simple enough to vectorize
         partials[size_t(c)] = sum_chunk(v, s.size);

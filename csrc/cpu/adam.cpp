@@ -10,9 +10,10 @@ namespace {
 
 template <bool AMSGRAD, int DECAY, class P, class T = math_t<P>>
 FO_CPU_CLONES void adam_chunk(P* p, const P* g, T* m, T* v, T* vmax, int64_t n,
-                              const math::AdamHyper<T> hyper, const T step_size, const T bc2_sqrt) {
+                              const math::AdamHyper<T> hyper, const T step_size, const T bc2_sqrt,
+                              const T grad_divisor) {
   const auto h = fixed_weight_decay<DECAY>(hyper);
-  moment_loop<AMSGRAD>(p, g, m, v, vmax, n, [&](T& pi, T gi, T& mi, T& vi, T& vmaxi) {
+  moment_loop<AMSGRAD>(p, g, m, v, vmax, n, grad_divisor, [&](T& pi, T gi, T& mi, T& vi, T& vmaxi) {
     math::adam_element<AMSGRAD>(pi, gi, mi, vi, vmaxi, h, step_size, bc2_sqrt);
   });
 }
@@ -22,7 +23,7 @@ FO_CPU_CLONES void adam_chunk(P* p, const P* g, T* m, T* v, T* vmax, int64_t n,
 void adam_step(const AddressLists& lists, const std::vector<int64_t>& numels,
                const std::vector<double>& steps, int dtype, double lr, double beta1, double beta2,
                double eps, double weight_decay, bool decoupled, bool amsgrad, bool maximize,
-               int num_threads) {
+               int num_threads, double grad_divisor) {
   const char* op = "adam_step";
   const DType pd = parse_dtype(op, dtype);
   check_moment_lists(op, lists, numels, pd, amsgrad);
@@ -40,7 +41,7 @@ void adam_step(const AddressLists& lists, const std::vector<int64_t>& numels,
       for_each_moment_chunk<P>(lists, numels, amsgrad, num_threads,
                                [&](auto ams, int64_t t, P* p, const P* g, T* m, T* v, T* vmax, int64_t n) {
         adam_chunk<decltype(ams)::value, decltype(decay)::value, P>(
-            p, g, m, v, vmax, n, h, T(scalars[t].step_size), T(scalars[t].bc2_sqrt));
+            p, g, m, v, vmax, n, h, T(scalars[t].step_size), T(scalars[t].bc2_sqrt), T(grad_divisor));
       });
     });
   });

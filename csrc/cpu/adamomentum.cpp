@@ -11,10 +11,10 @@ namespace {
 template <bool AMSGRAD, int DECAY, int DENOMINATOR, class P, class T = math_t<P>>
 FO_CPU_CLONES void adamomentum_chunk(P* p, const P* g, T* m, T* v, T* vmax, int64_t n,
                                      const math::AdaMomentumHyper<T> hyper, const T step_size,
-                                     const T bc2_sqrt) {
+                                     const T bc2_sqrt, const T grad_divisor) {
   const auto h = fixed_weight_decay<DECAY>(hyper);
   constexpr auto denominator = math::AdaMomentumDenominator(DENOMINATOR);
-  moment_loop<AMSGRAD>(p, g, m, v, vmax, n, [&](T& pi, T gi, T& mi, T& vi, T& vmaxi) {
+  moment_loop<AMSGRAD>(p, g, m, v, vmax, n, grad_divisor, [&](T& pi, T gi, T& mi, T& vi, T& vmaxi) {
     math::adamomentum_element<AMSGRAD>(pi, gi, mi, vi, vmaxi, h, step_size, bc2_sqrt, denominator);
   });
 }
@@ -24,7 +24,7 @@ FO_CPU_CLONES void adamomentum_chunk(P* p, const P* g, T* m, T* v, T* vmax, int6
 void adamomentum_step(const AddressLists& lists, const std::vector<int64_t>& numels,
                       const std::vector<double>& steps, int dtype, double lr, double beta1,
                       double beta2, double eps, double weight_decay, bool decoupled, bool amsgrad,
-                      bool rectify, int num_threads) {
+                      bool rectify, int num_threads, double grad_divisor) {
   const char* op = "adamomentum_step";
   const DType pd = parse_dtype(op, dtype);
   check_moment_lists(op, lists, numels, pd, amsgrad);
@@ -44,7 +44,7 @@ void adamomentum_step(const AddressLists& lists, const std::vector<int64_t>& num
         const auto& sc = scalars[t];
         with_constant<3>(sc.denominator, [&](auto denominator) {
           adamomentum_chunk<decltype(ams)::value, decltype(decay)::value, decltype(denominator)::value, P>(
-              p, g, m, v, vmax, n, h, T(sc.step_size), T(sc.bc2_sqrt));
+              p, g, m, v, vmax, n, h, T(sc.step_size), T(sc.bc2_sqrt), T(grad_divisor));
         });
       });
     });

@@ -9,10 +9,10 @@ namespace {
 
 template <int DECAY, bool BLEND, class P, class T = math_t<P>>
 FO_CPU_CLONES void dualadam_chunk(P* p, const P* g, T* m, T* v, int64_t n,
-                                  const math::DualAdamHyper<T> hyper) {
+                                  const math::DualAdamHyper<T> hyper, const T grad_divisor) {
   auto h = fixed_weight_decay<DECAY>(hyper);
   h.blend = BLEND;
-  moment_loop<false>(p, g, m, v, static_cast<T*>(nullptr), n,
+  moment_loop<false>(p, g, m, v, static_cast<T*>(nullptr), n, grad_divisor,
                      [&](T& pi, T gi, T& mi, T& vi, T&) { math::dualadam_element(pi, gi, mi, vi, h); });
 }
 
@@ -20,7 +20,8 @@ FO_CPU_CLONES void dualadam_chunk(P* p, const P* g, T* m, T* v, int64_t n,
 
 void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels, int dtype,
                    double lr, double beta1, double beta2, double eps, double weight_decay,
-                   double global_step, double alpha, bool blend, int num_threads) {
+                   double global_step, double alpha, bool blend, int num_threads,
+                   double grad_divisor) {
   const char* op = "dualadam_step";
   const DType pd = parse_dtype(op, dtype);
   check_moment_lists(op, lists, numels, pd, false);
@@ -36,7 +37,7 @@ void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels
       with_constant<2>(int(blend), [&](auto blending) {
         for_each_moment_chunk<P>(lists, numels, false, num_threads,
                                  [&](auto, int64_t, P* p, const P* g, T* m, T* v, T*, int64_t n) {
-          dualadam_chunk<decltype(decay)::value, bool(decltype(blending)::value), P>(p, g, m, v, n, h);
+          dualadam_chunk<decltype(decay)::value, bool(decltype(blending)::value), P>(p, g, m, v, n, h, T(grad_divisor));
         });
       });
     });

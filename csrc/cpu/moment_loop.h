@@ -9,14 +9,17 @@
 namespace fused_optim::cpu {
 
 // Inlined into each optimizer's FO_CPU_CLONES chunk function, so it vectorizes per ISA clone.
+// grad_divisor: GradScaler's scale over the clip coefficient (1 without either), divided out
+// of each grad in the math dtype as the reference does, instead of a divided copy of the grads.
 template <bool AMSGRAD, class P, class T, class Update>
 FO_INLINE void moment_loop(P* __restrict p, const P* __restrict g, T* __restrict m,
-                           T* __restrict v, T* __restrict vmax, int64_t n, Update&& update) {
+                           T* __restrict v, T* __restrict vmax, int64_t n, const T grad_divisor,
+                           Update&& update) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     T pi = load_value(p[i]), mi = m[i], vi = v[i];
     T vmaxi = AMSGRAD ? vmax[i] : T(0);
-    update(pi, T(load_value(g[i])), mi, vi, vmaxi);
+    update(pi, T(load_value(g[i])) / grad_divisor, mi, vi, vmaxi);
     store_value(p[i], pi);
     m[i] = mi;
     v[i] = vi;

@@ -1,6 +1,7 @@
 // Entry points of fused_optim._cpu, one per optimizer pass; bound in bindings_cpu.cpp.
 // Each takes one param group: its address lists, element counts, per-tensor steps, the
-// parameter dtype code and the group's hyperparameters as plain numbers.
+// parameter dtype code and the group's hyperparameters as plain numbers. grad_divisor: every
+// grad is divided by it in the math dtype (GradScaler's scale over the clip coefficient).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -13,21 +14,22 @@ namespace fused_optim::cpu {
 void adam_step(const AddressLists& lists, const std::vector<int64_t>& numels,
                const std::vector<double>& steps, int dtype, double lr, double beta1, double beta2,
                double eps, double weight_decay, bool decoupled, bool amsgrad, bool maximize,
-               int num_threads);
+               int num_threads, double grad_divisor);
 
 // Adai pass 1. lists: param, grad. v_sums: each tensor's sum of exp_avg_sq before this step
 // (returned by the previous adai_update, or tensor_sums). Returns the group's sum of vhat.
 double adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels,
                      const std::vector<double>& steps, const std::vector<double>& v_sums,
                      int dtype, double beta2, double weight_decay, bool decoupled,
-                     int num_threads);
+                     int num_threads, double grad_divisor);
 
 // Adai pass 2. lists: param, grad, exp_avg, exp_avg_sq, beta1_prod. Returns each tensor's
 // sum of the new exp_avg_sq, the v_sums of the next step.
 std::vector<double> adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
                                 const std::vector<double>& steps, int dtype, double lr,
                                 double beta0, double beta2, double eps, double weight_decay,
-                                bool decoupled, double vbar, int num_threads);
+                                bool decoupled, double vbar, int num_threads,
+                                double grad_divisor);
 
 // Deterministic fp64 sum of each tensor of a list (float32 or float64 states).
 std::vector<double> tensor_sums(const AddressLists& lists, const std::vector<int64_t>& numels,
@@ -37,13 +39,14 @@ std::vector<double> tensor_sums(const AddressLists& lists, const std::vector<int
 void adamomentum_step(const AddressLists& lists, const std::vector<int64_t>& numels,
                       const std::vector<double>& steps, int dtype, double lr, double beta1,
                       double beta2, double eps, double weight_decay, bool decoupled, bool amsgrad,
-                      bool rectify, int num_threads);
+                      bool rectify, int num_threads, double grad_divisor);
 
 // lists: param, grad, exp_avg, exp_avg_sq. One global step; alpha and blend come from the
 // host's fp64 predicate (reference: dualadam_blend_weight).
 void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels, int dtype,
                    double lr, double beta1, double beta2, double eps, double weight_decay,
-                   double global_step, double alpha, bool blend, int num_threads);
+                   double global_step, double alpha, bool blend, int num_threads,
+                   double grad_divisor);
 
 // Adds 1 to each float32 step counter (0-dim CPU tensors) at the given addresses.
 void advance_counters(const std::vector<uintptr_t>& addresses);
