@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed work after which a slow row stops early (at least 3 samples; "
                         "default 1.0, 0.3 with --quick)")
+    p.add_argument("--clip", type=float, default=None, metavar="MAX_NORM",
+                   help="also measure every row with gradient clipping at this max norm: our classes with "
+                        "max_grad_norm, torch.optim after torch.nn.utils.clip_grad_norm_ (rows '...+clip')")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "out",
                    help="directory for results.json and results.png (default bench/out/)")
     args = p.parse_args(argv)
@@ -140,7 +143,12 @@ def max_case_numel(device: torch.device, args, yard_numel: int) -> int:
     pb = max(impls.DTYPES[d].itemsize for d in args.dtype)
     n_impls = sum(serves(b, device)[0] and (b in ("cpu", "torch")) == (device.type == "cpu" or b == "torch")
                   for b in args.backends) + min(3, len(args.peers))
-    per_element = 2 * pb + n_impls * (pb + 12) + 24
+    if args.clip is not None:  # each row again with clipping, the peers on their own grads
+        n_impls *= 2
+        pb_grads = pb * min(2, len(args.peers))
+    else:
+        pb_grads = 0
+    per_element = 2 * pb + n_impls * (pb + 12) + 24 + pb_grads
     return max(1 << 16, int((0.85 * _free_bytes(device) - 8 * yard_numel) // per_element))
 
 
@@ -219,7 +227,8 @@ def main(argv=None) -> None:
             for c, g_cfg, (opt, backends, peers) in plan:
                 if c is not case or g_cfg is not cfg:
                     continue
-                group, why_not = impls.build_group(opt, workload, sdt, backends, peers, args.compile_max_tensors)
+                group, why_not = impls.build_group(opt, workload, sdt, backends, peers, args.compile_max_tensors,
+                                                   args.clip)
                 skipped += [{"case": case.name, **cfg, "optimizer": opt.name, "impl": key, "reason": reason}
                             for key, reason in why_not]
                 if group:
@@ -251,7 +260,7 @@ def main(argv=None) -> None:
     settings = {"device": str(device), "quick": args.quick, "optimizers": args.optimizers, "backends": args.backends,
                 "peers": args.peers, "dtype": args.dtype, "state_dtype": args.state_dtype, "cases": args.cases,
                 "sizes": args.sizes, "repeats": args.repeats, "budget_s": args.budget,
-                "compile_max_tensors": args.compile_max_tensors, "max_case_numel": limit,
+                "compile_max_tensors": args.compile_max_tensors, "max_case_numel": limit, "clip": args.clip,
                 "warmup": 1 + WARMUP, "min_repeats": MIN_REPEATS}
     env = report.environment(device, before, other_during, time.perf_counter() - t_start)
     doc = {"environment": env, "settings": settings, "notes": notes, "cases": cases_out, "rows": rows,

@@ -11,6 +11,9 @@ Rows of one optimizer group, all on the same tensors of one case and dtype confi
 - "pytorch_optimizer": that package's Adai / DualAdam, when it is installed (optional);
 - "fused", "foreach": torch.optim.AdamW (Adam in the Adam group); measured in the AdamW and
   Adam groups only: every other optimizer's speed-up over them refers to the AdamW group.
+With --clip MAX_NORM, also "<key>+clip" rows: our classes with max_grad_norm=MAX_NORM (the
+norm and the clip inside the step) and torch.nn.utils.clip_grad_norm_(foreach=True) followed by
+torch.optim's step, on its own copy of the grads (clip_grad_norm_ rescales them in place).
 """
 import gc
 import importlib
@@ -118,6 +121,15 @@ class Impl:
     state_dtype: torch.dtype
     cpu_design: bool = False  # bytes counted as our CPU kernels move them
     extra: Dict = field(default_factory=dict)  # compile_s for compiled rows
+    # grad-sized accesses beyond the step's own (clip rows: the norm's read of every grad, and
+    # for clip_grad_norm_ / a divided copy of the grads the rescale's read and write)
+    extra_grad_accesses: int = 0
+
+
+# what clipping adds per element, in grad-sized accesses: the norm reads every grad; the
+# backends that divide inside their loops need nothing more; the torch backend divides a copy
+# (read + write), as clip_grad_norm_ rescales in place (read + write)
+CLIP_ACCESSES = {"cpu": 1, "cuda": 1, "triton": 1, "torch": 3, "peer": 3}
 
 
 class Skip(Exception):
@@ -172,7 +184,8 @@ def _compile(step: Callable[[], None], device: torch.device) -> Tuple[Callable[[
 
 
 def build_group(case: OptimizerCase, workload: Workload, state_dtype: torch.dtype, backends: List[str],
-                peers: List[str], compile_max_tensors: int) -> Tuple[List[Impl], List[Tuple[str, str]]]:
+                peers: List[str], compile_max_tensors: int,
+                clip: Optional[float] = None) -> Tuple[List[Impl], List[Tuple[str, str]]]:
     """The implementations of one group, and (key, reason) for each one that cannot run."""
     device, dtype = workload.device, workload.dtype
     default_state = state_dtype == math_dtype(dtype)
@@ -190,22 +203,28 @@ def build_group(case: OptimizerCase, workload: Workload, state_dtype: torch.dtyp
             return
         impls.append(impl)
 
+    def ours(backend: str, clipped: bool) -> Impl:
+        ok, why = serves(backend, device)
+        if ok and backend in ("cuda", "triton") and device.type != "cuda":
+            ok, why = False, f"the {backend} backend serves CUDA tensors only"
+        if not ok:
+            raise Skip(why)
+        kwargs = dict(case.kwargs)
+        if not default_state:
+            if not supports_state_dtype(case):
+                raise Skip(f"{case.name} has no state_dtype option in fused_optim {fused_optim.__version__}")
+            kwargs["state_dtype"] = state_dtype
+        if clipped:
+            kwargs["max_grad_norm"] = clip
+        opt = case.ours(workload.params(), backend=backend, **kwargs)
+        opt.step()  # fails here, not in the timed loop, if this backend refuses these tensors
+        return Impl(f"ours:{backend}" + ("+clip" if clipped else ""), opt.step, dtype, state_dtype,
+                    cpu_design=backend == "cpu", extra_grad_accesses=CLIP_ACCESSES[backend] if clipped else 0)
+
     for backend in backends:
-        def ours(backend=backend):
-            ok, why = serves(backend, device)
-            if ok and backend in ("cuda", "triton") and device.type != "cuda":
-                ok, why = False, f"the {backend} backend serves CUDA tensors only"
-            if not ok:
-                raise Skip(why)
-            kwargs = dict(case.kwargs)
-            if not default_state:
-                if not supports_state_dtype(case):
-                    raise Skip(f"{case.name} has no state_dtype option in fused_optim {fused_optim.__version__}")
-                kwargs["state_dtype"] = state_dtype
-            opt = case.ours(workload.params(), backend=backend, **kwargs)
-            opt.step()  # fails here, not in the timed loop, if this backend refuses these tensors
-            return Impl(f"ours:{backend}", opt.step, dtype, state_dtype, cpu_design=backend == "cpu")
-        attempt(f"ours:{backend}", ours)
+        for clipped in (False, True) if clip is not None else (False,):
+            attempt(f"ours:{backend}" + ("+clip" if clipped else ""),
+                    lambda backend=backend, clipped=clipped: ours(backend, clipped))
 
     # peers that keep their states in the param dtype run in the group with the default state
     # dtype (a bf16-param group compares against what those users run: bf16 states) and in the
@@ -221,6 +240,19 @@ def build_group(case: OptimizerCase, workload: Workload, state_dtype: torch.dtyp
                 opt.step()
                 return Impl(peer, opt.step, dtype, dtype)
             attempt(peer, torch_optim)
+            if clip is not None:
+                def torch_optim_clipped(peer=peer):
+                    params = workload.params()
+                    for p in params:
+                        p.grad = p.grad.clone()  # clip_grad_norm_ rescales in place
+                    opt = case.peer(params, **{peer: True}, **case.kwargs)
+
+                    def step():
+                        torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+                        opt.step()
+                    step()
+                    return Impl(peer + "+clip", step, dtype, dtype, extra_grad_accesses=CLIP_ACCESSES["peer"])
+                attempt(peer + "+clip", torch_optim_clipped)
         elif peer == "compiled":
             def compiled():
                 if workload_tensors(workload) > compile_max_tensors:

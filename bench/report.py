@@ -31,6 +31,8 @@ LABELS = {
     "fused": "torch.optim fused",
     "foreach": "torch.optim foreach",
 }
+LABELS.update({k + "+clip": ("clip_grad_norm_ + " + v if k in ("fused", "foreach") else v + " +clip")
+               for k, v in list(LABELS.items())})
 # the peers every row's speed-up refers to: key in speedup_over -> (group, impl)
 SPEEDUP_PEERS = ("fused", "foreach", "compiled", "authors", "pytorch_optimizer", "ours:torch")
 
@@ -47,7 +49,8 @@ def row_record(case, config: Dict, opt: OptimizerCase, impl: Impl, timing: Timin
     """One implementation in one group; % of the yardstick timed interleaved with it. GB/s
     counts the bytes this implementation's dtypes really move (param and grad bytes from the
     param dtype, state bytes from the state dtype it keeps)."""
-    nbytes = bytes_per_element(opt.name, impl.param_dtype, impl.state_dtype, impl.cpu_design)
+    nbytes = (bytes_per_element(opt.name, impl.param_dtype, impl.state_dtype, impl.cpu_design)
+              + impl.extra_grad_accesses * impl.param_dtype.itemsize)
     rec = {
         "case": case.name, "family": case.family, "tensors": case.tensors, "elements": case.numel,
         **config,
@@ -65,15 +68,19 @@ def row_record(case, config: Dict, opt: OptimizerCase, impl: Impl, timing: Timin
 def add_speedups(rows: List[Dict]) -> None:
     """speedup_over[peer] = peer's median time / this row's (> 1: this row is faster), in the
     same case and dtype configuration: torch.optim fused/foreach from the AdamW group (Adam's
-    own for Adam), the others from the row's own group. None where the peer did not run."""
+    own for Adam), the others from the row's own group. None where the peer did not run.
+    A clip row ("...+clip") is compared with the clip rows of its peers (clip_grad_norm_ +
+    torch.optim fused/foreach, our torch backend with clipping) only."""
     medians = {(r["case"], r["param_dtype"], r["state_dtype"], r["optimizer"], r["impl"]): r["median_s"] for r in rows}
     for r in rows:
         where = (r["case"], r["param_dtype"], r["state_dtype"])
         out = {}
+        clipped = r["impl"].endswith("+clip")
         for peer in SPEEDUP_PEERS:
             group = ("Adam" if r["optimizer"] == "Adam" else RATIO_PEER) if peer in ("fused", "foreach") else r["optimizer"]
-            base = medians.get((*where, group, peer))
-            out[peer] = None if base is None or (group, peer) == (r["optimizer"], r["impl"]) else base / r["median_s"]
+            key = peer + "+clip" if clipped else peer
+            base = medians.get((*where, group, key))
+            out[peer] = None if base is None or (group, key) == (r["optimizer"], r["impl"]) else base / r["median_s"]
         r["speedup_over"] = out
 
 
@@ -82,7 +89,7 @@ def _x(v: Optional[float]) -> str:
 
 
 def table(cases: List[Dict], rows: List[Dict]) -> str:
-    header = (f"{'optimizer':<12} {'implementation':<28} {'median ms':>10} {'IQR ms':>15} {'B/el':>5} "
+    header = (f"{'optimizer':<12} {'implementation':<36} {'median ms':>10} {'IQR ms':>15} {'B/el':>5} "
               f"{'GB/s':>7} {'% yard':>7} {'x fused':>8} {'x foreach':>9} {'x compile':>9} {'x authors':>9}"
               + (f" {'host ms':>8}" if any(r.get("host_median_s") is not None for r in rows) else ""))
     lines = []
@@ -100,11 +107,11 @@ def table(cases: List[Dict], rows: List[Dict]) -> str:
             for r in sel:
                 if r["optimizer"] != group:
                     group, g = r["optimizer"], r["yardstick"]
-                    lines.append(f"{group:<12} {'yardstick':<28} {g['median_s'] * 1e3:>10.3f} "
+                    lines.append(f"{group:<12} {'yardstick':<36} {g['median_s'] * 1e3:>10.3f} "
                                  f"{_iqr(g):>15} {g['bytes_per_element']:>5} {g['gbps']:>7.1f} {100:>6}%")
                 s = r["speedup_over"]
                 label = r["label"] + ("" if r["impl_state_dtype"] == r["state_dtype"] else f" ({r['impl_state_dtype']} states)")
-                lines.append(f"{r['optimizer']:<12} {label:<28} {r['median_s'] * 1e3:>10.3f} {_iqr(r):>15} "
+                lines.append(f"{r['optimizer']:<12} {label:<36} {r['median_s'] * 1e3:>10.3f} {_iqr(r):>15} "
                              f"{r['bytes_per_element']:>5} {r['gbps']:>7.1f} {r['pct_yardstick']:>6.0f}% "
                              f"{_x(s['fused']):>8} {_x(s['foreach']):>9} {_x(s['compiled']):>9} {_x(s['authors']):>9}"
                              + ("" if r.get("host_median_s") is None else f" {r['host_median_s'] * 1e3:>8.3f}"))

@@ -87,3 +87,26 @@ def test_table_notes_and_markdown(run):
                         capture_output=True, text=True, timeout=60)
     assert md.returncode == 0, md.stderr
     assert "| case | params / states | optimizer |" in md.stdout
+
+
+def test_clip_rows(tmp_path):
+    """--clip: each row again with clipping, compared with clip_grad_norm_ + torch.optim;
+    bytes count the norm's read of the grads (and the rescale's read + write for the peers)."""
+    cmd = [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--optimizers", "AdamW", "--cases", "large",
+           "--sizes", "4096", "--dtype", "fp32", "--repeats", "3", "--peers", "fused", "--backends", "cpu,torch",
+           "--clip", "0.5", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["settings"]["clip"] == 0.5
+    rows = {r["impl"]: r for r in doc["rows"]}
+    ours = "ours:cpu" if fused_optim.availability("cpu")[0] else "ours:torch"
+    assert {ours, ours + "+clip", "fused", "fused+clip", "ours:torch+clip"} <= set(rows)
+    assert rows["fused+clip"]["bytes_per_element"] == 28 + 12
+    assert rows["ours:torch+clip"]["bytes_per_element"] == 28 + 12  # a divided copy of the grads
+    if ours == "ours:cpu":
+        assert rows["ours:cpu+clip"]["bytes_per_element"] == 28 + 4  # divided inside the loop
+    clipped = rows[ours + "+clip"]
+    assert clipped["speedup_over"]["fused"] == pytest.approx(rows["fused+clip"]["median_s"] / clipped["median_s"])
+    assert rows[ours]["speedup_over"]["fused"] == pytest.approx(rows["fused"]["median_s"] / rows[ours]["median_s"])
+    assert "clip_grad_norm_ + torch.optim fused" in proc.stdout
