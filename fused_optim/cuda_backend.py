@@ -24,6 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from . import _dispatch
+
 from ._staging import Staged
 
 try:
@@ -118,7 +120,7 @@ def _stream(device: torch.device) -> int:
 
 # ---- native calls, each a custom op ----
 
-@torch.library.custom_op("fused_optim::cuda_adam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
+@_dispatch.custom_op("fused_optim::cuda_adam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
 def _adam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
              max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float, eps: float,
              weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool, grad_scale: Optional[Tensor],
@@ -144,7 +146,7 @@ def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, b
     return None
 
 
-@torch.library.custom_op("fused_optim::cuda_adamomentum_step",
+@_dispatch.custom_op("fused_optim::cuda_adamomentum_step",
                          mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
 def _adamomentum_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
                     max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float,
@@ -171,7 +173,7 @@ def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, b
     return None
 
 
-@torch.library.custom_op("fused_optim::cuda_dualadam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
+@_dispatch.custom_op("fused_optim::cuda_dualadam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
 def _dualadam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
                  global_step: Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                  switch_rate: float, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
@@ -204,7 +206,7 @@ def _(params, grads, exp_avgs, exp_avg_sqs, global_step, lr, beta1, beta2, eps, 
     return None
 
 
-@torch.library.custom_op("fused_optim::cuda_adai_second_moment", mutates_args=())
+@_dispatch.custom_op("fused_optim::cuda_adai_second_moment", mutates_args=())
 def _adai_second_moment_op(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
                            beta2: float, weight_decay: float, decoupled: bool,
                            grad_scale: Optional[Tensor]) -> Tensor:
@@ -231,7 +233,7 @@ def _(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, grad_sc
     return params[0].new_empty((), dtype=torch.float64)
 
 
-@torch.library.custom_op("fused_optim::cuda_adai_update", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "beta1_prods"))
+@_dispatch.custom_op("fused_optim::cuda_adai_update", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "beta1_prods"))
 def _adai_update_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
                     beta1_prods: List[Tensor], steps: List[Tensor], lr: float, beta0: float, beta2: float, eps: float,
                     weight_decay: float, decoupled: bool, vbar: Tensor, grad_scale: Optional[Tensor],
@@ -272,7 +274,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[Li
     _need_module()
     if not params:
         return
-    _adam_op(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+    _dispatch.call(_adam_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
              list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
              float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(maximize), grad_scale, found_inf)
 
@@ -284,7 +286,7 @@ def adamomentum_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Opti
     _need_module()
     if not params:
         return
-    _adamomentum_op(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+    _dispatch.call(_adamomentum_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
                     list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
                     float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(rectify), grad_scale,
                     found_inf)
@@ -299,7 +301,7 @@ def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta
         return
     if not torch.is_tensor(global_step):
         global_step = torch.tensor(float(global_step), dtype=torch.float64)
-    _dualadam_op(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), global_step, float(lr),
+    _dispatch.call(_dualadam_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), global_step, float(lr),
                  float(beta1), float(beta2), float(eps), float(weight_decay), float(switch_rate), grad_scale,
                  found_inf)
 
@@ -312,7 +314,7 @@ def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay
     _need_module()
     if not params:
         return torch.zeros((), dtype=torch.float64)
-    return _adai_second_moment_op(list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2),
+    return _dispatch.call(_adai_second_moment_op, list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2),
                                   float(weight_decay), bool(decoupled), grad_scale)
 
 
@@ -323,6 +325,6 @@ def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr,
     _need_module()
     if not params:
         return
-    _adai_update_op(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods), list(steps),
+    _dispatch.call(_adai_update_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods), list(steps),
                     float(lr), float(beta0), float(beta2), float(eps), float(weight_decay), bool(decoupled), vbar,
                     grad_scale, found_inf)

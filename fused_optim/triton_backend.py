@@ -20,6 +20,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from . import _dispatch
+
 _IMPORT_ERROR: Optional[BaseException] = None
 try:
     from .triton_kernels import adai as _adai
@@ -112,7 +114,7 @@ def _weight_decay_flags(weight_decay: float, decoupled: bool) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op(
+@_dispatch.custom_op(
     "fused_optim::triton_adam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 )
 def _adam_op(
@@ -149,8 +151,8 @@ def adam_step(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay,
     decoupled, amsgrad, maximize, grad_scale=None, found_inf=None,
 ) -> None:
-    _adam_op(
-        list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+    _dispatch.call(
+        _adam_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
         list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
         float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(maximize), grad_scale, found_inf,
     )
@@ -161,7 +163,7 @@ def adam_step(
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op(
+@_dispatch.custom_op(
     "fused_optim::triton_adamomentum_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 )
 def _adamomentum_op(
@@ -200,8 +202,8 @@ def adamomentum_step(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay,
     decoupled, amsgrad, rectify, grad_scale=None, found_inf=None,
 ) -> None:
-    _adamomentum_op(
-        list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+    _dispatch.call(
+        _adamomentum_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
         list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
         float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(rectify), grad_scale, found_inf,
     )
@@ -212,7 +214,7 @@ def adamomentum_step(
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fused_optim::triton_dualadam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
+@_dispatch.custom_op("fused_optim::triton_dualadam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
 def _dualadam_op(
     params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
     exp_avg_sqs: List[torch.Tensor], global_step: torch.Tensor, lr: float, beta1: float, beta2: float,
@@ -248,8 +250,8 @@ def dualadam_step(
 ) -> None:
     if not torch.is_tensor(global_step):
         global_step = torch.tensor(float(global_step), dtype=torch.float64)
-    _dualadam_op(
-        list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), global_step, float(lr), float(beta1),
+    _dispatch.call(
+        _dualadam_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), global_step, float(lr), float(beta1),
         float(beta2), float(eps), float(weight_decay), float(switch_rate), grad_scale, found_inf,
     )
 
@@ -261,7 +263,7 @@ def dualadam_step(
 _SUM_BLOCK = 1024
 
 
-@torch.library.custom_op("fused_optim::triton_adai_second_moment", mutates_args=())
+@_dispatch.custom_op("fused_optim::triton_adai_second_moment", mutates_args=())
 def _adai_second_moment_op(
     params: List[torch.Tensor], grads: List[torch.Tensor], exp_avg_sqs: List[torch.Tensor],
     steps: List[torch.Tensor], beta2: float, weight_decay: float, decoupled: bool,
@@ -303,8 +305,8 @@ def adai_second_moment(
     (1 - beta2^t), a 0-dim fp64 tensor on the params' device. Does NOT write v: adai_update
     recomputes v_new and stores it, so the pair equals the reference pair (and found_inf
     needs no check here: adai_update skips)."""
-    return _adai_second_moment_op(
-        list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2), float(weight_decay),
+    return _dispatch.call(
+        _adai_second_moment_op, list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2), float(weight_decay),
         bool(decoupled), grad_scale,
     )
 
@@ -319,7 +321,7 @@ def _beta1_prod_dtype(params: List[torch.Tensor], beta1_prods: List[torch.Tensor
     return _mt.tl_dtype(dtype)
 
 
-@torch.library.custom_op(
+@_dispatch.custom_op(
     "fused_optim::triton_adai_update", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "beta1_prods")
 )
 def _adai_update_op(
@@ -355,7 +357,7 @@ def adai_update(
     params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2, eps, weight_decay,
     decoupled, vbar, grad_scale=None, found_inf=None,
 ) -> None:
-    _adai_update_op(
-        list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods), list(steps), float(lr),
+    _dispatch.call(
+        _adai_update_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods), list(steps), float(lr),
         float(beta0), float(beta2), float(eps), float(weight_decay), bool(decoupled), vbar, grad_scale, found_inf,
     )

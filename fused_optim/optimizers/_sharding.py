@@ -31,7 +31,10 @@ def is_distributed_tensor(t: torch.Tensor) -> bool:
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
-    """The part of a tensor this rank holds: the local shard of a DTensor, else the tensor."""
+    """The part of a tensor this rank holds: the local shard of a DTensor, else the tensor.
+    (Called several times per param and step: the common case returns after one test.)"""
+    if type(t) in _PLAIN:
+        return t
     return t.to_local() if is_distributed_tensor(t) else t
 
 

@@ -18,6 +18,13 @@ from ._clipping import clip_settings, clipped_scale, total_norm
 from ._sharding import local, shard_group
 
 
+def _native_advance():
+    """fused_optim._cpu's counter update where the native module exists, else None."""
+    if backends.availability("cpu")[0]:
+        return backends.implementation("cpu").advance_steps
+    return None
+
+
 @dataclass
 class Batch:
     """Params of one group and one dtype that have a grad this step, and who updates them."""
@@ -279,11 +286,17 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _advance(self, counters: List[torch.Tensor], impl: Any = None) -> None:
         """Adds 1 to step counters after every call of the step succeeded (0 when found_inf)."""
         found_inf = getattr(self, "found_inf", None)
-        advance = getattr(impl, "advance_steps", None)
-        if advance is not None and not torch.compiler.is_compiling() and counters[0].is_cpu:
-            if not skipped(found_inf):
-                advance(counters)
-            return
+        # CPU counters (all but capturable steps) go through the native module whatever the
+        # backend: 84 counters of a GPU model took 0.16 ms per step with torch._foreach_add_
+        # (unless GradScaler's found_inf lives on a GPU: reading it would wait for the device)
+        # (float32 counters only: DualAdam's global step is float64)
+        if (not torch.compiler.is_compiling() and counters[0].is_cpu and counters[0].dtype is torch.float32
+                and (found_inf is None or found_inf.is_cpu)):
+            advance = getattr(impl, "advance_steps", None) or _native_advance()
+            if advance is not None:
+                if not skipped(found_inf):
+                    advance(counters)
+                return
         # traceable form: no host read of found_inf
         torch._foreach_add_(counters, 1.0)
         if found_inf is not None:
