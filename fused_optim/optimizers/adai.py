@@ -20,11 +20,12 @@ class Adai(FusedOptimizer):
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=False,
                  *, backend="auto", state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False):
+                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
+                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         self.hyper(defaults, None)
         super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
-                         error_if_nonfinite)
+                         error_if_nonfinite, master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)
 
     def hyper(self, group, index):
         beta0, beta2 = check.betas_pair(group["betas"], index)
@@ -70,7 +71,9 @@ class AdaiW(Adai):
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=True,
                  *, backend="auto", state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False):
+                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
+                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
         super().__init__(params, lr, betas, eps, weight_decay, decoupled, backend=backend,
                          state_dtype=state_dtype, capturable=capturable,
-                         max_grad_norm=max_grad_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite)
+                         max_grad_norm=max_grad_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite,
+                         master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)

@@ -13,11 +13,12 @@ class Adam(FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
                  *, maximize=False, backend="auto", state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False):
+                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
+                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
         self.hyper(defaults, None)
         super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
-                         error_if_nonfinite)
+                         error_if_nonfinite, master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)
 
     def hyper(self, group, index):
         return dict(
@@ -44,7 +45,9 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
                  *, maximize=False, backend="auto", state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False):
+                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
+                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, backend=backend,
                          state_dtype=state_dtype, capturable=capturable,
-                         max_grad_norm=max_grad_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite)
+                         max_grad_norm=max_grad_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite,
+                         master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)

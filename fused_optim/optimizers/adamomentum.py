@@ -13,12 +13,13 @@ class AdaMomentum(FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-16, weight_decay=0.0, decoupled=True,
                  amsgrad=False, rectify=False, *, backend="auto", state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False):
+                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
+                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled,
                         amsgrad=amsgrad, rectify=rectify)
         self.hyper(defaults, None)
         super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
-                         error_if_nonfinite)
+                         error_if_nonfinite, master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)
 
     def hyper(self, group, index):
         # betas[1] > 0: rectify's rho_inf = 2 / (1 - beta2) - 1 and the bias correction need it

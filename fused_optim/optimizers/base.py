@@ -13,6 +13,7 @@ import torch
 from .. import backends
 from .._grad_scaling import skipped
 from ..reference._common import state_dtype_for
+from . import _mixed_precision as mixed
 from . import _validation as check
 from ._clipping import clip_settings, clipped_scale, total_norm
 from ._sharding import local, shard_group
@@ -54,7 +55,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto", state_dtype=None,
                  capturable: bool = False, max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
-                 error_if_nonfinite: bool = False):
+                 error_if_nonfinite: bool = False, *, master_weights: bool = False,
+                 param_remainders: bool = False, stochastic_rounding: bool = False, seed: int = 0):
         self._backend_request = backends.requested_backend(backend)
         # the dtype of the tensor states of fp32/bf16/fp16 params (None: fp32); per group
         state_dtype_for(torch.float32, state_dtype)
@@ -66,6 +68,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         defaults = {**defaults, "state_dtype": state_dtype, "capturable": capturable, "max_grad_norm": max_grad_norm,
                     "norm_type": norm_type, "error_if_nonfinite": error_if_nonfinite}
         clip_settings([defaults], type(self).__name__)
+        # bf16/fp16 params without lost updates (_mixed_precision.py); per group, like lr
+        defaults.update(master_weights=master_weights, param_remainders=param_remainders,
+                        stochastic_rounding=stochastic_rounding, seed=seed)
+        mixed.check_group(defaults, type(self).__name__)
         super().__init__(params, defaults)
         # GradScaler.step() then hands us `grad_scale` and `found_inf` as attributes instead of
         # unscaling the grads in memory and reading found_inf itself (see scaling())
@@ -101,6 +107,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             index = len(self.param_groups) - 1
             self.hyper(group, index)
             check.flag("capturable", group.get("capturable", False), index)
+            mixed.check_group(group, type(self).__name__, index)
             self._check_params(group["params"], group.get("state_dtype"), group.get("capturable", False))
         except Exception:
             self.param_groups.pop()
@@ -145,7 +152,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         batches = self._collect()
         self._step_scaling = self._scaling_for(batches)
+        masters = mixed.MasterStep(self, batches)
         self._update(batches)
+        masters.finish(self)
         return loss
 
     def _scaling_for(self, batches: List[Batch]) -> Dict[str, Optional[torch.Tensor]]:
@@ -248,7 +257,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._checked_states[id(state)] = signature
 
     def _state_dtype(self, p: torch.Tensor, key: str, state_dtype) -> torch.dtype:
+        if key in mixed.STATE_DTYPES:
+            return mixed.STATE_DTYPES[key]
         return state_dtype_for(p.dtype, None if key in self.math_dtype_states else state_dtype)
+
+    def step_number(self, state: Dict[str, Any]) -> torch.Tensor:
+        """The number of the step being taken for a param (1 at its first), as a tensor on
+        the counter's device (no host read): the per-param count, or DualAdam's global one."""
+        if self.per_param_step:
+            count = state.get("step")
+            return count + 1 if count is not None else torch.ones((), dtype=torch.float32)
+        return self._global_step + 1
 
     def _states(self, batch: Batch) -> List[Dict[str, Any]]:
         """The state of each param of a batch, creating what is missing (after validation)."""
@@ -352,6 +371,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             for key, value in group.items():
                 if key != "params":
                     saved_group.setdefault(key, value)
+            # how bf16/fp16 params are kept is this optimizer's choice, not the checkpoint's: a
+            # checkpoint saved without masters builds them from the params at the next step
+            for key in mixed.OPTIONS:
+                saved_group[key] = group.get(key, False)
         return imported
 
     def _restore_state(self, imported: Dict[str, Any]) -> None:
@@ -364,5 +387,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 for key, value in saved.items():
                     if key == "step":
                         state[key] = torch.tensor(float(value), dtype=torch.float32)
-                    elif torch.is_tensor(value) and value.is_floating_point():
+                    elif torch.is_tensor(value) and (value.is_floating_point() or key in mixed.STATE_DTYPES):
+                        # (torch's load_state_dict cast every state to the param's dtype, the
+                        # int16 remainders too: restored from the saved values)
                         state[key] = value.to(device=p.device, dtype=self._state_dtype(p, key, group.get("state_dtype")))

@@ -19,14 +19,15 @@ class DualAdam(FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, switch_rate=0.01, weight_decay=0.0,
                  *, backend="auto", state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False):
+                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
+                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
         defaults = dict(lr=lr, betas=betas, eps=eps, switch_rate=switch_rate, weight_decay=weight_decay)
         self.hyper(defaults, None)
         # a tensor, not an int: torch.compile would otherwise guard on its value and recompile
         # the step every call; float64 holds every count exactly and feeds the fp64 blend rule
         self._global_step = torch.zeros((), dtype=torch.float64)
         super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
-                         error_if_nonfinite)
+                         error_if_nonfinite, master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)
 
     @property
     def global_step(self) -> int:
@@ -100,7 +101,9 @@ class InvAdam(DualAdam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, backend="auto",
                  state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False):
+                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
+                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
         super().__init__(params, lr, betas, eps, 0.0, weight_decay, backend=backend, state_dtype=state_dtype,
                          capturable=capturable, max_grad_norm=max_grad_norm, norm_type=norm_type,
-                         error_if_nonfinite=error_if_nonfinite)
+                         error_if_nonfinite=error_if_nonfinite,
+                         master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)

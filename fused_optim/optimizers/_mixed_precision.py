@@ -1,0 +1,207 @@
+"""Updates of bf16/fp16 params that do not lose small steps: fp32 master weights, bf16 params
+with 16-bit remainders, or stochastic rounding (constructor options of every optimizer).
+
+Updating a bf16 param in place rounds each step's result to bf16, so an update smaller than
+half a bf16 ulp is lost and long runs stall. The three options (per param group):
+
+- master_weights: an fp32 copy of each bf16/fp16 param lives in its state ("master_param");
+  the step updates the master, and the param becomes the master rounded (4 B per element).
+- param_remainders (bf16 only): instead of the copy, the low 16 bits of the fp32 master as an
+  int16 state ("param_remainder"); the bf16 param and its remainder are the master's bits, so
+  results are bitwise those of master_weights (2 B per element).
+- stochastic_rounding (bf16 only, no master): the fp32 result is rounded to bf16 up or down
+  with the probabilities that make it unbiased, by a counter-based hash of (seed, step, tensor,
+  element): reruns are bitwise identical and nothing depends on how the work is split.
+
+Rounding of params in the master modes: to nearest, ties away from zero (not torch's ties to
+even). That is what lets a 16-bit remainder hold every master exactly: with ties to even the
+difference master - param spans [-2^15, 2^15], one value more than 16 bits hold. A tie is one
+value in 65536, and its rounding error is the same half ulp either way.
+
+How the step runs (this version): for each batch of such params the backend is handed fp32
+masters (the state, the param joined with its remainder, or a widened copy) and fp32 copies of
+the grads, then the params (and remainders) are written from the updated masters. Every
+backend serves it that way; a single fused pass per backend (issue #10) would save the copies.
+"""
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from ._sharding import local
+
+MASTER = "master_param"
+REMAINDER = "param_remainder"
+OPTIONS = ("master_weights", "param_remainders", "stochastic_rounding")
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+_MASK32 = 0xFFFFFFFF
+# the dtypes of these states, whatever state_dtype says
+STATE_DTYPES = {MASTER: torch.float32, REMAINDER: torch.int16}
+
+
+def check_group(group: Dict[str, Any], name: str, index: Optional[int] = None) -> None:
+    """The options are flags; remainders and stochastic rounding need bf16 params, and
+    stochastic rounding keeps no master (so it excludes the other two)."""
+    where = "" if index is None else f" (param group {index})"
+    for option in OPTIONS:
+        if not isinstance(group.get(option, False), bool):
+            raise TypeError(f"{name}: {option} must be True or False{where}, got {group.get(option)!r}")
+    if group.get("stochastic_rounding") and (group.get("master_weights") or group.get("param_remainders")):
+        raise ValueError(f"{name}: stochastic_rounding rounds the params themselves and keeps no master copy; "
+                         f"it cannot be combined with master_weights or param_remainders{where}")
+    if group.get("master_weights") and group.get("param_remainders"):
+        raise ValueError(f"{name}: choose master_weights (an fp32 copy) or param_remainders (16-bit remainders), "
+                         f"not both{where}")
+    if not isinstance(group.get("seed", 0), int):
+        raise TypeError(f"{name}: seed must be an int{where}, got {group.get('seed')!r}")
+    for p in group.get("params", []):
+        for option in ("param_remainders", "stochastic_rounding"):
+            if group.get(option) and p.dtype != torch.bfloat16:
+                raise ValueError(f"{name}: {option}=True needs bfloat16 params{where}, got a {p.dtype} param "
+                                 "(master_weights=True serves fp16; fp32/fp64 params need none of these)")
+
+
+def mode(group: Dict[str, Any], dtype: torch.dtype) -> Optional[str]:
+    """The option that applies to params of this dtype in this group, or None (fp32/fp64
+    params ignore master_weights)."""
+    if dtype not in LOW_PRECISION:
+        return None
+    for option in OPTIONS:
+        if group.get(option):
+            return option
+    return None
+
+
+# ----- bit-level rounding, on int64 views so that nothing overflows ----------------------------
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    """The fp32 bit pattern as a non-negative int64."""
+    return x.view(torch.int32).to(torch.int64) & _MASK32
+
+
+def _from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """fp32 from its bit pattern held in an int64 tensor (0..2^32-1)."""
+    signed = torch.where(bits >= 0x80000000, bits - 0x100000000, bits)
+    return signed.to(torch.int32).view(torch.float32)
+
+
+def _to_bf16(bits16: torch.Tensor) -> torch.Tensor:
+    """bf16 from its bit pattern held in an int64 tensor (0..65535): the fp32 with those top
+    bits converts exactly. (Only 4-byte dtype views: inductor does not compile 2-byte ones.)"""
+    return _from_bits(bits16 << 16).to(torch.bfloat16)
+
+
+def _bf16_bits(param: torch.Tensor) -> torch.Tensor:
+    """The bit pattern of a bf16 tensor as int64 (0..65535): the top half of its exact fp32."""
+    return _bits(param.float()) >> 16
+
+
+def _round_bits(master: torch.Tensor, increment: torch.Tensor) -> torch.Tensor:
+    """The bf16 bits of master with `increment` (0..65535) added to the magnitude before the low
+    16 bits are dropped: 0x8000 rounds to nearest with ties away from zero, a uniform random
+    increment rounds stochastically. NaN stays a quiet NaN of the same sign."""
+    bits = _bits(master)
+    sign = bits & 0x80000000
+    magnitude = bits & 0x7FFFFFFF
+    rounded = ((magnitude + increment) >> 16) | (sign >> 16)
+    nan = magnitude > 0x7F800000
+    return torch.where(nan, (sign >> 16) | 0x7FC0, rounded)
+
+
+def round_nearest(master: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The param a master rounds to (module doc): bf16 by bits, fp16 by torch's conversion
+    (no remainders for fp16, so ties to even do)."""
+    if dtype == torch.bfloat16:
+        return _to_bf16(_round_bits(master, torch.tensor(0x8000, dtype=torch.int64, device=master.device)))
+    return master.to(dtype)
+
+
+def split(master: torch.Tensor):
+    """(bf16 param, int16 remainder) whose bits make up the fp32 master exactly."""
+    bits16 = _round_bits(master, torch.tensor(0x8000, dtype=torch.int64, device=master.device))
+    remainder = _bits(master) - (bits16 << 16)  # in [-2^15, 2^15) with ties away from zero
+    nan = (_bits(master) & 0x7FFFFFFF) > 0x7F800000
+    remainder = torch.where(nan, torch.zeros_like(remainder), remainder)
+    return _to_bf16(bits16), remainder.to(torch.int16)
+
+
+def join(param: torch.Tensor, remainder: torch.Tensor) -> torch.Tensor:
+    """The fp32 master of a bf16 param and its remainder."""
+    return _from_bits(((_bf16_bits(param) << 16) + remainder.to(torch.int64)) & _MASK32)
+
+
+def _pcg(x: torch.Tensor) -> torch.Tensor:
+    """PCG's output permutation as a 32-bit hash (Jarzynski and Olano, "Hash Functions for GPU
+    Rendering", 2020), on int64 tensors holding 32-bit values."""
+    state = (x * 747796405 + 2891336453) & _MASK32
+    word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & _MASK32
+    return ((word >> 22) ^ word) & _MASK32
+
+
+def random_increments(seed: int, step: torch.Tensor, tensor_index: int, numel: int,
+                      device: torch.device) -> torch.Tensor:
+    """16 random bits per element, a function of (seed, step, tensor, element) only."""
+    key = _pcg(torch.tensor((seed & _MASK32) ^ (tensor_index * 0x9E3779B9 & _MASK32), dtype=torch.int64,
+                            device=device))
+    key = _pcg(key ^ (step.to(device=device, dtype=torch.int64) & _MASK32))
+    index = torch.arange(numel, dtype=torch.int64, device=device)
+    high = _pcg(key ^ (index >> 32))
+    return _pcg(high ^ (index & _MASK32)) >> 16
+
+
+def round_stochastic(value: torch.Tensor, seed: int, step: torch.Tensor, tensor_index: int) -> torch.Tensor:
+    """value (fp32) rounded to bf16 up or down, with probability proportional to closeness."""
+    increments = random_increments(seed, step, tensor_index, value.numel(), value.device).reshape(value.shape)
+    return _to_bf16(_round_bits(value.contiguous(), increments))
+
+
+# ----- the step --------------------------------------------------------------------------------
+
+class MasterStep:
+    """Swaps the bf16/fp16 params of batches whose group uses an option for fp32 masters (and
+    their grads for fp32 copies) before the update, and writes the params back after it."""
+
+    def __init__(self, optimizer, batches: List[Any]):
+        self.jobs = []
+        self.index: Dict[int, int] = {}  # id(param) -> its place among all params: stochastic rounding's key
+        for batch in batches:
+            option = mode(batch.group, batch.params[0].dtype) if batch.params else None
+            if option is None:
+                continue
+            masters, steps = [], []
+            for key, p in zip(batch.keys, batch.params):
+                state = optimizer.state[key]
+                if option == "master_weights":
+                    if MASTER not in state:  # first step, or a checkpoint saved without masters
+                        state[MASTER] = (join(key.detach(), state.pop(REMAINDER)) if REMAINDER in state
+                                         else key.detach().to(torch.float32, memory_format=torch.preserve_format))
+                    masters.append(local(state[MASTER]))
+                elif option == "param_remainders":
+                    if REMAINDER not in state:  # from a checkpoint's masters where there are any
+                        state[REMAINDER] = (split(state.pop(MASTER))[1] if MASTER in state and p.dtype == torch.bfloat16
+                                            else torch.zeros_like(key, dtype=torch.int16,
+                                                                  memory_format=torch.preserve_format))
+                    masters.append(join(p, local(state[REMAINDER])))
+                else:
+                    masters.append(p.to(torch.float32))
+                    steps.append(optimizer.step_number(state))
+                    if not self.index:
+                        self.index = {id(q): i for i, q in enumerate(q for g in optimizer.param_groups
+                                                                     for q in g["params"])}
+            self.jobs.append((batch, option, list(batch.params), masters, steps))
+            batch.params = masters
+            batch.grads = [g.to(torch.float32) for g in batch.grads]
+
+    def finish(self, optimizer) -> None:
+        for batch, option, params, masters, steps in self.jobs:
+            with torch.no_grad():
+                for i, (key, p, master) in enumerate(zip(batch.keys, params, masters)):
+                    if option == "master_weights":
+                        p.copy_(round_nearest(master, p.dtype))
+                    elif option == "param_remainders":
+                        param, remainder = split(master)
+                        p.copy_(param)
+                        local(optimizer.state[key][REMAINDER]).copy_(remainder)
+                    else:
+                        p.copy_(round_stochastic(master, batch.group.get("seed", 0), steps[i],
+                                                 self.index[id(key)]))
