@@ -18,7 +18,9 @@ class Adam(FusedOptimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
         self.hyper(defaults, None)
         super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
-                         error_if_nonfinite, master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)
+                         error_if_nonfinite,
+                         master_weights=master_weights, param_remainders=param_remainders,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
     def hyper(self, group, index):
         return dict(
@@ -50,4 +52,5 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, backend=backend,
                          state_dtype=state_dtype, capturable=capturable,
                          max_grad_norm=max_grad_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite,
-                         master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)
+                         master_weights=master_weights, param_remainders=param_remainders,
+                         stochastic_rounding=stochastic_rounding, seed=seed)

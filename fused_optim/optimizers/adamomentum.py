@@ -19,7 +19,9 @@ class AdaMomentum(FusedOptimizer):
                         amsgrad=amsgrad, rectify=rectify)
         self.hyper(defaults, None)
         super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
-                         error_if_nonfinite, master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)
+                         error_if_nonfinite,
+                         master_weights=master_weights, param_remainders=param_remainders,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
     def hyper(self, group, index):
         # betas[1] > 0: rectify's rho_inf = 2 / (1 - beta2) - 1 and the bias correction need it

@@ -27,7 +27,9 @@ class DualAdam(FusedOptimizer):
         # the step every call; float64 holds every count exactly and feeds the fp64 blend rule
         self._global_step = torch.zeros((), dtype=torch.float64)
         super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
-                         error_if_nonfinite, master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)
+                         error_if_nonfinite,
+                         master_weights=master_weights, param_remainders=param_remainders,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
     @property
     def global_step(self) -> int:
@@ -106,4 +108,5 @@ class InvAdam(DualAdam):
         super().__init__(params, lr, betas, eps, 0.0, weight_decay, backend=backend, state_dtype=state_dtype,
                          capturable=capturable, max_grad_norm=max_grad_norm, norm_type=norm_type,
                          error_if_nonfinite=error_if_nonfinite,
-                         master_weights=master_weights, param_remainders=param_remainders, stochastic_rounding=stochastic_rounding, seed=seed)
+                         master_weights=master_weights, param_remainders=param_remainders,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
