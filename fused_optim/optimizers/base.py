@@ -72,16 +72,31 @@ class FusedOptimizer(torch.optim.Optimizer):
         defaults.update(master_weights=master_weights, param_remainders=param_remainders,
                         stochastic_rounding=stochastic_rounding, seed=seed)
         mixed.check_group(defaults, type(self).__name__)
+        # the total grad norm of the last step with max_grad_norm, for logging (last_grad_norm):
+        # fp64, NaN before the first such step, written in place. One 1-element tensor shared by
+        # every param group: torch.compile carries in-place writes to such a tensor out of a
+        # compiled step; to an optimizer attribute, or to a 0-dim tensor once the optimizer has
+        # state, it did not (torch 2.13, aot_eager and inductor: only the first call wrote it)
+        defaults["last_grad_norm"] = torch.full((1,), math.nan, dtype=torch.float64)
         super().__init__(params, defaults)
         # GradScaler.step() then hands us `grad_scale` and `found_inf` as attributes instead of
         # unscaling the grads in memory and reading found_inf itself (see scaling())
         self._step_supports_amp_scaling = True
-        # the total grad norm of the last step with max_grad_norm, for logging: a 0-dim fp64
-        # tensor on the params' device, NaN before the first such step. Written in place, so a
-        # compiled or graph-captured step updates it too.
-        self.last_grad_norm = torch.full((), math.nan, dtype=torch.float64, device=self._device() or "cpu")
+        # on the params' device: writing it never waits for the device (CUDA graphs too)
+        self._share_grad_norm(self.defaults["last_grad_norm"].to(self._device() or "cpu"))
         # id(state dict) -> what _check_state last accepted for it
         self._checked_states: Dict[int, tuple] = {}
+
+    @property
+    def last_grad_norm(self) -> torch.Tensor:
+        """The total grad norm of the last step with max_grad_norm (0-dim fp64, on the params'
+        device, NaN before the first such step)."""
+        return self.param_groups[0]["last_grad_norm"].view(())
+
+    def _share_grad_norm(self, norm: torch.Tensor) -> None:
+        self.defaults["last_grad_norm"] = norm
+        for group in self.param_groups:
+            group["last_grad_norm"] = norm
 
     @property
     def backend(self) -> str:
@@ -175,7 +190,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if error_if_nonfinite and not bool(torch.isfinite(norm)):  # a host read, as in torch
             raise RuntimeError(f"{type(self).__name__}: the total norm of order {norm_type} of the gradients is "
                                "non-finite, so it cannot be clipped (error_if_nonfinite=True)")
-        self.last_grad_norm.copy_(norm)
+        self.param_groups[0]["last_grad_norm"].copy_(norm.reshape(1))
         on_gpu_kernels = any(b.backend in ("cuda", "triton") for b in batches)
         dtype = torch.float32 if on_gpu_kernels else norm.dtype
         return {"grad_scale": clipped_scale(norm, max_norm, grad_scale, dtype), "found_inf": found_inf}
@@ -330,6 +345,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         return [local(s[key]) for s in states]
 
     # ----- state_dict ------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """torch.optim's state dict, without the logged grad norm the param groups carry (a
+        tensor there would make saved param groups incomparable; it is not training state)."""
+        saved = super().state_dict()
+        for group in saved["param_groups"]:
+            group.pop("last_grad_norm", None)
+        return saved
+
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Loads our own state dicts and those of torch.optim / the authors' code (keys renamed,
         int steps accepted). Tensors are copied (no aliasing of the given dict) and keep the
@@ -375,6 +398,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             # checkpoint saved without masters builds them from the params at the next step
             for key in mixed.OPTIONS:
                 saved_group[key] = group.get(key, False)
+            # the logged norm stays this optimizer's tensor (state_dict leaves it out)
+            saved_group["last_grad_norm"] = group["last_grad_norm"]
         return imported
 
     def _restore_state(self, imported: Dict[str, Any]) -> None:
