@@ -279,3 +279,23 @@ def test_compiled_step_equals_eager(option):
         step()
     for a, b in zip(p, q):
         assert _bits_equal(a.detach(), b.detach())
+
+
+def test_an_option_changed_in_a_group_is_checked_before_the_step_changes_anything():
+    """The options are group entries (like lr): a combination set after construction that the
+    params' dtype does not allow raises at step(), with params and state untouched."""
+    params = _params(torch.float16)
+    opt = OPTIMIZERS["AdamW"].cls(params, backend="torch", master_weights=True)
+    _train(opt, params, 1)
+    before = [p.detach().clone() for p in params]
+    states = [{k: v.clone() for k, v in opt.state[p].items()} for p in params]
+    opt.param_groups[0]["master_weights"] = False
+    opt.param_groups[0]["param_remainders"] = True
+    for p, g in zip(params, grads_for(params, 2)):
+        p.grad = g
+    with pytest.raises(ValueError, match="bfloat16"):
+        opt.step()
+    for p, b, s in zip(params, before, states):
+        assert torch.equal(p.detach(), b)
+        assert s.keys() == opt.state[p].keys()
+        assert all(torch.equal(opt.state[p][k], v) for k, v in s.items())

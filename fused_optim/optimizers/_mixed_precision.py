@@ -54,11 +54,12 @@ def check_group(group: Dict[str, Any], name: str, index: Optional[int] = None) -
                          f"not both{where}")
     if not isinstance(group.get("seed", 0), int):
         raise TypeError(f"{name}: seed must be an int{where}, got {group.get('seed')!r}")
-    for p in group.get("params", []):
-        for option in ("param_remainders", "stochastic_rounding"):
-            if group.get(option) and p.dtype != torch.bfloat16:
-                raise ValueError(f"{name}: {option}=True needs bfloat16 params{where}, got a {p.dtype} param "
-                                 "(master_weights=True serves fp16; fp32/fp64 params need none of these)")
+    bf16_only = [option for option in ("param_remainders", "stochastic_rounding") if group.get(option)]
+    if bf16_only:  # (checked at every step: options are group entries a user may change)
+        for p in group.get("params", []):
+            if p.dtype != torch.bfloat16:
+                raise ValueError(f"{name}: {bf16_only[0]}=True needs bfloat16 params{where}, got a {p.dtype} "
+                                 "param (master_weights=True serves fp16; fp32/fp64 params need none of these)")
 
 
 def mode(group: Dict[str, Any], dtype: torch.dtype) -> Optional[str]:

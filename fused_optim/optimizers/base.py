@@ -202,6 +202,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         supported = backends.SUPPORTED_DTYPES
         for index, group in enumerate(self.param_groups):
             hyper = self.hyper(group, index)
+            mixed.check_group(group, name, index)
             by_kind: Dict[Any, List[List[torch.Tensor]]] = {}
             state_dtype = group.get("state_dtype")
             # per param and step, so the checks are ordered to cost little (a step of 2000 small
