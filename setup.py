@@ -15,6 +15,7 @@ FUSED_OPTIM_CUDA (unset: build _cuda when nvcc is found; 1: require it; 0: skip 
 CUDA_HOME (the toolkit; else /usr/local/cuda or nvcc's location),
 TORCH_CUDA_ARCH_LIST (e.g. "8.0;9.0+PTX"; default sm_80, sm_90 and compute_90 PTX).
 """
+import hashlib
 import os
 import re
 import shutil
@@ -153,16 +154,32 @@ class CudaBuildExt(build_ext):
     """pybind11's build_ext, plus nvcc for an extension that carries cuda_sources: compiles
     them (MAX_JOBS in parallel, -fPIC) into objects that the host linker adds to the module."""
 
+    def run(self):
+        # a build without the CUDA module must not ship one an earlier build left in build/
+        # (bdist_wheel packs the whole build directory): `FUSED_OPTIM_CUDA=0 pip wheel .` after
+        # a CUDA build would otherwise make a "+cpu" wheel that carries _cuda
+        if not any(ext.name == "fused_optim._cuda" for ext in self.extensions):
+            stale = os.path.join(self.build_lib, "fused_optim")
+            if os.path.isdir(stale):
+                for name in os.listdir(stale):
+                    if name.startswith("_cuda") and name.endswith(".so"):
+                        os.remove(os.path.join(stale, name))
+        super().run()
+
     def build_extension(self, ext):
         sources = getattr(ext, "cuda_sources", None)
         if sources:
-            objects = [os.path.join(self.build_temp, "cuda", os.path.basename(s) + ".o") for s in sources]
+            # objects live under a directory named by the nvcc flags (archs included): a build
+            # for another TORCH_CUDA_ARCH_LIST never links objects compiled for the old one
+            flags = hashlib.sha1(" ".join([ext.nvcc] + ext.nvcc_flags).encode()).hexdigest()[:12]
+            folder = os.path.join(self.build_temp, f"cuda-{flags}")
+            objects = [os.path.join(folder, os.path.basename(s) + ".o") for s in sources]
             # an object is rebuilt when older than its source or any header (no dependency scan)
             newest_header = max(os.path.getmtime(p) for p in ext.depends)
             stale = [(s, o) for s, o in zip(sources, objects)
                      if self.force or not os.path.exists(o)
                      or os.path.getmtime(o) < max(os.path.getmtime(s), newest_header)]
-            os.makedirs(os.path.join(self.build_temp, "cuda"), exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             jobs = max(1, int(os.environ.get("MAX_JOBS", "2") or 2))
             with ThreadPoolExecutor(jobs) as pool:
                 list(pool.map(lambda so: self._nvcc(ext, *so), stale))
