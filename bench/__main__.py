@@ -55,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip", type=float, default=None, metavar="MAX_NORM",
                    help="also measure every row with gradient clipping at this max norm: our classes with "
                         "max_grad_norm, torch.optim after torch.nn.utils.clip_grad_norm_ (rows '...+clip')")
+    p.add_argument("--precision", default="",
+                   help="also measure bf16/fp16 param rows with our classes keeping them without lost updates: "
+                        "comma list of master_weights, param_remainders, stochastic_rounding (rows '+mw', '+rem', "
+                        "'+sr'; the TE FusedAdam peer with master weights joins where installed)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "out",
                    help="directory for results.json and results.png (default bench/out/)")
     args = p.parse_args(argv)
@@ -74,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.state_dtype = choose("--state-dtype", args.state_dtype or ("fp32,bf16" if on_gpu else "fp32"),
                               ("fp32", "bf16"))
     args.cases = choose("--cases", args.cases, case_mod.FAMILIES)
+    args.precision = choose("--precision", args.precision, impls.PRECISION_MODES) if args.precision else []
     try:
         args.sizes = [int(float(s)) for s in _list(args.sizes)] if args.sizes else None
     except ValueError:
@@ -143,6 +148,7 @@ def max_case_numel(device: torch.device, args, yard_numel: int) -> int:
     pb = max(impls.DTYPES[d].itemsize for d in args.dtype)
     n_impls = sum(serves(b, device)[0] and (b in ("cpu", "torch")) == (device.type == "cpu" or b == "torch")
                   for b in args.backends) + min(3, len(args.peers))
+    n_impls += len(args.precision)  # (a master or remainder per element besides: within the 12 B)
     if args.clip is not None:  # each row again with clipping, the peers on their own grads
         n_impls *= 2
         pb_grads = pb * min(2, len(args.peers))
@@ -228,7 +234,7 @@ def main(argv=None) -> None:
                 if c is not case or g_cfg is not cfg:
                     continue
                 group, why_not = impls.build_group(opt, workload, sdt, backends, peers, args.compile_max_tensors,
-                                                   args.clip)
+                                                   args.clip, args.precision)
                 skipped += [{"case": case.name, **cfg, "optimizer": opt.name, "impl": key, "reason": reason}
                             for key, reason in why_not]
                 if group:
@@ -261,6 +267,7 @@ def main(argv=None) -> None:
                 "peers": args.peers, "dtype": args.dtype, "state_dtype": args.state_dtype, "cases": args.cases,
                 "sizes": args.sizes, "repeats": args.repeats, "budget_s": args.budget,
                 "compile_max_tensors": args.compile_max_tensors, "max_case_numel": limit, "clip": args.clip,
+                "precision": args.precision,
                 "warmup": 1 + WARMUP, "min_repeats": MIN_REPEATS}
     env = report.environment(device, before, other_during, time.perf_counter() - t_start)
     doc = {"environment": env, "settings": settings, "notes": notes, "cases": cases_out, "rows": rows,

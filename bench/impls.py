@@ -20,7 +20,7 @@ import importlib
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -31,7 +31,7 @@ from fused_optim.reference._common import math_dtype
 from fused_optim.registry import OPTIMIZERS as REGISTRY
 
 OUR_BACKENDS = ("cpu", "cuda", "triton", "torch")
-PEERS = ("fused", "foreach", "compiled", "authors", "pytorch_optimizer")
+PEERS = ("fused", "foreach", "compiled", "authors", "pytorch_optimizer", "te")
 TORCH_PEERS = ("fused", "foreach")
 RATIO_PEER = "AdamW"  # torch.optim's AdamW is the peer of every optimizer but Adam
 FIXED_STEP = 10  # the compiled reference step runs at this step count (one compile per case)
@@ -124,12 +124,44 @@ class Impl:
     # grad-sized accesses beyond the step's own (clip rows: the norm's read of every grad, and
     # for clip_grad_norm_ / a divided copy of the grads the rescale's read and write)
     extra_grad_accesses: int = 0
+    # bytes per element beyond the step's own: the masters/remainders of --precision rows
+    extra_bytes: int = 0
+
+
+# --precision: how our classes keep bf16/fp16 params (row suffix, constructor option). Bytes per
+# element each adds to the plain in-place step (whose param is read and written in its dtype):
+# masters: the fp32 master is read instead of the param and written besides it, (4 - s) + 4 for
+# params of s bytes; remainders: the int16 remainder is read and written, 4; stochastic
+# rounding: nothing (a hash per element instead of memory)
+PRECISION_MODES = {"master_weights": "+mw", "param_remainders": "+rem", "stochastic_rounding": "+sr"}
+
+
+def precision_bytes(option: str, param_dtype: torch.dtype) -> int:
+    if option == "master_weights":
+        return 8 - param_dtype.itemsize
+    return 4 if option == "param_remainders" else 0
+
+
+def precision_serves(option: str, param_dtype: torch.dtype) -> bool:
+    """master weights: bf16 and fp16 params; remainders and stochastic rounding: bf16."""
+    if option == "master_weights":
+        return param_dtype in (torch.bfloat16, torch.float16)
+    return param_dtype == torch.bfloat16
 
 
 # what clipping adds per element, in grad-sized accesses: the norm reads every grad; the
 # backends that divide inside their loops need nothing more; the torch backend divides a copy
 # (read + write), as clip_grad_norm_ rescales in place (read + write)
 CLIP_ACCESSES = {"cpu": 1, "cuda": 1, "triton": 1, "torch": 3, "peer": 3}
+# Adai's reduction pass reads every grad anyway: on the kernel backends it takes the norm in
+# that same read (adai_clip_sums), so clipping adds no access at all
+FUSED_NORM_OPTIMIZERS = ("Adai", "AdaiW")
+
+
+def clip_accesses(backend: str, optimizer: str) -> int:
+    if backend in ("cpu", "cuda", "triton") and optimizer in FUSED_NORM_OPTIMIZERS:
+        return 0
+    return CLIP_ACCESSES[backend]
 
 
 class Skip(Exception):
@@ -185,7 +217,7 @@ def _compile(step: Callable[[], None], device: torch.device) -> Tuple[Callable[[
 
 def build_group(case: OptimizerCase, workload: Workload, state_dtype: torch.dtype, backends: List[str],
                 peers: List[str], compile_max_tensors: int,
-                clip: Optional[float] = None) -> Tuple[List[Impl], List[Tuple[str, str]]]:
+                clip: Optional[float] = None, precision: Sequence[str] = ()) -> Tuple[List[Impl], List[Tuple[str, str]]]:
     """The implementations of one group, and (key, reason) for each one that cannot run."""
     device, dtype = workload.device, workload.dtype
     default_state = state_dtype == math_dtype(dtype)
@@ -203,7 +235,7 @@ def build_group(case: OptimizerCase, workload: Workload, state_dtype: torch.dtyp
             return
         impls.append(impl)
 
-    def ours(backend: str, clipped: bool) -> Impl:
+    def ours(backend: str, clipped: bool, **options) -> Impl:
         ok, why = serves(backend, device)
         if ok and backend in ("cuda", "triton") and device.type != "cuda":
             ok, why = False, f"the {backend} backend serves CUDA tensors only"
@@ -216,15 +248,25 @@ def build_group(case: OptimizerCase, workload: Workload, state_dtype: torch.dtyp
             kwargs["state_dtype"] = state_dtype
         if clipped:
             kwargs["max_grad_norm"] = clip
-        opt = case.ours(workload.params(), backend=backend, **kwargs)
+        opt = case.ours(workload.params(), backend=backend, **kwargs, **options)
         opt.step()  # fails here, not in the timed loop, if this backend refuses these tensors
         return Impl(f"ours:{backend}" + ("+clip" if clipped else ""), opt.step, dtype, state_dtype,
-                    cpu_design=backend == "cpu", extra_grad_accesses=CLIP_ACCESSES[backend] if clipped else 0)
+                    cpu_design=backend == "cpu", extra_grad_accesses=clip_accesses(backend, case.name) if clipped else 0)
 
     for backend in backends:
         for clipped in (False, True) if clip is not None else (False,):
             attempt(f"ours:{backend}" + ("+clip" if clipped else ""),
                     lambda backend=backend, clipped=clipped: ours(backend, clipped))
+        for option in precision:
+            if not precision_serves(option, dtype):
+                continue
+
+            def kept(backend=backend, option=option):
+                impl = ours(backend, False, **{option: True})
+                impl.key += PRECISION_MODES[option]
+                impl.extra_bytes = precision_bytes(option, dtype)
+                return impl
+            attempt(f"ours:{backend}{PRECISION_MODES[option]}", kept)
 
     # peers that keep their states in the param dtype run in the group with the default state
     # dtype (a bf16-param group compares against what those users run: bf16 states) and in the
@@ -271,6 +313,24 @@ def build_group(case: OptimizerCase, workload: Workload, state_dtype: torch.dtyp
                 opt.step()
                 return Impl("authors", opt.step, dtype, dtype)
             attempt("authors", author_loop)
+        elif peer == "te":
+            # TransformerEngine's FusedAdam keeping fp32 master weights of bf16/fp16 params: the
+            # peer of the --precision rows (CUDA only; optional, like pytorch_optimizer)
+            if case.name not in ("Adam", "AdamW") or dtype not in (torch.bfloat16, torch.float16) or not precision:
+                continue
+
+            def transformer_engine():
+                if device.type != "cuda":
+                    raise Skip("TransformerEngine's FusedAdam runs on CUDA only")
+                try:
+                    from transformer_engine.pytorch.optimizers import FusedAdam
+                except ImportError as err:
+                    raise Skip(f"transformer_engine is not installed ({err})") from err
+                kwargs = dict(case.kwargs)
+                opt = FusedAdam(workload.params(), adam_w_mode=case.name == "AdamW", master_weights=True, **kwargs)
+                opt.step()
+                return Impl("te", opt.step, dtype, torch.float32, extra_bytes=precision_bytes("master_weights", dtype))
+            attempt("te", transformer_engine)
         elif peer == "pytorch_optimizer":
             if case.pytorch_optimizer is None or not own_state_ok:
                 continue

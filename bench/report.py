@@ -33,6 +33,10 @@ LABELS = {
 }
 LABELS.update({k + "+clip": ("clip_grad_norm_ + " + v if k in ("fused", "foreach") else v + " +clip")
                for k, v in list(LABELS.items())})
+LABELS.update({f"ours:{b}{suffix}": f"fused_optim {b} {words}" for b in ("cpu", "cuda", "triton", "torch")
+               for suffix, words in (("+mw", "master weights"), ("+rem", "remainders"),
+                                     ("+sr", "stochastic rounding"))})
+LABELS["te"] = "TE FusedAdam master weights"
 # the peers every row's speed-up refers to: key in speedup_over -> (group, impl)
 SPEEDUP_PEERS = ("fused", "foreach", "compiled", "authors", "pytorch_optimizer", "ours:torch")
 
@@ -50,7 +54,7 @@ def row_record(case, config: Dict, opt: OptimizerCase, impl: Impl, timing: Timin
     counts the bytes this implementation's dtypes really move (param and grad bytes from the
     param dtype, state bytes from the state dtype it keeps)."""
     nbytes = (bytes_per_element(opt.name, impl.param_dtype, impl.state_dtype, impl.cpu_design)
-              + impl.extra_grad_accesses * impl.param_dtype.itemsize)
+              + impl.extra_grad_accesses * impl.param_dtype.itemsize + impl.extra_bytes)
     rec = {
         "case": case.name, "family": case.family, "tensors": case.tensors, "elements": case.numel,
         **config,

@@ -24,11 +24,18 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("dtype"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("decoupled"), py::arg("amsgrad"), py::arg("maximize"),
         py::arg("num_threads"),
-        py::arg("grad_divisor") = 1.0);
+        py::arg("grad_divisor") = 1.0, py::arg("param_mode") = 0,
+        py::arg("seed") = 0u, py::arg("tensor_indices") = std::vector<uint32_t>{});
   m.def("adai_vhat_sum", &adai_vhat_sum, release, py::arg("lists"), py::arg("numels"),
         py::arg("steps"), py::arg("v_sums"), py::arg("dtype"), py::arg("beta2"),
         py::arg("weight_decay"), py::arg("decoupled"), py::arg("num_threads"),
-        py::arg("grad_divisor") = 1.0);
+        py::arg("grad_divisor") = 1.0, py::arg("param_mode") = 0,
+        py::arg("seed") = 0u, py::arg("tensor_indices") = std::vector<uint32_t>{});
+  m.def("adai_clip_sums", &adai_clip_sums, release, py::arg("lists"), py::arg("numels"),
+        py::arg("steps"), py::arg("v_sums"), py::arg("dtype"), py::arg("beta2"),
+        py::arg("weight_decay"), py::arg("decoupled"), py::arg("norm_type"), py::arg("num_threads"),
+        py::arg("grad_divisor") = 1.0, py::arg("param_mode") = 0,
+        py::arg("seed") = 0u, py::arg("tensor_indices") = std::vector<uint32_t>{});
   m.def("advance_counters", &advance_counters, release, py::arg("addresses"));
   m.def("tensor_sums", &tensor_sums, release, py::arg("lists"), py::arg("numels"),
         py::arg("dtype"), py::arg("num_threads"));
@@ -36,15 +43,18 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("steps"), py::arg("dtype"), py::arg("lr"), py::arg("beta0"), py::arg("beta2"),
         py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("vbar"),
         py::arg("num_threads"),
-        py::arg("grad_divisor") = 1.0);
+        py::arg("grad_divisor") = 1.0, py::arg("param_mode") = 0,
+        py::arg("seed") = 0u, py::arg("tensor_indices") = std::vector<uint32_t>{});
   m.def("adamomentum_step", &adamomentum_step, release, py::arg("lists"), py::arg("numels"),
         py::arg("steps"), py::arg("dtype"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
         py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("amsgrad"),
         py::arg("rectify"), py::arg("num_threads"),
-        py::arg("grad_divisor") = 1.0);
+        py::arg("grad_divisor") = 1.0, py::arg("param_mode") = 0,
+        py::arg("seed") = 0u, py::arg("tensor_indices") = std::vector<uint32_t>{});
   m.def("dualadam_step", &dualadam_step, release, py::arg("lists"), py::arg("numels"),
         py::arg("dtype"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("global_step"), py::arg("alpha"), py::arg("blend"),
         py::arg("num_threads"),
-        py::arg("grad_divisor") = 1.0);
+        py::arg("grad_divisor") = 1.0, py::arg("param_mode") = 0,
+        py::arg("seed") = 0u, py::arg("tensor_indices") = std::vector<uint32_t>{});
 }

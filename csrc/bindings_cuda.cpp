@@ -57,26 +57,41 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("state_dtype"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
         py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("amsgrad"),
         py::arg("maximize"), py::arg("grad_scale"), py::arg("found_inf"), py::arg("device"),
-        py::arg("stream"));
+        py::arg("stream"),
+        py::arg("param_mode") = 0, py::arg("seed") = 0u,
+        py::arg("tensor_indices") = std::vector<uint32_t>{});
   m.def("adamomentum_step", &adamomentum_step, release, py::arg("lists"), py::arg("numels"),
         py::arg("step_values"), py::arg("step_addresses"), py::arg("dtype"),
         py::arg("state_dtype"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
         py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("amsgrad"),
         py::arg("rectify"), py::arg("grad_scale"), py::arg("found_inf"), py::arg("device"),
-        py::arg("stream"));
+        py::arg("stream"),
+        py::arg("param_mode") = 0, py::arg("seed") = 0u,
+        py::arg("tensor_indices") = std::vector<uint32_t>{});
   m.def("dualadam_step", &dualadam_step, release, py::arg("lists"), py::arg("numels"),
         py::arg("dtype"), py::arg("state_dtype"), py::arg("lr"), py::arg("beta1"),
         py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("switch_rate"),
         py::arg("global_step"), py::arg("global_step_address"), py::arg("grad_scale"),
-        py::arg("found_inf"), py::arg("device"), py::arg("stream"));
+        py::arg("found_inf"), py::arg("device"), py::arg("stream"),
+        py::arg("param_mode") = 0, py::arg("seed") = 0u,
+        py::arg("tensor_indices") = std::vector<uint32_t>{});
   m.def("adai_vhat_sum", &adai_vhat_sum, release, py::arg("lists"), py::arg("numels"),
         py::arg("step_values"), py::arg("step_addresses"), py::arg("dtype"),
         py::arg("state_dtype"), py::arg("beta2"), py::arg("weight_decay"), py::arg("decoupled"),
         py::arg("grad_scale"), py::arg("partials"), py::arg("partials_len"), py::arg("out"),
-        py::arg("device"), py::arg("stream"));
+        py::arg("device"), py::arg("stream"),
+        py::arg("param_mode") = 0, py::arg("tensor_indices") = std::vector<uint32_t>{});
+  m.def("adai_clip_sums", &adai_clip_sums, release, py::arg("lists"), py::arg("numels"),
+        py::arg("step_values"), py::arg("step_addresses"), py::arg("dtype"),
+        py::arg("state_dtype"), py::arg("beta2"), py::arg("weight_decay"), py::arg("decoupled"),
+        py::arg("norm_type"), py::arg("grad_scale"), py::arg("partials"), py::arg("partials_len"),
+        py::arg("out"), py::arg("device"), py::arg("stream"),
+        py::arg("param_mode") = 0, py::arg("tensor_indices") = std::vector<uint32_t>{});
   m.def("adai_update", &adai_update, release, py::arg("lists"), py::arg("numels"),
         py::arg("step_values"), py::arg("step_addresses"), py::arg("dtype"),
         py::arg("state_dtype"), py::arg("lr"), py::arg("beta0"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("decoupled"), py::arg("vbar"), py::arg("grad_scale"),
-        py::arg("found_inf"), py::arg("device"), py::arg("stream"));
+        py::arg("found_inf"), py::arg("device"), py::arg("stream"),
+        py::arg("param_mode") = 0, py::arg("seed") = 0u,
+        py::arg("tensor_indices") = std::vector<uint32_t>{});
 }

@@ -36,10 +36,14 @@ SCHEMAS: Dict[str, str] = {
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, *, "
         "Tensor global_step, " + _HYPER_MOMENTS + ", float switch_rate, " + _SCALING + ") -> ()"
     ),
-    # pass 1 of the torch backend writes v (the reference's split); other backends write nothing
+    # Adai's pass 1 in either form writes nothing (adai_update updates v)
     "adai_second_moment": (
-        "(Tensor[] params, Tensor[] grads, Tensor(a!)[] exp_avg_sqs, Tensor[] steps, *, float beta2, "
+        "(Tensor[] params, Tensor[] grads, Tensor[] exp_avg_sqs, Tensor[] steps, *, float beta2, "
         "float weight_decay, bool decoupled, " + _SCALING + ") -> Tensor"
+    ),
+    "adai_clip_sums": (
+        "(Tensor[] params, Tensor[] grads, Tensor[] exp_avg_sqs, Tensor[] steps, *, float beta2, "
+        "float weight_decay, bool decoupled, float norm_type, Tensor? grad_scale=None) -> Tensor"
     ),
     "adai_update": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
@@ -60,6 +64,13 @@ def _fake_nothing(*_, **__):
     return None
 
 
+def _fake_clip_sums(params, grads, exp_avg_sqs, steps, **_):
+    return torch.empty(4, dtype=torch.float64, device=params[0].device)
+
+
+_FAKES = {"adai_second_moment": _fake_sum, "adai_clip_sums": _fake_clip_sums}
+
+
 def operators(backend: str, module) -> SimpleNamespace:
     """The operators of one backend (registered on first use): a namespace with one callable
     per function of the contract, each `torch.ops.fused_optim.<backend>_<function>`."""
@@ -70,7 +81,7 @@ def operators(backend: str, module) -> SimpleNamespace:
             name = f"{backend}_{function}"
             _library.define(name + schema)
             _library.impl(name, getattr(module, function), "CompositeExplicitAutograd")
-            fake = _fake_sum if function == "adai_second_moment" else _fake_nothing
+            fake = _FAKES.get(function, _fake_nothing)
             torch.library.register_fake(f"fused_optim::{name}", fake, lib=_library)
             setattr(ops, function, getattr(torch.ops.fused_optim, name))
         _registered[backend] = ops

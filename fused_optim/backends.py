@@ -19,6 +19,9 @@ params of one dtype; lists may be long and tensors zero-size or non-contiguous):
                        grad_scale=None, found_inf=None) -> 0-dim float64 tensor: sum of vhat
     adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2,
                 eps, weight_decay, decoupled, vbar, grad_scale=None, found_inf=None)
+    adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
+                   norm_type, grad_scale=None) -> float64 tensor of 4: [norm part, c0, c1, c2]
+                   (reference.adai_clip_sums: Adai's pass 1 when max_grad_norm is set)
 
 - steps: each param's counter, a 0-dim float32 tensor holding the count BEFORE this step
   (the update uses t = step + 1); global_step: DualAdam's one counter, 0-dim float64, the
@@ -26,8 +29,8 @@ params of one dtype; lists may be long and tensors zero-size or non-contiguous):
 - vbar: 0-dim float64 tensor, Adai's global mean of vhat over every param with a grad.
 - grad_scale / found_inf: a GradScaler's scale (grads are divided by it) and its inf flag
   (nonzero: the step changes nothing).
-- Adai's two passes together have the effect of the reference's two; how the work is split
-  between them is the backend's (the cpu pass 1 writes nothing, the reference's writes v).
+- Adai's pass 1 (adai_second_moment, or adai_clip_sums when the grads are clipped) writes
+  nothing; adai_update does the whole element update, v included.
 """
 import importlib
 import os

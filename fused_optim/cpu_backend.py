@@ -39,6 +39,25 @@ def _divisor(grad_scale: Optional[torch.Tensor]) -> float:
     return 1.0 if grad_scale is None else float(grad_scale)
 
 
+def _staged(roles, param_extras: Optional[List[torch.Tensor]], written: bool) -> Staged:
+    """The call's lists: the roles (param, grad, states...; every role but the grads written
+    when the call writes), then the masters/remainders of the param modes that keep them.
+    The params of those modes are contiguous (MasterStep asks for it), so nothing is staged
+    that would come back in another element order."""
+    roles = list(roles) + ([param_extras] if param_extras is not None else [])
+    return Staged(roles, [written and k != 1 for k in range(len(roles))])
+
+
+def _storage(param_mode: int, seed: int, tensor_indices: Optional[List[int]]) -> dict:
+    """How the params are kept (_mixed_precision.MasterStep: param_mode 1 masters, 2
+    remainders, 3 stochastic rounding keyed by the seed and each param's index among all the
+    optimizer's params), as the native calls take it."""
+    if not param_mode:
+        return {}
+    return {"param_mode": int(param_mode), "seed": int(seed) & 0xFFFFFFFF,
+            "tensor_indices": [int(i) & 0xFFFFFFFF for i in (tensor_indices or [])]}
+
+
 def advance_steps(steps: List[torch.Tensor]) -> None:
     """Adds 1 to each 0-dim float32 CPU step tensor (FusedOptimizer._states makes them so) in
     one native call: torch's per-tensor ops (torch._foreach_add_ included) cost ~2 us per CPU
@@ -49,15 +68,16 @@ def advance_steps(steps: List[torch.Tensor]) -> None:
 def adam_step(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[torch.Tensor]], steps, *,
     lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize, grad_scale=None, found_inf=None,
+    param_mode=0, param_extras=None, seed=0, tensor_indices=None,
 ) -> None:
     if skipped(found_inf):
         return
     roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    staged = Staged(roles, [True, False, True, True, True])
+    staged = _staged(roles, param_extras, written=True)
     _cpu.adam_step(
         staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
-        num_threads=_threads(), grad_divisor=_divisor(grad_scale),
+        num_threads=_threads(), grad_divisor=_divisor(grad_scale), **_storage(param_mode, seed, tensor_indices),
     )
     staged.finish()
 
@@ -65,22 +85,23 @@ def adam_step(
 def adamomentum_step(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[torch.Tensor]], steps, *,
     lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, rectify, grad_scale=None, found_inf=None,
+    param_mode=0, param_extras=None, seed=0, tensor_indices=None,
 ) -> None:
     if skipped(found_inf):
         return
     roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    staged = Staged(roles, [True, False, True, True, True])
+    staged = _staged(roles, param_extras, written=True)
     _cpu.adamomentum_step(
         staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
-        num_threads=_threads(), grad_divisor=_divisor(grad_scale),
+        num_threads=_threads(), grad_divisor=_divisor(grad_scale), **_storage(param_mode, seed, tensor_indices),
     )
     staged.finish()
 
 
 def dualadam_step(
     params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta1, beta2, eps, weight_decay, switch_rate,
-    grad_scale=None, found_inf=None,
+    grad_scale=None, found_inf=None, param_mode=0, param_extras=None, seed=0, tensor_indices=None,
 ) -> None:
     from .reference import dualadam_blend_weight
 
@@ -88,11 +109,11 @@ def dualadam_step(
         return
     t = int(global_step.item()) + 1
     alpha, blend = dualadam_blend_weight(t, switch_rate)
-    staged = Staged([params, grads, exp_avgs, exp_avg_sqs], [True, False, True, True])
+    staged = _staged([params, grads, exp_avgs, exp_avg_sqs], param_extras, written=True)
     _cpu.dualadam_step(
         staged.addresses, staged.numels, _dtype_code(params), lr=lr, beta1=beta1, beta2=beta2, eps=eps,
         weight_decay=weight_decay, global_step=float(t), alpha=alpha, blend=blend,
-        num_threads=_threads(), grad_divisor=_divisor(grad_scale),
+        num_threads=_threads(), grad_divisor=_divisor(grad_scale), **_storage(param_mode, seed, tensor_indices),
     )
     staged.finish()
 
@@ -139,27 +160,40 @@ def _carried_v_sums(exp_avg_sqs: List[torch.Tensor]) -> List[float]:
 
 
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, grad_scale=None,
-                       found_inf=None) -> torch.Tensor:
+                       found_inf=None, param_mode=0, param_extras=None, seed=0, tensor_indices=None) -> torch.Tensor:
     # pass 1 writes nothing, so found_inf needs no check here (adai_update skips)
-    staged = Staged([params, grads], [False, False])
+    staged = _staged([params, grads], param_extras, written=False)
     total = _cpu.adai_vhat_sum(
         staged.addresses, staged.numels, _new_steps(steps), _carried_v_sums(exp_avg_sqs), _dtype_code(params),
         beta2=beta2, weight_decay=weight_decay, decoupled=decoupled, num_threads=_threads(),
-        grad_divisor=_divisor(grad_scale),
+        grad_divisor=_divisor(grad_scale), **_storage(param_mode, seed, tensor_indices),
     )
     return torch.tensor(total, dtype=torch.float64)
+
+
+def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, norm_type,
+                   grad_scale=None, param_mode=0, param_extras=None, seed=0, tensor_indices=None) -> torch.Tensor:
+    staged = _staged([params, grads], param_extras, written=False)
+    sums = _cpu.adai_clip_sums(
+        staged.addresses, staged.numels, _new_steps(steps), _carried_v_sums(exp_avg_sqs), _dtype_code(params),
+        beta2=beta2, weight_decay=weight_decay, decoupled=decoupled, norm_type=norm_type, num_threads=_threads(),
+        grad_divisor=_divisor(grad_scale), **_storage(param_mode, seed, tensor_indices),
+    )
+    return torch.tensor(sums, dtype=torch.float64)
 
 
 def adai_update(
     params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *,
     lr, beta0, beta2, eps, weight_decay, decoupled, vbar, grad_scale=None, found_inf=None,
+    param_mode=0, param_extras=None, seed=0, tensor_indices=None,
 ) -> None:
     if skipped(found_inf):
         return
-    staged = Staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], [True, False, True, True, True])
+    staged = _staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], param_extras, written=True)
     v_sums = _cpu.adai_update(
         staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta0=beta0, beta2=beta2,
-        eps=eps, weight_decay=weight_decay, decoupled=decoupled, vbar=float(vbar), num_threads=_threads(), grad_divisor=_divisor(grad_scale),
+        eps=eps, weight_decay=weight_decay, decoupled=decoupled, vbar=float(vbar), num_threads=_threads(),
+        grad_divisor=_divisor(grad_scale), **_storage(param_mode, seed, tensor_indices),
     )
     staged.finish()
     for v, total in zip(exp_avg_sqs, v_sums):

@@ -20,7 +20,8 @@ kernels load them to fp32 and store them rounded to nearest even.
 Every native call is a torch.library custom op (fused_optim::cuda_*) with a fake kernel, so
 torch.compile sees one opaque op per call.
 """
-from typing import List, Optional, Sequence, Tuple
+import math
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -118,26 +119,81 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
-# ---- native calls, each a custom op ----
+class Mixed(NamedTuple):
+    """How a call's bf16/fp16 params are kept (_mixed_precision.MasterStep, eager steps only):
+    param_mode 1 with fp32 masters, 2 with int16 remainders (`extras`, one per param), 3
+    rounded stochastically by a hash of the seed, each param's index among all the optimizer's
+    params (`tensor_indices`), its step and the element."""
+    param_mode: int
+    extras: Optional[List[Tensor]]
+    seed: int
+    tensor_indices: Optional[List[int]]
+
+
+def _mixed(param_mode, param_extras, seed, tensor_indices) -> Optional[Mixed]:
+    return Mixed(int(param_mode), param_extras, int(seed), tensor_indices) if param_mode else None
+
+
+_EXTRA_DTYPES = {1: torch.float32, 2: torch.int16}
+
+
+def _staged(op: str, roles, writable, mixed: Optional[Mixed]) -> Staged:
+    """The call's address lists: its roles, then the masters/remainders of those modes (written
+    when the call writes the params)."""
+    if mixed is not None and mixed.param_mode in _EXTRA_DTYPES:
+        want, params = _EXTRA_DTYPES[mixed.param_mode], roles[0]
+        extras = list(mixed.extras or [])
+        if len(extras) != len(params):
+            raise ValueError(f"fused_optim.cuda_backend.{op}: {len(extras)} masters/remainders for "
+                             f"{len(params)} params")
+        for p, x in zip(params, extras):
+            if x.dtype != want or x.shape != p.shape or x.device != p.device:
+                raise ValueError(f"fused_optim.cuda_backend.{op}: a master/remainder of {x.dtype} {tuple(x.shape)} on "
+                                 f"{x.device} for a param of {tuple(p.shape)} on {p.device} (want {want})")
+        roles, writable = list(roles) + [extras], list(writable[:len(roles)]) + [writable[0]]
+    return Staged(roles, writable)
+
+
+def _mode_args(mixed: Optional[Mixed], with_seed: bool) -> dict:
+    """The native call's param-mode arguments (none for plain params)."""
+    if mixed is None:
+        return {}
+    args = {"param_mode": mixed.param_mode,
+            "tensor_indices": [int(i) & 0xFFFFFFFF for i in (mixed.tensor_indices or [])]}
+    if with_seed:
+        args["seed"] = mixed.seed & 0xFFFFFFFF
+    return args
+
+
+# ---- native calls, each a custom op (the mixed-precision modes call the functions themselves:
+# eager steps only, see _mixed_precision.MasterStep) ----
+
+def _adam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+             max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float, eps: float,
+             weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool, grad_scale: Optional[Tensor],
+             found_inf: Optional[Tensor], mixed: Optional["Mixed"] = None) -> None:
+    op = "adam_step"
+    roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
+    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], 2)
+    values, addresses = _steps(op, steps, len(params), device)
+    staged = _staged(op, roles, [True, False, True, True, True], mixed)
+    _cuda.adam_step(
+        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2,
+        eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
+        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
+        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
+        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, True),
+    )
+    staged.finish()
+
 
 @_dispatch.custom_op("fused_optim::cuda_adam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
 def _adam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
              max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float, eps: float,
              weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool, grad_scale: Optional[Tensor],
              found_inf: Optional[Tensor]) -> None:
-    op = "adam_step"
-    roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], 2)
-    values, addresses = _steps(op, steps, len(params), device)
-    staged = Staged(roles, [True, False, True, True, True])
-    _cuda.adam_step(
-        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2,
-        eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
-        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
-        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index or 0, stream=_stream(device),
-    )
-    staged.finish()
+    _adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay, decoupled,
+          amsgrad, maximize, grad_scale, found_inf)
 
 
 @_adam_op.register_fake
@@ -146,25 +202,33 @@ def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, b
     return None
 
 
+def _adamomentum(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                    max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float,
+                    eps: float, weight_decay: float, decoupled: bool, amsgrad: bool, rectify: bool,
+                    grad_scale: Optional[Tensor], found_inf: Optional[Tensor], mixed: Optional["Mixed"] = None) -> None:
+    op = "adamomentum_step"
+    roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
+    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], 2)
+    values, addresses = _steps(op, steps, len(params), device)
+    staged = _staged(op, roles, [True, False, True, True, True], mixed)
+    _cuda.adamomentum_step(
+        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2,
+        eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
+        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
+        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
+        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, True),
+    )
+    staged.finish()
+
+
 @_dispatch.custom_op("fused_optim::cuda_adamomentum_step",
                          mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
 def _adamomentum_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
                     max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float,
                     eps: float, weight_decay: float, decoupled: bool, amsgrad: bool, rectify: bool,
                     grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
-    op = "adamomentum_step"
-    roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], 2)
-    values, addresses = _steps(op, steps, len(params), device)
-    staged = Staged(roles, [True, False, True, True, True])
-    _cuda.adamomentum_step(
-        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2,
-        eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
-        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
-        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index or 0, stream=_stream(device),
-    )
-    staged.finish()
+    _adamomentum(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
+                 decoupled, amsgrad, rectify, grad_scale, found_inf)
 
 
 @_adamomentum_op.register_fake
@@ -173,10 +237,10 @@ def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, b
     return None
 
 
-@_dispatch.custom_op("fused_optim::cuda_dualadam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
-def _dualadam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+def _dualadam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
                  global_step: Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                 switch_rate: float, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
+                 switch_rate: float, grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
+                 mixed: Optional["Mixed"] = None) -> None:
     op = "dualadam_step"
     roles = [params, grads, exp_avgs, exp_avg_sqs]
     device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs"], 2)
@@ -188,16 +252,24 @@ def _dualadam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
         step_value, step_address = 0.0, global_step.data_ptr()
     else:
         step_value, step_address = float(global_step), 0
-    staged = Staged(roles, [True, False, True, True])
+    staged = _staged(op, roles, [True, False, True, True], mixed)
     _cuda.dualadam_step(
         staged.addresses, staged.numels, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
         weight_decay=weight_decay, switch_rate=switch_rate, global_step=step_value,
         global_step_address=step_address,
         grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
         found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index or 0, stream=_stream(device),
+        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, True),
     )
     staged.finish()
+
+
+@_dispatch.custom_op("fused_optim::cuda_dualadam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
+def _dualadam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                 global_step: Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                 switch_rate: float, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
+    _dualadam(params, grads, exp_avgs, exp_avg_sqs, global_step, lr, beta1, beta2, eps, weight_decay, switch_rate,
+              grad_scale, found_inf)
 
 
 @_dualadam_op.register_fake
@@ -206,15 +278,14 @@ def _(params, grads, exp_avgs, exp_avg_sqs, global_step, lr, beta1, beta2, eps, 
     return None
 
 
-@_dispatch.custom_op("fused_optim::cuda_adai_second_moment", mutates_args=())
-def _adai_second_moment_op(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
+def _adai_second_moment(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
                            beta2: float, weight_decay: float, decoupled: bool,
-                           grad_scale: Optional[Tensor]) -> Tensor:
+                           grad_scale: Optional[Tensor], mixed: Optional["Mixed"] = None) -> Tensor:
     op = "adai_second_moment"
     roles = [params, grads, exp_avg_sqs]
     device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avg_sqs"], 2)
     values, addresses = _steps(op, steps, len(params), device)
-    staged = Staged(roles, [False, False, False])
+    staged = _staged(op, roles, [False, False, False], mixed)
     chunks = _cuda.chunk_count(staged.numels)
     partials = torch.empty(max(chunks, 1), dtype=torch.float64, device=device)
     out = torch.empty((), dtype=torch.float64, device=device)
@@ -223,9 +294,16 @@ def _adai_second_moment_op(params: List[Tensor], grads: List[Tensor], exp_avg_sq
         weight_decay=weight_decay, decoupled=decoupled,
         grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
         partials=partials.data_ptr(), partials_len=partials.numel(), out=out.data_ptr(),
-        device=device.index or 0, stream=_stream(device),
+        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, False),
     )
     return out
+
+
+@_dispatch.custom_op("fused_optim::cuda_adai_second_moment", mutates_args=())
+def _adai_second_moment_op(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
+                           beta2: float, weight_decay: float, decoupled: bool,
+                           grad_scale: Optional[Tensor]) -> Tensor:
+    return _adai_second_moment(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, grad_scale)
 
 
 @_adai_second_moment_op.register_fake
@@ -233,25 +311,66 @@ def _(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, grad_sc
     return params[0].new_empty((), dtype=torch.float64)
 
 
-@_dispatch.custom_op("fused_optim::cuda_adai_update", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "beta1_prods"))
-def _adai_update_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+def _adai_clip_sums(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
+                       beta2: float, weight_decay: float, decoupled: bool, norm_type: float,
+                       grad_scale: Optional[Tensor], mixed: Optional["Mixed"] = None) -> Tensor:
+    op = "adai_clip_sums"
+    roles = [params, grads, exp_avg_sqs]
+    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avg_sqs"], 2)
+    values, addresses = _steps(op, steps, len(params), device)
+    staged = _staged(op, roles, [False, False, False], mixed)
+    chunks = _cuda.chunk_count(staged.numels)
+    partials = torch.empty(max(4 * chunks, 1), dtype=torch.float64, device=device)
+    out = torch.empty(4, dtype=torch.float64, device=device)
+    _cuda.adai_clip_sums(
+        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, beta2=beta2,
+        weight_decay=weight_decay, decoupled=decoupled, norm_type=norm_type,
+        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
+        partials=partials.data_ptr(), partials_len=partials.numel(), out=out.data_ptr(),
+        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, False),
+    )
+    return out
+
+
+@_dispatch.custom_op("fused_optim::cuda_adai_clip_sums", mutates_args=())
+def _adai_clip_sums_op(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
+                       beta2: float, weight_decay: float, decoupled: bool, norm_type: float,
+                       grad_scale: Optional[Tensor]) -> Tensor:
+    return _adai_clip_sums(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, norm_type, grad_scale)
+
+
+@_adai_clip_sums_op.register_fake
+def _(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, norm_type, grad_scale):
+    return params[0].new_empty(4, dtype=torch.float64)
+
+
+def _adai_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
                     beta1_prods: List[Tensor], steps: List[Tensor], lr: float, beta0: float, beta2: float, eps: float,
                     weight_decay: float, decoupled: bool, vbar: Tensor, grad_scale: Optional[Tensor],
-                    found_inf: Optional[Tensor]) -> None:
+                    found_inf: Optional[Tensor], mixed: Optional["Mixed"] = None) -> None:
     op = "adai_update"
     roles = [params, grads, exp_avgs, exp_avg_sqs, beta1_prods]
     device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "beta1_prods"], 2)
     values, addresses = _steps(op, steps, len(params), device)
-    staged = Staged(roles, [True, False, True, True, True])
+    staged = _staged(op, roles, [True, False, True, True, True], mixed)
     _cuda.adai_update(
         staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta0=beta0, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled,
         vbar=_scalar(op, "vbar", vbar, torch.float64, device),
         grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
         found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index or 0, stream=_stream(device),
+        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, True),
     )
     staged.finish()
+
+
+@_dispatch.custom_op("fused_optim::cuda_adai_update", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "beta1_prods"))
+def _adai_update_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
+                    beta1_prods: List[Tensor], steps: List[Tensor], lr: float, beta0: float, beta2: float, eps: float,
+                    weight_decay: float, decoupled: bool, vbar: Tensor, grad_scale: Optional[Tensor],
+                    found_inf: Optional[Tensor]) -> None:
+    _adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, lr, beta0, beta2, eps, weight_decay,
+                 decoupled, vbar, grad_scale, found_inf)
 
 
 @_adai_update_op.register_fake
@@ -267,33 +386,48 @@ def _need_module() -> None:
 
 # ---- the backend's step functions ----
 
+# Each public function takes the param-mode keywords of _mixed_precision.MasterStep (param_mode,
+# param_extras, seed, tensor_indices; eager steps only) and then calls the native function
+# itself; plain calls go through the custom op (_dispatch.call: directly in eager mode).
+_PLAIN = dict(param_mode=0, param_extras=None, seed=0, tensor_indices=None)
+
+
+def _run(op, function, args, mode_kwargs):
+    mixed = _mixed(**mode_kwargs)
+    if mixed is None:
+        return _dispatch.call(op, *args)
+    return function(*args, mixed=mixed)
+
+
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[Tensor]], steps, *,
               lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
-              grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+              grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None, **mode) -> None:
     """One Adam (decoupled=False) or AdamW step over a group; steps are the counts before it."""
     _need_module()
     if not params:
         return
-    _dispatch.call(_adam_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
-             list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
-             float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(maximize), grad_scale, found_inf)
+    _run(_adam_op, _adam, (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+                           list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
+                           float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(maximize), grad_scale,
+                           found_inf), {**_PLAIN, **mode})
 
 
 def adamomentum_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[Tensor]], steps, *,
                      lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, rectify,
-                     grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+                     grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None, **mode) -> None:
     """One AdaMomentum step over a group; steps are the counts before it."""
     _need_module()
     if not params:
         return
-    _dispatch.call(_adamomentum_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
-                    list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
-                    float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(rectify), grad_scale,
-                    found_inf)
+    _run(_adamomentum_op, _adamomentum, (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+                                         list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr),
+                                         float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled),
+                                         bool(amsgrad), bool(rectify), grad_scale, found_inf), {**_PLAIN, **mode})
 
 
 def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta1, beta2, eps, weight_decay,
-                  switch_rate, grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+                  switch_rate, grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+                  **mode) -> None:
     """One DualAdam/InvAdam step over a group; global_step is the count before it (a 0-dim
     float64 tensor, CPU or CUDA, or a number)."""
     _need_module()
@@ -301,30 +435,47 @@ def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta
         return
     if not torch.is_tensor(global_step):
         global_step = torch.tensor(float(global_step), dtype=torch.float64)
-    _dispatch.call(_dualadam_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), global_step, float(lr),
-                 float(beta1), float(beta2), float(eps), float(weight_decay), float(switch_rate), grad_scale,
-                 found_inf)
+    _run(_dualadam_op, _dualadam, (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), global_step,
+                                   float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+                                   float(switch_rate), grad_scale, found_inf), {**_PLAIN, **mode})
 
 
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
-                       grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> Tensor:
+                       grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None, **mode) -> Tensor:
     """Adai pass 1: the group's sum of the new vhat, a 0-dim float64 tensor on the device.
     Reads g, v (and p with L2) and writes nothing: pass 2 updates v (so found_inf needs no
     check here: pass 2 skips). Deterministic (fixed reduction tree, no atomics)."""
     _need_module()
     if not params:
         return torch.zeros((), dtype=torch.float64)
-    return _dispatch.call(_adai_second_moment_op, list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2),
-                                  float(weight_decay), bool(decoupled), grad_scale)
+    return _run(_adai_second_moment_op, _adai_second_moment,
+                (list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2), float(weight_decay),
+                 bool(decoupled), grad_scale), {**_PLAIN, **mode})
+
+
+def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, norm_type,
+                   grad_scale: Optional[Tensor] = None, **mode) -> Tensor:
+    """Adai pass 1 with max_grad_norm (reference: adai_clip_sums): [norm part, c0, c1, c2], a
+    float64 tensor of 4 on the device, from one read of g and v (and p with L2); writes
+    nothing. Deterministic (fixed reduction trees, no atomics)."""
+    _need_module()
+    if not params:
+        out = torch.zeros(4, dtype=torch.float64)
+        out[0] = math.inf if norm_type == -math.inf else 0.0
+        return out
+    return _run(_adai_clip_sums_op, _adai_clip_sums,
+                (list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2), float(weight_decay),
+                 bool(decoupled), float(norm_type), grad_scale), {**_PLAIN, **mode})
 
 
 def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2, eps,
                 weight_decay, decoupled, vbar: Tensor, grad_scale: Optional[Tensor] = None,
-                found_inf: Optional[Tensor] = None) -> None:
+                found_inf: Optional[Tensor] = None, **mode) -> None:
     """Adai pass 2, given vbar (0-dim float64 on the device): v, beta1_prod, m and p."""
     _need_module()
     if not params:
         return
-    _dispatch.call(_adai_update_op, list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods), list(steps),
-                    float(lr), float(beta0), float(beta2), float(eps), float(weight_decay), bool(decoupled), vbar,
-                    grad_scale, found_inf)
+    _run(_adai_update_op, _adai_update,
+         (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods), list(steps), float(lr),
+          float(beta0), float(beta2), float(eps), float(weight_decay), bool(decoupled), vbar, grad_scale, found_inf),
+         {**_PLAIN, **mode})

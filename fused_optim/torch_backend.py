@@ -44,16 +44,25 @@ def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, grad_sca
 
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, grad_scale=None, found_inf=None,
                        **hyper) -> torch.Tensor:
-    # the reference's pass 1 writes v, so a skipped step must stop here already
-    if skipped(found_inf):
-        return torch.zeros((), dtype=torch.float64, device=params[0].device)
-    return reference.adai_second_moment(params, unscaled(grads, grad_scale), exp_avg_sqs, _new_steps(steps),
-                                         **hyper)
+    """The reference's pass 1 on copies of v: like every backend's pass 1 it writes nothing
+    (adai_update runs the v update), so that adai_clip_sums can stand in for it. The copies
+    cost this fallback a read and a write of v; the values are the reference's bit for bit."""
+    return reference.adai_second_moment(params, unscaled(grads, grad_scale), [v.clone() for v in exp_avg_sqs],
+                                        _new_steps(steps), **hyper)
+
+
+def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, grad_scale=None, **hyper) -> torch.Tensor:
+    return reference.adai_clip_sums(params, unscaled(grads, grad_scale), exp_avg_sqs, _new_steps(steps), **hyper)
 
 
 def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, grad_scale=None, found_inf=None,
-                **hyper) -> None:
+                lr, beta0, eps, **hyper) -> None:
     if skipped(found_inf):
         return
-    reference.adai_update(params, unscaled(grads, grad_scale), exp_avgs, exp_avg_sqs, beta1_prods,
-                          _new_steps(steps), **hyper)
+    grads = unscaled(grads, grad_scale)
+    new_steps = _new_steps(steps)
+    # the v update of the reference's pass 1 (whose sum the optimizer already has), then pass 2
+    reference.adai_second_moment(params, grads, exp_avg_sqs, new_steps, beta2=hyper["beta2"],
+                                 weight_decay=hyper["weight_decay"], decoupled=hyper["decoupled"])
+    reference.adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, new_steps, lr=lr, beta0=beta0, eps=eps,
+                          **hyper)

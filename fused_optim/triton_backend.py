@@ -25,6 +25,7 @@ from . import _dispatch
 _IMPORT_ERROR: Optional[BaseException] = None
 try:
     from .triton_kernels import adai as _adai
+    from .triton_kernels import adai_clip as _adai_clip
     from .triton_kernels import adam as _adam
     from .triton_kernels import adamomentum as _adamomentum
     from .triton_kernels import dualadam as _dualadam
@@ -308,6 +309,50 @@ def adai_second_moment(
     return _dispatch.call(
         _adai_second_moment_op, list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2), float(weight_decay),
         bool(decoupled), grad_scale,
+    )
+
+
+@_dispatch.custom_op("fused_optim::triton_adai_clip_sums", mutates_args=())
+def _adai_clip_sums_op(
+    params: List[torch.Tensor], grads: List[torch.Tensor], exp_avg_sqs: List[torch.Tensor],
+    steps: List[torch.Tensor], beta2: float, weight_decay: float, decoupled: bool, norm_type: float,
+    grad_scale: Optional[torch.Tensor],
+) -> torch.Tensor:
+    device = _device_of(params)
+    kind = _adai_clip.norm_kind(norm_type)
+    staged = _mt.Staged([params, grads, exp_avg_sqs], [False, False, False])
+    plan = _plan("adai_clip_sums", staged, steps, device)
+    out = torch.zeros(4, dtype=torch.float64, device=device)
+    if plan.grid[0] == 0:  # only empty tensors: nothing to add (a min over no element is +inf)
+        if kind == _adai_clip.NORM_MIN:
+            out[0] = float("inf")
+        return out
+    partials = torch.empty(4 * plan.grid[0], dtype=torch.float64, device=device)
+    l2 = float(weight_decay) if weight_decay != 0 and not decoupled else 0.0
+    _mt.launch(
+        _adai_clip.adai_clip_sums_kernel, plan,
+        [plan.table, plan.blocks, partials, _optional(grad_scale, device), float(beta2), l2, float(norm_type)],
+        dict(_dtypes(params, grads, exp_avg_sqs), NORM=kind, APPLY_L2=l2 != 0.0, HAS_GRAD_SCALE=grad_scale is not None),
+    )
+    constexprs = {"NORM": kind, "RBLOCK": _SUM_BLOCK}
+    _mt.VARIANTS.record(_adai_clip.clip_totals_kernel, [partials, plan.grid[0], out], constexprs, {})
+    _adai_clip.clip_totals_kernel[(4,)](partials, plan.grid[0], out, **constexprs)
+    return out
+
+
+@_adai_clip_sums_op.register_fake
+def _(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, norm_type, grad_scale) -> torch.Tensor:
+    return torch.empty(4, dtype=torch.float64, device=params[0].device)
+
+
+def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, norm_type,
+                   grad_scale=None) -> torch.Tensor:
+    """Adai's pass 1 with max_grad_norm (reference: adai_clip_sums): [norm part, c0, c1, c2],
+    a float64 tensor of 4 on the device, from one read of g and v (and p with L2); writes
+    nothing. Deterministic (fixed-order sums, no atomics)."""
+    return _dispatch.call(
+        _adai_clip_sums_op, list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2),
+        float(weight_decay), bool(decoupled), float(norm_type), grad_scale,
     )
 
 

@@ -37,13 +37,48 @@ def data():
 
 def train(net, opt, batches, rank=0, world=1):
     """The local part of each global batch; the mean loss over it (DDP and FSDP average the
-    grads over ranks, so every rank steps with the full batch's mean gradient)."""
+    grads over ranks, so every rank steps with the full batch's mean gradient). Returns the
+    number of collectives each step() made."""
     share = GLOBAL_BATCH // world
+    per_step = []
     for x, y in batches:
         x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
         opt.zero_grad()
         torch.nn.functional.mse_loss(net(x), y).backward()
-        opt.step()
+        with counted_collectives() as count:
+            opt.step()
+        per_step.append(count[0])
+    return per_step
+
+
+class counted_collectives:
+    """Counts the all-reduces and all-gathers made inside the block (FSDP2 makes its own in
+    forward and backward, none in step(): every one counted is the optimizer's)."""
+
+    NAMES = ("all_reduce", "all_gather", "all_gather_into_tensor")
+
+    def __enter__(self):
+        self.count = [0]
+        self.saved = {name: getattr(dist, name) for name in self.NAMES}
+        for name, original in self.saved.items():
+            def counting(*args, _original=original, **kwargs):
+                self.count[0] += 1
+                return _original(*args, **kwargs)
+            setattr(dist, name, counting)
+        return self.count
+
+    def __exit__(self, *exc):
+        for name, original in self.saved.items():
+            setattr(dist, name, original)
+        return False
+
+
+def expected_collectives(mode: str, name: str, extra) -> int:
+    """Per step under FSDP2: one when the step needs a global reduction (Adai's mean, the grad
+    norm of max_grad_norm, or both at once: still one); DDP's params are not sharded: none."""
+    if mode != "fsdp2":
+        return 0
+    return 1 if name in ("Adai", "AdaiW") or extra.get("max_grad_norm") is not None else 0
 
 
 def wrap(net, mode, world):
@@ -77,7 +112,11 @@ def main(rank: int, world: int, mode: str, out_dir: str, backends) -> None:
                 for suffix, extra in variants(name).items():
                     net = wrap(model(), mode, world)
                     opt = spec.cls(net.parameters(), **spec.cases["default"], **extra, backend=backend)
-                    train(net, opt, data(), rank, world)
+                    counts = train(net, opt, data(), rank, world)
+                    want = expected_collectives(mode, name, extra)
+                    if counts != [want] * len(counts):
+                        raise AssertionError(f"{mode} {name}{suffix} {backend}: {counts} collectives per step, "
+                                             f"expected {want}")
                     params = full_params(net)
                     if rank == 0:
                         torch.save(params, os.path.join(out_dir, f"{mode}-{name}-{backend}{suffix}.pt"))

@@ -120,6 +120,9 @@ def _op_arguments(function, dtype):
             global_step=torch.tensor(3.0, dtype=torch.float64), **moments, switch_rate=0.1, **scaling)
     if function == "adai_second_moment":
         return (params, grads, like(0.02), steps), dict(beta2=0.99, weight_decay=0.01, decoupled=False, **scaling)
+    if function == "adai_clip_sums":
+        return (params, grads, like(0.02), steps), dict(beta2=0.99, weight_decay=0.01, decoupled=False,
+                                                        norm_type=2.0, grad_scale=scaling["grad_scale"])
     if function == "adai_update":
         return (params, grads, like(0.01), like(0.02), like(1.0), steps), dict(
             lr=0.1, beta0=0.1, beta2=0.99, eps=1e-3, weight_decay=0.01, decoupled=True,
@@ -131,8 +134,8 @@ def _op_arguments(function, dtype):
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("torch", "cpu")])  # triton: its own file
 @pytest.mark.parametrize("function", list(_ops.SCHEMAS))
 def test_opcheck(function, backend, dtype):
+    backends.operators(backend)  # registered (first, so that the test also runs alone)
     op = getattr(torch.ops.fused_optim, f"{backend}_{function}")
-    backends.operators(backend)  # registered
     args, kwargs = _op_arguments(function, dtype)
     torch.library.opcheck(op.default, args, kwargs)
 

@@ -9,6 +9,7 @@ found_inf and grad_scale; Adai's deterministic reduction; a tensor past 2^31 ele
 The optimizer classes are not wired to this backend here: the GPU tests drive the backend's
 step functions directly and use the classes (torch backend, fp64) as the oracle.
 """
+import math
 import os
 import re
 import shutil
@@ -638,12 +639,36 @@ def test_emulated_adai_reduction(on_host, case):
     _check_adai_reduction(case, on_host, "views")
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 3.0, math.inf, -math.inf], ids=["l2", "l3", "inf", "-inf"])
+@pytest.mark.parametrize("case", ["l2", "decoupled"])
+def test_emulated_adai_clip_sums(on_host, case, norm_type):
+    """Adai's clipped pass 1 (norm part and quadratic in the clip coefficient) against the fp64
+    reference, on fp64 and on fp32 params of the vector/masked layouts."""
+    from fused_optim import cuda_backend
+
+    from .test_clipping import check_adai_clip_sums
+
+    check_adai_clip_sums(cuda_backend, case, norm_type)
+    check_adai_clip_sums(cuda_backend, case, norm_type, params=make_params("views", torch.float32))
+
+
+def test_emulated_adai_clip_sums_over_several_chunks(on_host):
+    """3 x 70001 elements: several chunks' partials in the totals' trees (and the max)."""
+    from fused_optim import cuda_backend
+
+    from .test_clipping import check_adai_clip_sums
+
+    params = make_params("chunks", torch.float32)
+    check_adai_clip_sums(cuda_backend, "l2", 2.0, params=params)
+    check_adai_clip_sums(cuda_backend, "decoupled", math.inf, params=params)
+
+
 def test_emulated_dualadam_switch_step(on_host):
     _check_dualadam_switch(on_host)
 
 
 @pytest.mark.parametrize("function", ["adam_step", "adamomentum_step", "dualadam_step", "adai_second_moment",
-                                      "adai_update"])
+                                      "adai_update", "adai_clip_sums"])
 def test_emulated_operators_pass_opcheck(on_host, function, monkeypatch):
     """torch.library.opcheck on each fused_optim::cuda_* operator (schema, fake kernel,
     functionalization), with the arguments the public function hands it."""
@@ -668,3 +693,57 @@ def test_emulated_operators_pass_opcheck(on_host, function, monkeypatch):
 @pytest.mark.parametrize("name,case", CASES, ids=[f"{n}-{c}" for n, c in CASES])
 def test_emulated_bfloat16_states(on_host, name, case, layout):
     _check_bfloat16_states(name, case, torch.bfloat16, layout, on_host)
+
+
+# ---------------------------------------------------------------- bf16/fp16 param modes
+
+@pytest.fixture
+def cuda_classes_on_host(on_host, monkeypatch):
+    """The optimizer classes with backend="cuda" on CPU tensors, against the emulated kernels."""
+    from fused_optim import backends, cuda_backend
+
+    serves = backends.serves
+    monkeypatch.setattr(backends, "serves", lambda b, *a, **k: (True, "emulated") if b == "cuda" else serves(b, *a, **k))
+    monkeypatch.setitem(backends._implementations, "cuda", cuda_backend)
+    monkeypatch.setitem(backends._operators, "cuda", cuda_backend)
+    return cuda_backend
+
+
+PARAM_MODE_CASES = [(name, option) for name in OPTIMIZERS
+                    for option in ("master_weights", "param_remainders", "stochastic_rounding")]
+
+
+@pytest.mark.parametrize("name,option", PARAM_MODE_CASES, ids=[f"{n}-{o}" for n, o in PARAM_MODE_CASES])
+def test_emulated_param_modes_equal_the_unfused_path(cuda_classes_on_host, name, option, monkeypatch):
+    """The kernels keep masters/remainders/stochastic rounding in their one pass
+    (csrc/cuda/param_access.cuh): the bits of the unfused path (the same kernels on fp32
+    copies, params written back after), params and every state, 3 steps; with L2 for Adai
+    (its pass 1 reads the master's p) and clipping (Adai's fused norm pass reads it too)."""
+    from fused_optim.optimizers import _mixed_precision as mixed
+
+    cuda_backend = cuda_classes_on_host
+    spec = OPTIMIZERS[name]
+    kwargs = dict(spec.cases.get("l2", spec.cases["default"]), backend="cuda", max_grad_norm=0.05, **{option: True})
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(33, 7), (129,), (5, 3)]
+    initial = [(torch.randn(s, generator=gen) * 0.05).to(torch.bfloat16) for s in shapes]
+    runs = []
+    original = cuda_backend._mixed
+    modes = []
+    monkeypatch.setattr(cuda_backend, "_mixed", lambda **k: modes.append(k["param_mode"]) or original(**k))
+    for fuse in (True, False):
+        monkeypatch.setattr(mixed, "FUSED_BACKENDS", ("cuda",) if fuse else ())
+        modes.clear()
+        params = [t.clone().requires_grad_() for t in initial]
+        opt = spec.cls(params, **kwargs)
+        for step in range(1, 4):
+            for p, g in zip(params, grads_for(params, step)):
+                p.grad = g
+            opt.step()
+        assert set(modes) == ({mixed.PARAM_MODES[option]} if fuse else {0})
+        runs.append((params, opt))
+    (fused, fused_opt), (plain, plain_opt) = runs
+    for p, q in zip(fused, plain):
+        assert torch.equal(p.detach().view(torch.int16), q.detach().view(torch.int16))
+        for key, value in fused_opt.state[p].items():
+            assert torch.equal(value, plain_opt.state[q][key]), key

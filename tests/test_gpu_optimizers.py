@@ -2,6 +2,8 @@
 triton), against the fp64 reference; capturable steps in a CUDA graph; GradScaler's fused
 path. Skips without a GPU; .ci/gpu runs it on a lent one. (The backends' own functions are
 tested in depth in test_cuda_backend.py and test_triton_backend.py.)"""
+import math
+
 import pytest
 import torch
 
@@ -65,8 +67,20 @@ def test_bf16_states_on_cuda(name, backend):
 def test_capturable_step_replayed_from_a_cuda_graph_equals_eager(name, backend):
     """A whole step() captured once and replayed on new grads gives bitwise the eager steps
     (steps, DualAdam's global step and Adai's mean all stay on the device)."""
+    _check_graph_replay(name, backend)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("name", ["AdamW", "Adai"])
+def test_clipped_capturable_step_replayed_from_a_cuda_graph_equals_eager(name, backend):
+    """max_grad_norm inside a captured step: the norm (for Adai: from its fused pass, with the
+    mean) stays on the device."""
+    _check_graph_replay(name, backend, max_grad_norm=0.05)
+
+
+def _check_graph_replay(name, backend, **extra):
     spec = OPTIMIZERS[name]
-    kwargs = dict(spec.cases["default"], backend=backend, capturable=True)
+    kwargs = dict(spec.cases["default"], backend=backend, capturable=True, **extra)
     host = make_params("300_small", torch.float32)[:40] + make_params("4097", torch.float32)
     graphed, eager = _on_gpu(host), _on_gpu(host)
     opt, twin = spec.cls(graphed, **kwargs), spec.cls(eager, **kwargs)
@@ -137,6 +151,28 @@ def test_grad_scaler_on_cuda(name, backend):
     scaled = run(torch.amp.GradScaler("cuda", init_scale=2.0**10))
     assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), scaled.parameters()))
     run(torch.amp.GradScaler("cuda", init_scale=2.0**10), poison=2)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, math.inf], ids=["l2", "inf"])
+@pytest.mark.parametrize("case", ["l2", "decoupled"])
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_clipped_adai_cases_on_cuda_equal_clip_grad_norm_then_step(backend, case, norm_type):
+    """Adai's fused clip pass on the device: L2 terms, the inf norm's max."""
+    spec = OPTIMIZERS["Adai"]
+    host = make_params("300_small", torch.float32)[:20] + make_params("4097", torch.float32)
+    fused, plain = _on_gpu(host), _on_gpu(host)
+    opt = spec.cls(fused, **spec.cases[case], backend=backend, max_grad_norm=0.5, norm_type=norm_type)
+    ref = spec.cls(plain, **spec.cases[case], backend="torch")
+    for step in range(1, 5):
+        for p, q, g in zip(fused, plain, grads_for(host, step)):
+            p.grad, q.grad = g.to(CUDA), g.to(CUDA)
+        opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(plain, 0.5, norm_type=norm_type)
+        ref.step()
+        torch.testing.assert_close(opt.last_grad_norm.float(), norm, rtol=1e-5, atol=0)
+    rtol, atol = tolerances.param_tolerance("Adai", torch.float32, plain[0])
+    for p, q in zip(fused, plain):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

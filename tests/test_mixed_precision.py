@@ -299,3 +299,80 @@ def test_an_option_changed_in_a_group_is_checked_before_the_step_changes_anythin
         assert torch.equal(p.detach(), b)
         assert s.keys() == opt.state[p].keys()
         assert all(torch.equal(opt.state[p][k], v) for k, v in s.items())
+
+
+# ----- the cpu backend's fused pass -------------------------------------------------------------
+
+FUSED_CASES = [(name, option) for name in NAMES for option in ("master_weights", "param_remainders",
+                                                                "stochastic_rounding")]
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the native cpu backend is not built")
+@pytest.mark.parametrize("clip", [None, 0.05], ids=["plain", "clipped"])
+@pytest.mark.parametrize("name,option", FUSED_CASES, ids=[f"{n}-{o}" for n, o in FUSED_CASES])
+def test_cpu_fused_pass_equals_the_unfused_path(name, option, clip, monkeypatch):
+    """The cpu kernels keep masters/remainders/stochastic rounding in their one pass; they give
+    the bits the unfused path gives (fp32 copies through the same kernels, params written back
+    after), params and every state, with L2 for Adai (its pass 1 reads the master's p)."""
+    from fused_optim import cpu_backend
+
+    kwargs = dict(OPTIMIZERS[name].cases.get("l2", OPTIMIZERS[name].cases["default"]), backend="cpu",
+                  max_grad_norm=clip, **{option: True})
+    fused_params, plain_params = _params(torch.bfloat16), _params(torch.bfloat16)
+    fused = OPTIMIZERS[name].cls(fused_params, **kwargs)
+    plain = OPTIMIZERS[name].cls(plain_params, **kwargs)
+    modes = []
+    storage = cpu_backend._storage
+    monkeypatch.setattr(cpu_backend, "_storage",
+                        lambda mode, seed, indices: modes.append(mode) or storage(mode, seed, indices))
+    _train(fused, fused_params, 6)
+    assert modes and set(modes) == {mixed.PARAM_MODES[option]}  # the fused pass served every call
+    monkeypatch.setattr(mixed, "FUSED_BACKENDS", ())
+    modes.clear()
+    _train(plain, plain_params, 6)
+    assert set(modes) <= {0}
+    for p, q in zip(fused_params, plain_params):
+        assert _bits_equal(p.detach(), q.detach())
+        for key, value in fused.state[p].items():
+            assert torch.equal(value, plain.state[q][key]), key
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the native cpu backend is not built")
+def test_cpu_fused_master_weights_serve_fp16():
+    fused_params, plain_params = _params(torch.float16), _params(torch.float16)
+    fused = OPTIMIZERS["Adam"].cls(fused_params, backend="cpu", master_weights=True)
+    plain = OPTIMIZERS["Adam"].cls(plain_params, backend="torch", master_weights=True)
+    _train(fused, fused_params, 5)
+    _train(plain, plain_params, 5)
+    for p, q in zip(fused_params, plain_params):
+        # the torch backend's fp32 math rounds as the kernels do here (same ops, same order)
+        torch.testing.assert_close(fused.state[p]["master_param"], plain.state[q]["master_param"],
+                                   rtol=2e-6, atol=1e-9)
+        assert torch.equal(p.detach(), fused.state[p]["master_param"].to(torch.float16))
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the native cpu backend is not built")
+def test_cpu_fused_rounding_of_special_masters():
+    """Ties (rounded away from zero), NaN, infinities and subnormals through the kernels'
+    own rounding: a step that leaves every master as it is (lr 0, zero grads) must write the
+    params round_nearest gives, and split them into the remainders split gives."""
+    masters = _special_values()
+    p = masters.to(torch.bfloat16).requires_grad_()
+    q = masters.to(torch.bfloat16).requires_grad_()
+    with_masters = OPTIMIZERS["AdamW"].cls([p], lr=0.0, backend="cpu", master_weights=True)
+    with_remainders = OPTIMIZERS["AdamW"].cls([q], lr=0.0, backend="cpu", param_remainders=True)
+    for opt, t in ((with_masters, p), (with_remainders, q)):
+        t.grad = torch.zeros_like(t)
+        opt.step()  # makes the states
+    with torch.no_grad():
+        with_masters.state[p]["master_param"].copy_(masters)
+        param, remainder = mixed.split(masters)
+        q.copy_(param)
+        with_remainders.state[q]["param_remainder"].copy_(remainder)
+    with_masters.step()
+    with_remainders.step()
+    assert _bits_equal(p.detach(), mixed.round_nearest(masters, torch.bfloat16))
+    assert _bits_equal(q.detach(), param)
+    assert torch.equal(with_remainders.state[q]["param_remainder"], remainder)
+    assert torch.equal(mixed.join(q.detach(), with_remainders.state[q]["param_remainder"]).view(torch.int32)[
+        ~masters.isnan()], masters.view(torch.int32)[~masters.isnan()])

@@ -8,6 +8,8 @@ the same tests run on CUDA tensors. Sizes are small: the interpreter runs each b
 """
 import importlib
 
+import math
+
 import pytest
 import torch
 
@@ -494,10 +496,12 @@ def _opcheck_cases():
         "adai_second_moment": (tb._adai_second_moment_op, (p, g, z(), steps, 0.99, 0.05, False, None)),
         "adai_update": (tb._adai_update_op, (p, g, z(), z(), [torch.ones_like(x) for x in p], steps, 0.5, 0.1,
                                              0.99, 1e-3, 0.0, False, scalar(0.01, torch.float64), None, None)),
+        "adai_clip_sums": (tb._adai_clip_sums_op, (p, g, z(), steps, 0.99, 0.05, False, math.inf, scalar(2.0))),
     }
 
 
-@pytest.mark.parametrize("name", ["adam", "adamomentum", "dualadam", "adai_second_moment", "adai_update"])
+@pytest.mark.parametrize("name", ["adam", "adamomentum", "dualadam", "adai_second_moment", "adai_update",
+                                  "adai_clip_sums"])
 def test_custom_ops_pass_opcheck(name):
     op, args = _opcheck_cases()[name]
     torch.library.opcheck(op, args)

@@ -9,17 +9,20 @@
 #include "fused_optim/math/adai.h"
 
 #include "ops.h"
+#include "param_access.h"
 
 namespace fused_optim::cpu {
 namespace {
 
-// COUPLED_L2 is a template flag so the decoupled/no-decay loop never loads p.
-template <bool COUPLED_L2, class P, class T = math_t<P>>
+// COUPLED_L2 is a template flag so the decoupled/no-decay loop never loads p (with L2, MODE
+// says where p's value is: the param, its master or param + remainder, param_access.h).
+template <bool COUPLED_L2, int MODE, class P, class T = math_t<P>>
 FO_CPU_CLONES double adai_grad_sq_chunk(const P* __restrict p, const P* __restrict g, int64_t n,
-                                        const math::AdaiHyper<T> hyper, const T grad_divisor) {
+                                        const math::AdaiHyper<T> hyper, const T grad_divisor,
+                                        const ParamExtra x) {
   const auto h = fixed_weight_decay<COUPLED_L2 ? kL2Decay : kNoDecay>(hyper);
   return lane_sum(n, [&](int64_t i) {
-    const T pi = COUPLED_L2 ? T(load_value(p[i])) : T(0);
+    const T pi = COUPLED_L2 ? load_param<MODE>(p, x, i) : T(0);
     return math::adai_grad_sq_element(pi, T(load_value(g[i])) / grad_divisor, h);
   });
 }
@@ -29,17 +32,17 @@ FO_CPU_CLONES double sum_chunk(const T* __restrict x, int64_t n) {
   return lane_sum(n, [&](int64_t i) { return x[i]; });
 }
 
-template <int DECAY, class P, class T = math_t<P>>
+template <int DECAY, int MODE, class P, class T = math_t<P>>
 FO_CPU_CLONES void adai_update_chunk(P* __restrict p, const P* __restrict g, T* __restrict m,
                                      T* __restrict v, T* __restrict beta1_prod, int64_t n,
                                      const math::AdaiHyper<T> hyper, const T bc2, const T vbar,
-                                     const T grad_divisor) {
+                                     const T grad_divisor, const ParamExtra x) {
   const auto h = fixed_weight_decay<DECAY>(hyper);
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    T pi = load_value(p[i]), mi = m[i], vi = v[i], bpi = beta1_prod[i];
+    T pi = load_param<MODE>(p, x, i), mi = m[i], vi = v[i], bpi = beta1_prod[i];
     math::adai_update_element(pi, T(load_value(g[i])) / grad_divisor, mi, vi, bpi, h, bc2, vbar);
-    store_value(p[i], pi);
+    store_param<MODE>(p, x, i, pi);
     m[i] = mi;
     v[i] = vi;
     beta1_prod[i] = bpi;
@@ -51,10 +54,13 @@ FO_CPU_CLONES void adai_update_chunk(P* __restrict p, const P* __restrict g, T* 
 double adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels,
                      const std::vector<double>& steps, const std::vector<double>& v_sums,
                      int dtype, double beta2, double weight_decay, bool decoupled,
-                     int num_threads, double grad_divisor) {
+                     int num_threads, double grad_divisor, int param_mode, uint32_t seed,
+                     const std::vector<uint32_t>& tensor_indices) {
   const char* op = "adai_vhat_sum";
   const DType pd = parse_dtype(op, dtype);
-  check_lists(op, lists, {pd, pd}, numels);
+  std::vector<DType> roles{pd, pd};
+  const ParamStorage storage = param_storage(op, lists, numels, pd, param_mode, seed, tensor_indices, steps, roles);
+  check_lists(op, lists, roles, numels);
   check_per_tensor(op, "steps", steps.size(), numels.size());
   check_per_tensor(op, "v_sums", v_sums.size(), numels.size());
   check_threads(op, num_threads);
@@ -68,12 +74,16 @@ double adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& nume
     const ChunkPlan plan = plan_chunks(numels);
     // one partial per chunk, combined in fixed trees: independent of the thread count
     std::vector<double> partials(size_t(plan.total()));
-    for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t c) {
-      const auto t = s.tensor;
-      const P* p = address<const P>(lists[0][t], s.begin);
-      const P* g = address<const P>(lists[1][t], s.begin);
-      partials[size_t(c)] = coupled_l2 ? adai_grad_sq_chunk<true, P>(p, g, s.size, h, T(grad_divisor))
-                                       : adai_grad_sq_chunk<false, P>(p, g, s.size, h, T(grad_divisor));
+    dispatch_param_mode<P>(param_mode, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value;
+      for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t c) {
+        const auto t = s.tensor;
+        const P* p = address<const P>(lists[0][t], s.begin);
+        const P* g = address<const P>(lists[1][t], s.begin);
+        const ParamExtra x = storage.chunk(t, s.begin);
+        partials[size_t(c)] = coupled_l2 ? adai_grad_sq_chunk<true, MODE, P>(p, g, s.size, h, T(grad_divisor), x)
+                                         : adai_grad_sq_chunk<false, MODE, P>(p, g, s.size, h, T(grad_divisor), x);
+      });
     });
     const std::vector<double> grad_sq = per_tensor_sums(plan, partials);
     std::vector<double> terms(numels.size());
@@ -88,10 +98,13 @@ std::vector<double> adai_update(const AddressLists& lists, const std::vector<int
                                 const std::vector<double>& steps, int dtype, double lr,
                                 double beta0, double beta2, double eps, double weight_decay,
                                 bool decoupled, double vbar, int num_threads,
-                                double grad_divisor) {
+                                double grad_divisor, int param_mode, uint32_t seed,
+                                const std::vector<uint32_t>& tensor_indices) {
   const char* op = "adai_update";
   const DType pd = parse_dtype(op, dtype), sd = state_dtype_for(pd);
-  check_lists(op, lists, {pd, pd, sd, sd, sd}, numels);
+  std::vector<DType> roles{pd, pd, sd, sd, sd};
+  const ParamStorage storage = param_storage(op, lists, numels, pd, param_mode, seed, tensor_indices, steps, roles);
+  check_lists(op, lists, roles, numels);
   check_per_tensor(op, "steps", steps.size(), numels.size());
   check_threads(op, num_threads);
 
@@ -104,17 +117,19 @@ std::vector<double> adai_update(const AddressLists& lists, const std::vector<int
     const ChunkPlan plan = plan_chunks(numels);
     std::vector<double> partials(size_t(plan.total()));
     with_constant<kWeightDecayModes>(weight_decay_mode(h), [&](auto decay) {
-      for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t c) {
-        const auto t = s.tensor;
-        T* v = address<T>(lists[3][t], s.begin);
-        adai_update_chunk<decltype(decay)::value, P>(
-            address<P>(lists[0][t], s.begin), address<const P>(lists[1][t], s.begin),
-            address<T>(lists[2][t], s.begin), v, address<T>(lists[4][t], s.begin), s.size, h,
-            T(bc2[t]), T(vbar), T(grad_divisor));
-        // the new v of the chunk is still in cache (256 KB): summing it costs no memory
-        // traffic, and a separate loop keeps both loops simple enough to vectorize
-        partials[size_t(c)] = sum_chunk(v, s.size);
-      }, /*flush_denormals=*/true);
+      dispatch_param_mode<P>(param_mode, [&](auto mode) {
+        for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t c) {
+          const auto t = s.tensor;
+          T* v = address<T>(lists[3][t], s.begin);
+          adai_update_chunk<decltype(decay)::value, decltype(mode)::value, P>(
+              address<P>(lists[0][t], s.begin), address<const P>(lists[1][t], s.begin),
+              address<T>(lists[2][t], s.begin), v, address<T>(lists[4][t], s.begin), s.size, h,
+              T(bc2[t]), T(vbar), T(grad_divisor), storage.chunk(t, s.begin));
+          // the new v of the chunk is still in cache (256 KB): summing it costs no memory
+          // traffic, and a separate loop keeps both loops simple enough to vectorize
+          partials[size_t(c)] = sum_chunk(v, s.size);
+        }, /*flush_denormals=*/true);
+      });
     });
     return per_tensor_sums(plan, partials);
   });

@@ -8,15 +8,15 @@
 namespace fused_optim::cpu {
 namespace {
 
-template <bool AMSGRAD, int DECAY, int DENOMINATOR, class P, class T = math_t<P>>
+template <bool AMSGRAD, int DECAY, int DENOMINATOR, int MODE, class P, class T = math_t<P>>
 FO_CPU_CLONES void adamomentum_chunk(P* p, const P* g, T* m, T* v, T* vmax, int64_t n,
                                      const math::AdaMomentumHyper<T> hyper, const T step_size,
-                                     const T bc2_sqrt, const T grad_divisor) {
+                                     const T bc2_sqrt, const T grad_divisor, const ParamExtra x) {
   const auto h = fixed_weight_decay<DECAY>(hyper);
   constexpr auto denominator = math::AdaMomentumDenominator(DENOMINATOR);
-  moment_loop<AMSGRAD>(p, g, m, v, vmax, n, grad_divisor, [&](T& pi, T gi, T& mi, T& vi, T& vmaxi) {
+  moment_loop<AMSGRAD, MODE>(p, g, m, v, vmax, n, grad_divisor, [&](T& pi, T gi, T& mi, T& vi, T& vmaxi) {
     math::adamomentum_element<AMSGRAD>(pi, gi, mi, vi, vmaxi, h, step_size, bc2_sqrt, denominator);
-  });
+  }, x);
 }
 
 }  // namespace
@@ -24,10 +24,11 @@ FO_CPU_CLONES void adamomentum_chunk(P* p, const P* g, T* m, T* v, T* vmax, int6
 void adamomentum_step(const AddressLists& lists, const std::vector<int64_t>& numels,
                       const std::vector<double>& steps, int dtype, double lr, double beta1,
                       double beta2, double eps, double weight_decay, bool decoupled, bool amsgrad,
-                      bool rectify, int num_threads, double grad_divisor) {
+                      bool rectify, int num_threads, double grad_divisor, int param_mode, uint32_t seed,
+                      const std::vector<uint32_t>& tensor_indices) {
   const char* op = "adamomentum_step";
   const DType pd = parse_dtype(op, dtype);
-  check_moment_lists(op, lists, numels, pd, amsgrad);
+  const ParamStorage storage = check_moment_lists(op, lists, numels, pd, amsgrad, param_mode, seed, tensor_indices, steps);
   check_per_tensor(op, "steps", steps.size(), numels.size());
   check_threads(op, num_threads);
 
@@ -39,12 +40,16 @@ void adamomentum_step(const AddressLists& lists, const std::vector<int64_t>& num
     for (size_t t = 0; t < numels.size(); ++t)
       scalars[t] = math::adamomentum_scalars(lr, beta1, beta2, steps[t], rectify);
     with_constant<kWeightDecayModes>(weight_decay_mode(h), [&](auto decay) {
-      for_each_moment_chunk<P>(lists, numels, amsgrad, num_threads,
-                               [&](auto ams, int64_t t, P* p, const P* g, T* m, T* v, T* vmax, int64_t n) {
-        const auto& sc = scalars[t];
-        with_constant<3>(sc.denominator, [&](auto denominator) {
-          adamomentum_chunk<decltype(ams)::value, decltype(decay)::value, decltype(denominator)::value, P>(
-              p, g, m, v, vmax, n, h, T(sc.step_size), T(sc.bc2_sqrt), T(grad_divisor));
+      dispatch_param_mode<P>(param_mode, [&](auto mode) {
+        for_each_moment_chunk<P>(lists, numels, amsgrad, num_threads, storage,
+                                 [&](auto ams, int64_t t, P* p, const P* g, T* m, T* v, T* vmax, int64_t n,
+                                     const ParamExtra& x) {
+          const auto& sc = scalars[t];
+          with_constant<3>(sc.denominator, [&](auto denominator) {
+            adamomentum_chunk<decltype(ams)::value, decltype(decay)::value, decltype(denominator)::value,
+                              decltype(mode)::value, P>(
+                p, g, m, v, vmax, n, h, T(sc.step_size), T(sc.bc2_sqrt), T(grad_divisor), x);
+          });
         });
       });
     });

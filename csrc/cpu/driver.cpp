@@ -1,4 +1,5 @@
 #include "driver.h"
+#include "param_access.h"
 
 #include <string>
 
@@ -90,4 +91,34 @@ std::vector<double> per_tensor_sums(const ChunkPlan& plan, std::vector<double>& 
   return sums;
 }
 
+ParamStorage param_storage(const char* op, const AddressLists& lists, const std::vector<int64_t>& numels,
+                           DType param, int mode, uint32_t seed, const std::vector<uint32_t>& tensor_indices,
+                           const std::vector<double>& steps, std::vector<DType>& roles) {
+  if (mode < math::kPlainParam || mode >= math::kParamModes)
+    fail(op, "unknown param mode " + std::to_string(mode));
+  const bool bf16_only = mode == math::kRemainderParam || mode == math::kStochasticParam;
+  if (mode != math::kPlainParam && param != DType::kBFloat16 && (bf16_only || param != DType::kFloat16))
+    fail(op, std::string("param mode ") + std::to_string(mode) + " does not serve " + dtype_name(param) +
+                 " params (master weights: bf16/fp16; remainders and stochastic rounding: bf16)");
+  ParamStorage storage;
+  storage.mode = mode;
+  if (mode == math::kStochasticParam) {
+    check_per_tensor(op, "tensor indices", tensor_indices.size(), numels.size());
+    check_per_tensor(op, "steps", steps.size(), numels.size());
+    storage.keys.resize(numels.size());
+    for (size_t t = 0; t < numels.size(); ++t)
+      storage.keys[t] = math::stochastic_key(seed, tensor_indices[t], uint32_t(uint64_t(steps[t])));
+  }
+  if (mode == math::kMasterParam || mode == math::kRemainderParam) {
+    // (the remainders are int16: checked as 2-byte elements)
+    roles.push_back(mode == math::kMasterParam ? DType::kFloat32 : DType::kBFloat16);
+    if (lists.size() != roles.size())
+      fail(op, "expected " + std::to_string(roles.size()) + " tensor lists (the last: masters or remainders), got " +
+                   std::to_string(lists.size()));
+    storage.extra = &lists.back();
+  }
+  return storage;
+}
+
 }  // namespace fused_optim::cpu
+

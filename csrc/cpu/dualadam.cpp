@@ -7,13 +7,14 @@
 namespace fused_optim::cpu {
 namespace {
 
-template <int DECAY, bool BLEND, class P, class T = math_t<P>>
+template <int DECAY, bool BLEND, int MODE, class P, class T = math_t<P>>
 FO_CPU_CLONES void dualadam_chunk(P* p, const P* g, T* m, T* v, int64_t n,
-                                  const math::DualAdamHyper<T> hyper, const T grad_divisor) {
+                                  const math::DualAdamHyper<T> hyper, const T grad_divisor,
+                                  const ParamExtra x) {
   auto h = fixed_weight_decay<DECAY>(hyper);
   h.blend = BLEND;
-  moment_loop<false>(p, g, m, v, static_cast<T*>(nullptr), n, grad_divisor,
-                     [&](T& pi, T gi, T& mi, T& vi, T&) { math::dualadam_element(pi, gi, mi, vi, h); });
+  moment_loop<false, MODE>(p, g, m, v, static_cast<T*>(nullptr), n, grad_divisor,
+                           [&](T& pi, T gi, T& mi, T& vi, T&) { math::dualadam_element(pi, gi, mi, vi, h); }, x);
 }
 
 }  // namespace
@@ -21,10 +22,11 @@ FO_CPU_CLONES void dualadam_chunk(P* p, const P* g, T* m, T* v, int64_t n,
 void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels, int dtype,
                    double lr, double beta1, double beta2, double eps, double weight_decay,
                    double global_step, double alpha, bool blend, int num_threads,
-                   double grad_divisor) {
+                   double grad_divisor, int param_mode, uint32_t seed, const std::vector<uint32_t>& tensor_indices) {
   const char* op = "dualadam_step";
   const DType pd = parse_dtype(op, dtype);
-  check_moment_lists(op, lists, numels, pd, false);
+  const ParamStorage storage = check_moment_lists(op, lists, numels, pd, false, param_mode, seed, tensor_indices,
+                                                  std::vector<double>(numels.size(), global_step));
   check_threads(op, num_threads);
 
   dispatch_param_dtype(pd, [&](auto tag) {
@@ -35,9 +37,13 @@ void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels
     // decoupled decay or none (kL2Decay never occurs); the blend flag as a second constant
     with_constant<2>(weight_decay_mode(h), [&](auto decay) {
       with_constant<2>(int(blend), [&](auto blending) {
-        for_each_moment_chunk<P>(lists, numels, false, num_threads,
-                                 [&](auto, int64_t, P* p, const P* g, T* m, T* v, T*, int64_t n) {
-          dualadam_chunk<decltype(decay)::value, bool(decltype(blending)::value), P>(p, g, m, v, n, h, T(grad_divisor));
+        dispatch_param_mode<P>(param_mode, [&](auto mode) {
+          for_each_moment_chunk<P>(lists, numels, false, num_threads, storage,
+                                   [&](auto, int64_t, P* p, const P* g, T* m, T* v, T*, int64_t n,
+                                       const ParamExtra& x) {
+            dualadam_chunk<decltype(decay)::value, bool(decltype(blending)::value), decltype(mode)::value, P>(
+                p, g, m, v, n, h, T(grad_divisor), x);
+          });
         });
       });
     });

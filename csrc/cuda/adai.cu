@@ -13,6 +13,7 @@
 #include "fused_optim/math/adai.h"
 
 #include "driver.h"
+#include "param_access.cuh"
 
 namespace fused_optim::cuda {
 namespace {
@@ -24,32 +25,34 @@ struct AdaiSumArgs {
   double* partials;  // one per chunk, indexed from the table's chunk_base
 };
 
-// Roles: 0 param (read only with L2), 1 grad, 2 exp_avg_sq.
-template <class P, class S>
+// Roles: 0 param (read only with L2), 1 grad, 2 exp_avg_sq, 3 masters/remainders (MODE 1/2:
+// p's value with L2, param_access.cuh).
+template <int MODE, class P, class S, int NROLES>
 __global__ void __launch_bounds__(kBlockThreads)
-    adai_vhat_sum_kernel(const __grid_constant__ TensorTable<3> table, const AdaiSumArgs<math_t<P>> a,
+    adai_vhat_sum_kernel(const __grid_constant__ TensorTable<NROLES> table, const AdaiSumArgs<math_t<P>> a,
                          const AmpArgs amp) {
   using T = math_t<P>;
   constexpr int W = kPackWidth<P>;
   const ChunkSpan s = table_chunk(table);
   const T bc2 = T(math::adai_bias_correction2(a.beta2, step_before(table, s.tensor) + 1.0));
   const bool l2 = a.h.apply_l2;
-  const P* p = role_address<const P>(table, 0, s);
+  const ParamChunk<MODE, P, W> params(table, s, 3, 0u);
   const P* g = role_address<const P>(table, 1, s);
   const S* v = role_address<const S>(table, 2, s);
-  const bool aligned = (!l2 || pack_aligned<W>(p)) && pack_aligned<W>(g) && pack_aligned<W>(v);
+  const bool aligned = (!l2 || params.aligned()) && pack_aligned<W>(g) && pack_aligned<W>(v);
   const T scale = grad_divisor<T>(amp);
   const int64_t n = s.size;
   double sum = 0.0;  // this thread's elements in a fixed order, then the block's fixed tree
   for_each_pack<W>(n, aligned, [&](int64_t i, bool full) {
     P pr[W] = {}, gr[W] = {};
     S vr[W] = {};
-    if (l2) load_pack(pr, p, i, n, full);
+    T pv[W] = {};
+    if (l2) params.load(pv, pr, i, n, full);
     load_pack(gr, g, i, n, full);
     load_pack(vr, v, i, n, full);
 #pragma unroll
     for (int j = 0; j < W; ++j) {
-      const T vhat = math::adai_vhat_element(T(load_value(pr[j])), T(load_value(gr[j])) / scale,
+      const T vhat = math::adai_vhat_element(pv[j], T(load_value(gr[j])) / scale,
                                              T(load_value(vr[j])), a.h, bc2);
       if (i + j < n) sum += double(vhat);
     }
@@ -76,45 +79,48 @@ struct AdaiUpdateArgs {
   const double* vbar;  // device scalar: the global mean of vhat
 };
 
-// Roles: 0 param, 1 grad, 2 exp_avg, 3 exp_avg_sq, 4 beta1_prod.
-template <class P, class S>
+// Roles: 0 param, 1 grad, 2 exp_avg, 3 exp_avg_sq, 4 beta1_prod, 5 masters/remainders (MODE
+// 1/2, param_access.cuh).
+template <int MODE, class P, class S, int NROLES>
 __global__ void __launch_bounds__(kBlockThreads)
-    adai_update_kernel(const __grid_constant__ TensorTable<5> table,
-                       const AdaiUpdateArgs<math_t<P>> a, const AmpArgs amp) {
+    adai_update_kernel(const __grid_constant__ TensorTable<NROLES> table,
+                       const AdaiUpdateArgs<math_t<P>> a, const AmpArgs amp, const uint32_t seed) {
   using T = math_t<P>;
   constexpr int W = kPackWidth<P>;
   if (step_skipped(amp)) return;
   const ChunkSpan s = table_chunk(table);
-  const T bc2 = T(math::adai_bias_correction2(a.beta2, step_before(table, s.tensor) + 1.0));
+  const double step = step_before(table, s.tensor) + 1.0;
+  const T bc2 = T(math::adai_bias_correction2(a.beta2, step));
   const T vbar = T(*a.vbar);  // rounded to the state precision, as the reference does
-  P* p = role_address<P>(table, 0, s);
+  const ParamChunk<MODE, P, W> params(table, s, 5,
+                                      math::stochastic_key(seed, table.tags[s.tensor], uint32_t(uint64_t(step))));
   const P* g = role_address<const P>(table, 1, s);
   S* m = role_address<S>(table, 2, s);
   S* v = role_address<S>(table, 3, s);
   S* b = role_address<S>(table, 4, s);
-  const bool aligned = pack_aligned<W>(p) && pack_aligned<W>(g) && pack_aligned<W>(m) &&
+  const bool aligned = params.aligned() && pack_aligned<W>(g) && pack_aligned<W>(m) &&
                        pack_aligned<W>(v) && pack_aligned<W>(b);
   const T scale = grad_divisor<T>(amp);
   const int64_t n = s.size;
   for_each_pack<W>(n, aligned, [&](int64_t i, bool full) {
     P pr[W] = {}, gr[W] = {};
     S mr[W] = {}, vr[W] = {}, br[W] = {};
-    load_pack(pr, p, i, n, full);
+    T pv[W];
+    params.load(pv, pr, i, n, full);
     load_pack(gr, g, i, n, full);
     load_pack(mr, m, i, n, full);
     load_pack(vr, v, i, n, full);
     load_pack(br, b, i, n, full);
 #pragma unroll
     for (int j = 0; j < W; ++j) {
-      T pi = T(load_value(pr[j])), mi = T(load_value(mr[j])), vi = T(load_value(vr[j]));
+      T mi = T(load_value(mr[j])), vi = T(load_value(vr[j]));
       T bi = T(load_value(br[j]));
-      math::adai_update_element(pi, T(load_value(gr[j])) / scale, mi, vi, bi, a.h, bc2, vbar);
-      store_value(pr[j], pi);
+      math::adai_update_element(pv[j], T(load_value(gr[j])) / scale, mi, vi, bi, a.h, bc2, vbar);
       store_value(mr[j], mi);
       store_value(vr[j], vi);
       store_value(br[j], bi);
     }
-    store_pack(p, pr, i, n, full);
+    params.store(pv, pr, i, n, full);
     store_pack(m, mr, i, n, full);
     store_pack(v, vr, i, n, full);
     store_pack(b, br, i, n, full);
@@ -128,10 +134,12 @@ void adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels
                    const std::vector<uintptr_t>& step_addresses, int dtype, int state_dtype,
                    double beta2, double weight_decay, bool decoupled, uintptr_t grad_scale,
                    uintptr_t partials, int64_t partials_len, uintptr_t out, int device,
-                   uintptr_t stream) {
+                   uintptr_t stream, int param_mode, const std::vector<uint32_t>& tensor_indices) {
   const char* op = "adai_vhat_sum";
   const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
-  check_lists(op, lists, {pd, pd, sd}, numels);
+  std::vector<DType> roles{pd, pd, sd};
+  check_param_mode(op, pd, param_mode, tensor_indices, numels.size(), roles);
+  check_lists(op, lists, roles, numels);
   check_finite(op, {{"beta2", beta2}, {"weight_decay", weight_decay}});
   check_steps(op, step_values, step_addresses, numels.size());
   check_scalar(op, "grad_scale", grad_scale, 4, false);
@@ -141,7 +149,7 @@ void adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels
   if (partials_len < chunks)
     fail(op, "partials has " + std::to_string(partials_len) + " entries for " +
                  std::to_string(chunks) + " chunks");
-  const TensorLists tl{lists, numels, step_values, step_addresses};
+  const TensorLists tl{lists, numels, step_values, step_addresses, &tensor_indices};
   const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), nullptr};
   auto* partial_sums = reinterpret_cast<double*>(partials);
   dispatch_types(pd, sd, [&](auto ptag, auto stag) {
@@ -150,8 +158,11 @@ void adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels
     // pass 1 needs only beta2 and the L2 term; lr, beta0 and eps enter in pass 2
     const AdaiSumArgs<T> a{math::adai_hyper<T>(0.0, 0.0, beta2, 0.0, weight_decay, decoupled),
                            beta2, partial_sums};
-    const int64_t total = launch_over<3>(op, adai_vhat_sum_kernel<P, decltype(stag)>, tl, device,
-                                         stream, a, amp);
+    int64_t total = 0;
+    dispatch_param_mode<P>(param_mode, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, R = roles_with_params(3, MODE);
+      total = launch_over<R>(op, adai_vhat_sum_kernel<MODE, P, decltype(stag), R>, tl, device, stream, a, amp);
+    });
     const DeviceGuard guard(op, device);
     launch(op, tree_total_kernel, 1, stream, partial_sums, total, reinterpret_cast<double*>(out));
   });
@@ -162,23 +173,29 @@ void adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
                  const std::vector<uintptr_t>& step_addresses, int dtype, int state_dtype,
                  double lr, double beta0, double beta2, double eps, double weight_decay,
                  bool decoupled, uintptr_t vbar, uintptr_t grad_scale, uintptr_t found_inf,
-                 int device, uintptr_t stream) {
+                 int device, uintptr_t stream, int param_mode, uint32_t seed,
+                 const std::vector<uint32_t>& tensor_indices) {
   const char* op = "adai_update";
   const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
-  check_lists(op, lists, {pd, pd, sd, sd, sd}, numels);
+  std::vector<DType> roles{pd, pd, sd, sd, sd};
+  check_param_mode(op, pd, param_mode, tensor_indices, numels.size(), roles);
+  check_lists(op, lists, roles, numels);
   check_finite(op, {{"lr", lr}, {"beta0", beta0}, {"beta2", beta2}, {"eps", eps}, {"weight_decay", weight_decay}});
   check_steps(op, step_values, step_addresses, numels.size());
   check_scalar(op, "vbar", vbar, 8, true);
   check_scalar(op, "grad_scale", grad_scale, 4, false);
   check_scalar(op, "found_inf", found_inf, 4, false);
-  const TensorLists tl{lists, numels, step_values, step_addresses};
+  const TensorLists tl{lists, numels, step_values, step_addresses, &tensor_indices};
   const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf)};
   dispatch_types(pd, sd, [&](auto ptag, auto stag) {
     using P = decltype(ptag);
     using T = math_t<P>;
     const AdaiUpdateArgs<T> a{math::adai_hyper<T>(lr, beta0, beta2, eps, weight_decay, decoupled),
                               beta2, reinterpret_cast<const double*>(vbar)};
-    launch_over<5>(op, adai_update_kernel<P, decltype(stag)>, tl, device, stream, a, amp);
+    dispatch_param_mode<P>(param_mode, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, R = roles_with_params(5, MODE);
+      launch_over<R>(op, adai_update_kernel<MODE, P, decltype(stag), R>, tl, device, stream, a, amp, seed);
+    });
   });
 }
 

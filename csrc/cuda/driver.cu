@@ -1,4 +1,5 @@
 #include "driver.h"
+#include "fused_optim/math/rounding.h"
 
 #include <cmath>
 
@@ -83,14 +84,29 @@ int64_t chunk_count(const std::vector<int64_t>& numels) {
   return total;
 }
 
+void check_param_mode(const char* op, DType param, int mode, const std::vector<uint32_t>& tensor_indices,
+                      size_t ntensors, std::vector<DType>& roles) {
+  if (mode < math::kPlainParam || mode >= math::kParamModes) fail(op, "unknown param mode " + std::to_string(mode));
+  const bool bf16_only = mode == math::kRemainderParam || mode == math::kStochasticParam;
+  if (mode != math::kPlainParam && param != DType::kBFloat16 && (bf16_only || param != DType::kFloat16))
+    fail(op, std::string("param mode ") + std::to_string(mode) + " does not serve " + dtype_name(param) +
+                 " params (master weights: bf16/fp16; remainders and stochastic rounding: bf16)");
+  if (mode == math::kStochasticParam && tensor_indices.size() != ntensors)
+    fail(op, "tensor_indices has " + std::to_string(tensor_indices.size()) + " entries for " +
+                 std::to_string(ntensors) + " tensors");
+  if (mode == math::kMasterParam) roles.push_back(DType::kFloat32);
+  if (mode == math::kRemainderParam) roles.push_back(DType::kBFloat16);
+}
+
 int64_t tensors_per_launch(int roles) {
   switch (roles) {
     case 2: return TensorTable<2>::kCapacity;
     case 3: return TensorTable<3>::kCapacity;
     case 4: return TensorTable<4>::kCapacity;
     case 5: return TensorTable<5>::kCapacity;
+    case 6: return TensorTable<6>::kCapacity;
   }
-  fail("tensors_per_launch", "roles must be 2 to 5");
+  fail("tensors_per_launch", "roles must be 2 to 6");
 }
 
 }  // namespace fused_optim::cuda

@@ -32,6 +32,12 @@ void check_scalar(const char* op, const char* what, uintptr_t address, int64_t s
 // Every hyperparameter must be finite (NaN would silently poison every element).
 void check_finite(const char* op, std::initializer_list<std::pair<const char*, double>> values);
 
+// Checks a param mode (math/rounding.h) against the param dtype and, for stochastic
+// rounding, the tensor indices (one per tensor); in the master/remainder modes appends the
+// dtype of that last list to `roles` (float32, or 2-byte elements for the int16 remainders).
+void check_param_mode(const char* op, DType param, int mode, const std::vector<uint32_t>& tensor_indices,
+                      size_t ntensors, std::vector<DType>& roles);
+
 // Calls f(P{}, S{}) with the C++ storage types of the param and state dtypes.
 template <class F>
 void dispatch_types(DType param, DType state, F&& f) {

@@ -15,10 +15,10 @@ struct DualAdamArgs {
   const double* global_step_address;
 };
 
-template <class P, class S>
+template <int MODE, class P, class S, int NROLES>
 __global__ void __launch_bounds__(kBlockThreads)
-    dualadam_kernel(const __grid_constant__ TensorTable<4> table, const DualAdamArgs a,
-                    const AmpArgs amp) {
+    dualadam_kernel(const __grid_constant__ TensorTable<NROLES> table, const DualAdamArgs a,
+                    const AmpArgs amp, const uint32_t seed) {
   using T = math_t<P>;
   if (step_skipped(amp)) return;
   const ChunkSpan s = table_chunk(table);
@@ -28,7 +28,8 @@ __global__ void __launch_bounds__(kBlockThreads)
   const bool blend = math::dualadam_blend_weight(t, a.switch_rate, alpha);
   const math::DualAdamHyper<T> h =
       math::dualadam_hyper<T>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, t, alpha, blend);
-  moment_chunk<false, P, S>(table, s, amp, [&](T& p, T g, T& m, T& v, T&) {
+  const uint32_t key = math::stochastic_key(seed, table.tags[s.tensor], uint32_t(uint64_t(t)));
+  moment_chunk<false, MODE, P, S>(table, s, amp, key, [&](T& p, T g, T& m, T& v, T&) {
     math::dualadam_element(p, g, m, v, h);
   });
 }
@@ -39,10 +40,13 @@ void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels
                    int state_dtype, double lr, double beta1, double beta2, double eps,
                    double weight_decay, double switch_rate, double global_step,
                    uintptr_t global_step_address, uintptr_t grad_scale, uintptr_t found_inf,
-                   int device, uintptr_t stream) {
+                   int device, uintptr_t stream, int param_mode, uint32_t seed,
+                   const std::vector<uint32_t>& tensor_indices) {
   const char* op = "dualadam_step";
   const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
-  check_lists(op, lists, {pd, pd, sd, sd}, numels);
+  std::vector<DType> roles{pd, pd, sd, sd};
+  check_param_mode(op, pd, param_mode, tensor_indices, numels.size(), roles);
+  check_lists(op, lists, roles, numels);
   check_finite(op, {{"lr", lr}, {"beta1", beta1}, {"beta2", beta2}, {"eps", eps}, {"weight_decay", weight_decay},
                     {"switch_rate", switch_rate}, {"global_step", global_step}});
   check_scalar(op, "global_step", global_step_address, 8, false);
@@ -52,12 +56,16 @@ void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels
   check_scalar(op, "found_inf", found_inf, 4, false);
   const std::vector<double> no_values;
   const std::vector<uintptr_t> no_addresses;
-  const TensorLists tl{lists, numels, no_values, no_addresses};
+  const TensorLists tl{lists, numels, no_values, no_addresses, &tensor_indices};
   const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf)};
   const DualAdamArgs a{lr, beta1, beta2, eps, weight_decay, switch_rate, global_step,
                        reinterpret_cast<const double*>(global_step_address)};
   dispatch_types(pd, sd, [&](auto ptag, auto stag) {
-    launch_over<4>(op, dualadam_kernel<decltype(ptag), decltype(stag)>, tl, device, stream, a, amp);
+    using P = decltype(ptag);
+    dispatch_param_mode<P>(param_mode, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, R = roles_with_params(4, MODE);
+      launch_over<R>(op, dualadam_kernel<MODE, P, decltype(stag), R>, tl, device, stream, a, amp, seed);
+    });
   });
 }
 

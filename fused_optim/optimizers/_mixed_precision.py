@@ -18,10 +18,13 @@ even). That is what lets a 16-bit remainder hold every master exactly: with ties
 difference master - param spans [-2^15, 2^15], one value more than 16 bits hold. A tie is one
 value in 65536, and its rounding error is the same half ulp either way.
 
-How the step runs (this version): for each batch of such params the backend is handed fp32
-masters (the state, the param joined with its remainder, or a widened copy) and fp32 copies of
-the grads, then the params (and remainders) are written from the updated masters. Every
-backend serves it that way; a single fused pass per backend (issue #10) would save the copies.
+How the step runs: the cpu backend's kernels keep the params in each mode themselves, in their
+one pass over the elements (csrc/cpu/param_access.h: they read the master, or param and
+remainder, and write master/remainder and the rounded param; stochastic rounding hashes each
+element's index with a per-tensor key). For the other backends (and under torch.compile) each
+batch is handed fp32 masters (the state, the param joined with its remainder, or a widened
+copy) and fp32 copies of the grads, then the params (and remainders) are written from the
+updated masters: the same results bit for bit, with extra passes.
 """
 from typing import Any, Dict, List, Optional
 
@@ -35,6 +38,7 @@ OPTIONS = ("master_weights", "param_remainders", "stochastic_rounding")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 _MASK32 = 0xFFFFFFFF
+_ABSENT = object()
 # the dtypes of these states, whatever state_dtype says
 STATE_DTYPES = {MASTER: torch.float32, REMAINDER: torch.int16}
 
@@ -158,40 +162,93 @@ def round_stochastic(value: torch.Tensor, seed: int, step: torch.Tensor, tensor_
 
 # ----- the step --------------------------------------------------------------------------------
 
+# Backends whose kernels keep the params in each mode themselves, in their one pass
+# (csrc/cpu/param_access.h, csrc/cuda/param_access.cuh): they get the masters/remainders, or the seed and each param's
+# index for stochastic rounding, as extra arguments (param_mode, param_extras, seed,
+# tensor_indices) instead of fp32 copies.
+FUSED_BACKENDS = ("cpu", "cuda")
+# the param_mode codes of the native kernels (math/rounding.h)
+PARAM_MODES = {"master_weights": 1, "param_remainders": 2, "stochastic_rounding": 3}
+
+
 class MasterStep:
-    """Swaps the bf16/fp16 params of batches whose group uses an option for fp32 masters (and
-    their grads for fp32 copies) before the update, and writes the params back after it."""
+    """Prepares the bf16/fp16 params of batches whose group uses an option. Backends that fuse
+    the modes (FUSED_BACKENDS, in eager mode, contiguous params) get the master/remainder
+    states or the rounding seed and param indices as extra arguments (batch.precision): one
+    pass reads and writes everything. For the others the params are swapped for fp32 masters (and their
+    grads for fp32 copies) before the update, and written back after it (finish)."""
 
     def __init__(self, optimizer, batches: List[Any]):
         self.jobs = []
+        self.replaced: List[tuple] = []  # (state, key, value before or _ABSENT): what undo() restores
         self.index: Dict[int, int] = {}  # id(param) -> its place among all params: stochastic rounding's key
         for batch in batches:
             option = mode(batch.group, batch.params[0].dtype) if batch.params else None
             if option is None:
                 continue
+            if (batch.backend in FUSED_BACKENDS and not torch.compiler.is_compiling()
+                    and all(p.is_contiguous() for p in batch.params)):
+                self._fuse(optimizer, batch, option)
+                continue
             masters, steps = [], []
             for key, p in zip(batch.keys, batch.params):
                 state = optimizer.state[key]
                 if option == "master_weights":
-                    if MASTER not in state:  # first step, or a checkpoint saved without masters
-                        state[MASTER] = (join(key.detach(), state.pop(REMAINDER)) if REMAINDER in state
-                                         else key.detach().to(torch.float32, memory_format=torch.preserve_format))
-                    masters.append(local(state[MASTER]))
+                    masters.append(local(self._master(state, key)))
                 elif option == "param_remainders":
-                    if REMAINDER not in state:  # from a checkpoint's masters where there are any
-                        state[REMAINDER] = (split(state.pop(MASTER))[1] if MASTER in state and p.dtype == torch.bfloat16
-                                            else torch.zeros_like(key, dtype=torch.int16,
-                                                                  memory_format=torch.preserve_format))
-                    masters.append(join(p, local(state[REMAINDER])))
+                    masters.append(join(p, local(self._remainder(state, key, p))))
                 else:
                     masters.append(p.to(torch.float32))
                     steps.append(optimizer.step_number(state))
-                    if not self.index:
-                        self.index = {id(q): i for i, q in enumerate(q for g in optimizer.param_groups
-                                                                     for q in g["params"])}
+                    self._index_params(optimizer)
             self.jobs.append((batch, option, list(batch.params), masters, steps))
             batch.params = masters
             batch.grads = [g.to(torch.float32) for g in batch.grads]
+
+    def _fuse(self, optimizer, batch, option: str) -> None:
+        extras: Optional[List[torch.Tensor]] = None
+        indices: Optional[List[int]] = None
+        if option == "master_weights":
+            extras = [local(self._master(optimizer.state[key], key)) for key in batch.keys]
+        elif option == "param_remainders":
+            extras = [local(self._remainder(optimizer.state[key], key, p)) for key, p in zip(batch.keys, batch.params)]
+        else:  # the kernels hash (seed, index, the step each tensor takes, element) themselves
+            self._index_params(optimizer)
+            indices = [self.index[id(key)] for key in batch.keys]
+        batch.precision = {"param_mode": PARAM_MODES[option], "param_extras": extras,
+                           "seed": batch.group.get("seed", 0), "tensor_indices": indices}
+
+    def _master(self, state: Dict[str, Any], key: torch.Tensor) -> torch.Tensor:
+        if MASTER not in state:  # first step, or a checkpoint saved without masters
+            self._remember(state)
+            state[MASTER] = (join(key.detach(), state.pop(REMAINDER)) if REMAINDER in state
+                             else key.detach().to(torch.float32, memory_format=torch.preserve_format))
+        return state[MASTER]
+
+    def _remainder(self, state: Dict[str, Any], key: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        if REMAINDER not in state:  # from a checkpoint's masters where there are any
+            self._remember(state)
+            state[REMAINDER] = (split(state.pop(MASTER))[1] if MASTER in state and p.dtype == torch.bfloat16
+                                else torch.zeros_like(key, dtype=torch.int16, memory_format=torch.preserve_format))
+        return state[REMAINDER]
+
+    def _index_params(self, optimizer) -> None:
+        if not self.index:
+            self.index = {id(q): i for i, q in enumerate(q for g in optimizer.param_groups for q in g["params"])}
+
+    def _remember(self, state: Dict[str, Any]) -> None:
+        for key in (MASTER, REMAINDER):
+            self.replaced.append((state, key, state.get(key, _ABSENT)))
+
+    def undo(self) -> None:
+        """Restores the states this step created or converted (a step that raised after the
+        swap, before any update: Adai's error_if_nonfinite check follows its fused norm pass)."""
+        for state, key, value in reversed(self.replaced):
+            if value is _ABSENT:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        self.replaced.clear()
 
     def finish(self, optimizer) -> None:
         for batch, option, params, masters, steps in self.jobs:

@@ -3,8 +3,9 @@
 The kernels update each rank's local shard; states are created like their param (DTensors
 sharded the same way, as torch.optim's are, so distributed checkpoints treat them alike).
 Only a global reduction needs the other ranks: Adai's mean of vhat over every element of
-every param, which global_mean() completes with one all-reduce per step, and the total grad
-norm of max_grad_norm, which global_norm() completes likewise.
+every param, which global_mean() completes with one all-reduce per step, the total grad
+norm of max_grad_norm, which global_norm() completes likewise, and for a clipped Adai step
+both at once (global_clip_sums(): still one collective).
 """
 import math
 from typing import Dict, List, Optional, Tuple
@@ -106,3 +107,51 @@ def global_norm(parts: List[Tuple[object, torch.Tensor]], norm_type: float) -> t
     stacked = torch.stack(combined)
     total = stacked.max() if infinite else stacked.sum().pow(1.0 / norm_type)
     return total.to(first.dtype)
+
+
+def global_clip_sums(parts: List[Tuple[object, torch.Tensor, int]], norm_type: float):
+    """Totals of Adai's clip sums (backends.adai_clip_sums: [norm part, c0, c1, c2]) over all
+    elements, and the element count, from (shard group, local sums, local element count)
+    parts: (4-element fp64 tensor, count). count is an int unless params are sharded (then a
+    tensor on the device), so an unsharded step copies nothing from the host (CUDA graphs).
+
+    Parts of sharded params travel with their counts in ONE collective per shard group: the
+    norm and the mean of a clipped step do not need two. That is an all-reduce, except for the
+    inf norms, whose part is a max (min for -inf) that cannot share a sum's all-reduce: their
+    rows are all-gathered and combined here in rank order. Replicated params count once.
+    """
+    infinite = math.isinf(norm_type)
+
+    def add(a: Optional[torch.Tensor], b: torch.Tensor) -> torch.Tensor:
+        """a + b, except that the norm parts of inf norms combine by max (min for -inf)."""
+        if a is None:
+            return b
+        b = b.to(a.device)
+        if not infinite:
+            return a + b
+        first = torch.maximum(a[:1], b[:1]) if norm_type > 0 else torch.minimum(a[:1], b[:1])
+        return torch.cat([first, a[1:] + b[1:]])
+
+    total: Optional[torch.Tensor] = None
+    count = 0
+    sharded: Dict[object, torch.Tensor] = {}
+    for group, sums, n in parts:
+        if group is None:
+            total = add(total, sums)
+            count += n
+        else:  # the count rides in the row's last place (a sum in either collective)
+            row = torch.cat([sums, torch.tensor([float(n)], dtype=torch.float64, device=sums.device)])
+            sharded[group] = add(sharded.get(group), row)
+    for group, row in sharded.items():
+        if infinite:
+            gathered = [torch.empty_like(row) for _ in range(dist.get_world_size(group))]
+            dist.all_gather(gathered, row, group=group)
+            row = gathered[0]
+            for other in gathered[1:]:
+                row = add(row, other)
+        else:
+            row = row.clone()
+            dist.all_reduce(row, group=group)
+        total = add(total, row[:4])
+        count = count + row[4].to(total.device)
+    return total, count

@@ -1,8 +1,13 @@
 """Adai (Xie et al., "Adaptive Inertia: Disentangling the Effects of Adaptive Learning Rate
 and Momentum"): per-element inertia beta1 = clamp(1 - beta0 vhat / mean(vhat), 0, 1 - eps),
 where the mean runs over every element of every param with a grad, in all groups."""
+import math
+
+import torch
+
 from . import _validation as check
-from ._sharding import global_mean
+from ._clipping import NORM_EPS, clip_settings
+from ._sharding import global_clip_sums, global_mean
 from .base import FusedOptimizer
 
 
@@ -17,6 +22,8 @@ class Adai(FusedOptimizer):
     # up to 1 - eps = 0.999, but bf16 has no value in (1 - 2^-9, 1): 0.999 rounds to 1, then
     # 1 - beta1_prod = 0 and the update divides by zero (tests/test_state_dtype.py shows it)
     math_dtype_states = ("beta1_prod",)
+    # with max_grad_norm, Adai's reduction pass also takes the grad norm (_clipped_mean_vhat)
+    fuses_grad_norm = True
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=False,
                  *, backend="auto", state_dtype=None, capturable=False,
@@ -44,30 +51,63 @@ class Adai(FusedOptimizer):
     def _update(self, batches):
         if not batches:
             return
-        work = []
-        parts = []
+        max_norm, norm_type, _ = clip_settings(self.param_groups, type(self).__name__)
+        work = [(b, states, self._column(states, "step")) for b in batches for states in [self._states(b)]]
+        if max_norm is None:
+            vbar = self._mean_vhat(work)
+        else:
+            vbar = self._clipped_mean_vhat(work, norm_type)
         scaling = self.scaling()
-        # pass 1 over every batch of every group; sums combined in a fixed order (deterministic)
-        for b in batches:
-            states = self._states(b)
-            steps = self._column(states, "step")
-            h = b.hyper
-            part = b.impl.adai_second_moment(
-                b.params, b.grads, self._column(states, "exp_avg_sq"), steps,
-                beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"], **scaling,
-            )
-            parts.append((b.shard_group, part, sum(p.numel() for p in b.params)))
-            work.append((b, states, steps))
-        # over every element of every param with a grad, on all ranks when params are sharded
-        vbar = global_mean(parts)
         for b, states, steps in work:
             b.impl.adai_update(
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
-                self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper, **scaling,
+                self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper, **scaling, **b.precision,
             )
             self._commit_steps(b, states)
 
+    def _mean_vhat(self, work):
+        """Pass 1 over every batch of every group: the mean of vhat over every element of every
+        param with a grad, on all ranks when params are sharded (sums in a fixed order)."""
+        parts = []
+        for b, states, steps in work:
+            h = b.hyper
+            part = b.impl.adai_second_moment(
+                b.params, b.grads, self._column(states, "exp_avg_sq"), steps,
+                beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"], **self.scaling(),
+                **b.precision,
+            )
+            parts.append((b.shard_group, part, sum(p.numel() for p in b.params)))
+        return global_mean(parts)
 
+    def _clipped_mean_vhat(self, work, norm_type):
+        """Pass 1 with max_grad_norm: ONE pass over g and v (and p with L2) yields both the total
+        grad norm and the mean of vhat, which depends on the clip coefficient c the norm gives:
+        each batch returns its norm part and sum(vhat) as a quadratic in c (adai_clip_sums), so
+        the three passes of clip_grad_norm_ + Adai (norm: read g; pass 1: read g, v; the
+        rescale clip_grad_norm_ would add: read + write g) become one, and under FSDP2 one
+        collective carries both. Bytes per element (fp32): 8 (12 with L2) on the GPU backends,
+        4 (8) on the cpu backend, which carries sum(v) between steps. Then folds the clip
+        coefficient into the scaling of the update pass."""
+        grad_scale = self.scaling()["grad_scale"]
+        parts = []
+        for b, states, steps in work:
+            h = b.hyper
+            sums = b.impl.adai_clip_sums(
+                b.params, b.grads, self._column(states, "exp_avg_sq"), steps, beta2=h["beta2"],
+                weight_decay=h["weight_decay"], decoupled=h["decoupled"], norm_type=norm_type, grad_scale=grad_scale,
+                **b.precision,
+            )
+            parts.append((b.shard_group, sums, sum(p.numel() for p in b.params)))
+        totals, count = global_clip_sums(parts, norm_type)
+        norm = totals[0] if math.isinf(norm_type) else totals[0].pow(1.0 / norm_type)
+        # the dtype clip_grad_norm_'s norm has (torch._foreach_norm's: fp32 unless grads are fp64)
+        fp64 = any(b.params and b.grads[0].dtype == torch.float64 for b, _, _ in work)
+        norm = norm.to(torch.float64 if fp64 else torch.float32)
+        self._step_scaling = self._clipped_scaling(norm, [b for b, _, _ in work])
+        max_norm = clip_settings(self.param_groups, type(self).__name__)[0]
+        c = torch.clamp(max_norm / (norm.to(torch.float64) + NORM_EPS), max=1.0)
+        vhat_sum = totals[1] + c * totals[2] + c * c * totals[3]
+        return vhat_sum / count if not (isinstance(count, int) and count == 0) else vhat_sum
 class AdaiW(Adai):
     """Adai with decoupled weight decay (decoupled=True by default)."""
 

@@ -5,7 +5,7 @@ No update math lives here: subclasses hand their batches to a backend's step fun
 """
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -40,6 +40,9 @@ class Batch:
     grads: List[torch.Tensor]
     keys: List[torch.Tensor]  # the params themselves, the keys of their state
     shard_group: Any = None  # process group the params are sharded over (None: not sharded)
+    # extra keyword arguments of every backend call: how a fusing backend keeps bf16/fp16
+    # params (param_mode, param_extras, seed, tensor_indices; _mixed_precision.MasterStep)
+    precision: Dict[str, Any] = field(default_factory=dict)
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -52,6 +55,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     per_param_step = True
     # States that keep the math dtype whatever state_dtype says (Adai's beta1_prod: see adai.py).
     math_dtype_states: tuple = ()
+    # Whether the update takes the total grad norm of max_grad_norm in a pass of its own
+    # (Adai: its reduction pass) instead of the separate norm pass of _scaling_for.
+    fuses_grad_norm = False
 
     def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto", state_dtype=None,
                  capturable: bool = False, max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
@@ -167,17 +173,28 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         batches = self._collect()
         self._step_scaling = self._scaling_for(batches)
+        # a step may raise after its states were made and masters swapped in, before any
+        # update (Adai's error_if_nonfinite follows its fused norm pass): then both are undone
+        fresh = [key for b in batches for key in b.keys if not self.state.get(key)]
         masters = mixed.MasterStep(self, batches)
-        self._update(batches)
+        try:
+            self._update(batches)
+        except Exception:
+            masters.undo()
+            for key in fresh:
+                self.state.pop(key, None)
+            raise
         masters.finish(self)
         return loss
 
     def _scaling_for(self, batches: List[Batch]) -> Dict[str, Optional[torch.Tensor]]:
         """GradScaler's scale and inf flag for this step, with the clip coefficient folded into
-        the scale when max_grad_norm is set (the norm is kept as last_grad_norm)."""
+        the scale when max_grad_norm is set (the norm is kept as last_grad_norm). Optimizers
+        that take the norm in a pass of their own (fuses_grad_norm) get the plain scaling and
+        call _clipped_scaling themselves."""
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
-        max_norm, norm_type, error_if_nonfinite = clip_settings(self.param_groups, type(self).__name__)
-        if max_norm is None:
+        max_norm, norm_type, _ = clip_settings(self.param_groups, type(self).__name__)
+        if max_norm is None or self.fuses_grad_norm:
             return {"grad_scale": grad_scale, "found_inf": found_inf}
         device = next((b.grads[0].device for b in batches if b.grads), torch.device("cpu"))
         # batches of one shard group (or of replicated params) share one norm part
@@ -187,6 +204,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         norm = total_norm(list(by_group.items()), norm_type, device)
         if grad_scale is not None:
             norm = norm / grad_scale.to(norm.device)
+        return self._clipped_scaling(norm, batches)
+
+    def _clipped_scaling(self, norm: torch.Tensor, batches: List[Batch]) -> Dict[str, Optional[torch.Tensor]]:
+        """The scaling with the clip coefficient of this total norm (of the unscaled grads)
+        folded into GradScaler's scale; keeps the norm as last_grad_norm."""
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        max_norm, norm_type, error_if_nonfinite = clip_settings(self.param_groups, type(self).__name__)
         if error_if_nonfinite and not bool(torch.isfinite(norm)):  # a host read, as in torch
             raise RuntimeError(f"{type(self).__name__}: the total norm of order {norm_type} of the gradients is "
                                "non-finite, so it cannot be clipped (error_if_nonfinite=True)")

@@ -54,7 +54,7 @@ class DualAdam(FusedOptimizer):
             states = self._states(b)
             b.impl.dualadam_step(
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
-                global_step=self._global_step, **b.hyper, **self.scaling(),
+                global_step=self._global_step, **b.hyper, **self.scaling(), **b.precision,
             )
         # the global step advances on every call (also without grads), once all went well
         self._advance([self._global_step])

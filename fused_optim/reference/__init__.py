@@ -5,13 +5,14 @@ fp64 for fp64), the fallback wherever a native backend cannot serve, and the tes
 (run in fp64). Each function takes one param group's tensor lists and updates them in place;
 the native kernels in csrc/include/fused_optim/math/ mirror them statement by statement.
 """
-from .adai import adai_bias_correction2, adai_inertia_ratio, adai_second_moment, adai_update
+from .adai import adai_bias_correction2, adai_clip_sums, adai_inertia_ratio, adai_second_moment, adai_update
 from .adam import adam_scalars, adam_step
 from .adamomentum import adamomentum_scalars, adamomentum_step
 from .dualadam import dualadam_blend_weight, dualadam_step
 
 __all__ = [
     "adai_bias_correction2",
+    "adai_clip_sums",
     "adai_inertia_ratio",
     "adai_second_moment",
     "adai_update",

@@ -30,8 +30,8 @@ constexpr int64_t kTableBytes = 30 * 1024;
 
 template <int NROLES>
 struct TensorTable {
-  // per tensor: NROLES addresses, numel, chunk prefix, counter address and value
-  static constexpr int kCapacity = int((kTableBytes - 64) / (8 * NROLES + 8 + 8 + 8 + 4));
+  // per tensor: NROLES addresses, numel, chunk prefix, counter address and value, tag
+  static constexpr int kCapacity = int((kTableBytes - 64) / (8 * NROLES + 8 + 8 + 8 + 4 + 4));
   void* addresses[NROLES][kCapacity];
   int64_t numels[kCapacity];
   int64_t chunk_prefix[kCapacity + 1];
@@ -39,10 +39,12 @@ struct TensorTable {
   // (capturable: a replayed graph sees the advanced counter), else the host's value
   const float* counter_addresses[kCapacity];
   float counter_values[kCapacity];
+  // the tensor's index among all the optimizer's params (stochastic rounding's key)
+  uint32_t tags[kCapacity];
   int64_t ntensors;
   int64_t chunk_base;  // global index of this launch's first chunk (Adai's partial sums)
 };
-static_assert(sizeof(TensorTable<5>) <= kTableBytes, "table exceeds its parameter budget");
+static_assert(sizeof(TensorTable<6>) <= kTableBytes, "table exceeds its parameter budget");
 
 // GradScaler support: g is divided by *grad_scale; a nonzero *found_inf skips the whole step.
 // Both are device scalars read inside the kernel (no host sync); null when unused.
@@ -182,6 +184,7 @@ struct TensorLists {
   const std::vector<int64_t>& numels;
   const std::vector<double>& step_values;
   const std::vector<uintptr_t>& step_addresses;
+  const std::vector<uint32_t>* tags = nullptr;  // per tensor, where the kernel needs them
 };
 
 // Fills tables from the lists (skipping zero-size tensors, which own no chunk) and calls
@@ -214,6 +217,7 @@ int64_t for_each_launch(const TensorLists& lists, Launch&& launch) {
     table->counter_addresses[k] =
         lists.step_addresses.empty() ? nullptr : reinterpret_cast<const float*>(lists.step_addresses[t]);
     table->counter_values[k] = lists.step_values.empty() ? 0.0f : float(lists.step_values[t]);
+    table->tags[k] = lists.tags != nullptr && !lists.tags->empty() ? (*lists.tags)[t] : 0u;
     table->ntensors = k + 1;
     if (table->ntensors == Table::kCapacity) flush();
   }

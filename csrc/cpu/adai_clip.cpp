@@ -1,0 +1,111 @@
+// Adai's pass 1 when max_grad_norm clips the grads (reference: adai_clip_sums): the clip
+// coefficient needs the norm of ALL grads, the mean of vhat needs the clipped grads, and one
+// read of g (and p for coupled L2) serves both: it returns the group's norm part and its sum
+// of vhat as a quadratic in the coefficient (math/clip.h), which the optimizer evaluates once
+// the norm is known. sum(v) is carried from the previous update pass, as in adai_vhat_sum.
+// Bytes per element (fp32): read g = 4 (+4 reading p for coupled L2), against 8 for a norm pass
+// followed by adai_vhat_sum; the update pass (adai_update, 36 B) then clips in registers.
+// Each chunk is summed in several loops, one accumulator each (they vectorize; a chunk is
+// 256 KB of fp32 and stays in cache after the first).
+#include <cmath>
+
+#include "fused_optim/math/adai.h"
+#include "fused_optim/math/clip.h"
+
+#include "ops.h"
+#include "param_access.h"
+
+namespace fused_optim::cpu {
+namespace {
+
+// {norm part, sum g^2, sum g p, sum p^2} of one chunk; g divided by grad_divisor in the math
+// dtype as the update divides it, then widened (products of two fp32 values are exact in fp64).
+template <bool COUPLED_L2, int NORM, int MODE, class P, class T = math_t<P>>
+FO_CPU_CLONES void clip_chunk(const P* __restrict p, const P* __restrict g, int64_t n,
+                              const T grad_divisor, const double q, const ParamExtra x, double* out) {
+  auto gs = [&](int64_t i) { return double(T(load_value(g[i])) / grad_divisor); };
+  out[1] = lane_sum(n, [&](int64_t i) { return gs(i) * gs(i); });
+  if (NORM == math::kNormTwo) {
+    out[0] = out[1];
+  } else if (math::norm_is_extremum(NORM)) {
+    double e = math::norm_identity(NORM);
+    for (int64_t i = 0; i < n; ++i) e = math::norm_extremum<NORM>(e, std::fabs(gs(i)));
+    out[0] = e;
+  } else {
+    out[0] = lane_sum(n, [&](int64_t i) { return math::norm_term<NORM>(gs(i), q); });
+  }
+  if (COUPLED_L2) {
+    auto pd = [&](int64_t i) { return double(load_param<MODE>(p, x, i)); };
+    out[2] = lane_sum(n, [&](int64_t i) { return gs(i) * pd(i); });
+    out[3] = lane_sum(n, [&](int64_t i) { return pd(i) * pd(i); });
+  } else {
+    out[2] = out[3] = 0.0;
+  }
+}
+
+}  // namespace
+
+std::vector<double> adai_clip_sums(const AddressLists& lists, const std::vector<int64_t>& numels,
+                                   const std::vector<double>& steps,
+                                   const std::vector<double>& v_sums, int dtype, double beta2,
+                                   double weight_decay, bool decoupled, double norm_type,
+                                   int num_threads, double grad_divisor, int param_mode, uint32_t seed,
+                                   const std::vector<uint32_t>& tensor_indices) {
+  const char* op = "adai_clip_sums";
+  const DType pd = parse_dtype(op, dtype);
+  std::vector<DType> roles{pd, pd};
+  const ParamStorage storage = param_storage(op, lists, numels, pd, param_mode, seed, tensor_indices, steps, roles);
+  check_lists(op, lists, roles, numels);
+  check_per_tensor(op, "steps", steps.size(), numels.size());
+  check_per_tensor(op, "v_sums", v_sums.size(), numels.size());
+  check_threads(op, num_threads);
+  if (!(norm_type > 0.0 || norm_type == -INFINITY))
+    throw std::invalid_argument("fused_optim._cpu.adai_clip_sums: norm_type must be > 0 or +-inf");
+
+  const int kind = math::norm_kind(norm_type);
+  const bool coupled_l2 = !decoupled && weight_decay != 0.0;
+  const double l2 = coupled_l2 ? weight_decay : 0.0;
+  std::vector<double> bc2(numels.size());
+  for (size_t t = 0; t < numels.size(); ++t) bc2[t] = math::adai_bias_correction2(beta2, steps[t]);
+  const ChunkPlan plan = plan_chunks(numels);
+  const size_t nchunks = size_t(plan.total());
+  // per chunk, in chunk order (independent of the thread count): its norm part and its
+  // tensor's weighted terms; c0 also holds each tensor's sum(v) term, once, after the chunks
+  std::vector<double> norm_parts(nchunks), c0(nchunks + numels.size()), c1(nchunks), c2(nchunks);
+  for (size_t t = 0; t < numels.size(); ++t)
+    c0[nchunks + t] = math::adai_clip_terms(v_sums[t], 0.0, 0.0, 0.0, beta2, l2, bc2[t]).c0;
+  dispatch_param_dtype(pd, [&](auto tag) {
+    using P = decltype(tag);
+    using T = math_t<P>;
+    with_constant<math::kNormKinds>(kind, [&](auto norm) {
+      dispatch_param_mode<P>(param_mode, [&](auto mode) {
+        constexpr int NORM = decltype(norm)::value, MODE = decltype(mode)::value;
+        for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t c) {
+          const P* p = address<const P>(lists[0][s.tensor], s.begin);
+          const P* g = address<const P>(lists[1][s.tensor], s.begin);
+          const ParamExtra x = storage.chunk(s.tensor, s.begin);
+          double sums[4];
+          if (coupled_l2) clip_chunk<true, NORM, MODE, P>(p, g, s.size, T(grad_divisor), norm_type, x, sums);
+          else clip_chunk<false, NORM, MODE, P>(p, g, s.size, T(grad_divisor), norm_type, x, sums);
+          const auto terms = math::adai_clip_terms(0.0, sums[1], sums[2], sums[3], beta2, l2, bc2[size_t(s.tensor)]);
+          norm_parts[size_t(c)] = sums[0];
+          c0[size_t(c)] = terms.c0;
+          c1[size_t(c)] = terms.c1;
+          c2[size_t(c)] = terms.c2;
+        });
+      });
+    });
+  });
+  double norm_part = math::norm_identity(kind);
+  if (kind == math::kNormMax) {
+    for (double x : norm_parts) norm_part = math::norm_extremum<math::kNormMax>(norm_part, x);
+  } else if (kind == math::kNormMin) {
+    for (double x : norm_parts) norm_part = math::norm_extremum<math::kNormMin>(norm_part, x);
+  } else {
+    norm_part = tree_sum(norm_parts.data(), int64_t(nchunks));
+  }
+  return {norm_part, tree_sum(c0.data(), int64_t(c0.size())), tree_sum(c1.data(), int64_t(nchunks)),
+          tree_sum(c2.data(), int64_t(nchunks))};
+}
+
+}  // namespace fused_optim::cpu

@@ -1,0 +1,172 @@
+// Adai's pass 1 on CUDA when max_grad_norm clips the grads (reference: adai_clip_sums; the
+// CPU mirror is csrc/cpu/adai_clip.cpp, the shared terms math/clip.h). The clip coefficient
+// needs the norm of ALL grads and the mean of vhat needs the clipped grads: one read of g and v
+// (and p for coupled L2) yields this group's norm part and its sum of vhat as a quadratic in
+// the coefficient, evaluated on the device by the optimizer once the norm is known.
+// Bytes per element (fp32): read g, v = 8 (+4 for p with L2), replacing a norm pass (4) plus
+// the plain pass 1 (8); pass 2 (adai_update, 36 B) then clips in registers.
+// Sums in fp64 in a fixed order (per thread, the block's tree, the partials' tree); the inf
+// norms' max/min is order-free. No atomics: reruns are bitwise identical.
+#include <cmath>
+
+#include "fused_optim/math/adai.h"
+#include "fused_optim/math/clip.h"
+
+#include "driver.h"
+#include "param_access.cuh"
+
+namespace fused_optim::cuda {
+namespace {
+
+struct ClipSumArgs {
+  double beta2, l2_weight_decay, norm_type;
+  int norm_kind;     // math::NormKind, uniform over the launch (a branch, not a template:
+                     // 5 kinds x 7 dtype pairs would be 35 kernels for one light pass)
+  double* partials;  // 4 x total_chunks: norm parts | c0 | c1 | c2, by global chunk index
+  int64_t total_chunks;
+};
+
+__device__ FO_INLINE double extremum(int kind, double a, double b) {
+  return kind == math::kNormMax ? math::norm_extremum<math::kNormMax>(a, b)
+                                : math::norm_extremum<math::kNormMin>(a, b);
+}
+
+// The block's max/min of one double per thread (valid in thread 0); order-free.
+__device__ FO_INLINE double block_extremum(int kind, double value) {
+  __shared__ double values[kBlockThreads];
+  values[threadIdx.x] = value;
+  __syncthreads();
+  for (int width = kBlockThreads / 2; width > 0; width /= 2) {
+    if (int(threadIdx.x) < width)
+      values[threadIdx.x] = extremum(kind, values[threadIdx.x], values[threadIdx.x + width]);
+    __syncthreads();
+  }
+  return values[0];
+}
+
+// Roles: 0 param (read only with L2), 1 grad, 2 exp_avg_sq, 3 masters/remainders (MODE 1/2:
+// p's value with L2, param_access.cuh).
+template <int MODE, class P, class S, int NROLES>
+__global__ void __launch_bounds__(kBlockThreads)
+    adai_clip_sums_kernel(const __grid_constant__ TensorTable<NROLES> table, const ClipSumArgs a,
+                          const AmpArgs amp) {
+  using T = math_t<P>;
+  constexpr int W = kPackWidth<P>;
+  const ChunkSpan s = table_chunk(table);
+  const bool l2 = a.l2_weight_decay != 0.0;
+  const int kind = a.norm_kind;
+  const bool is_extremum = math::norm_is_extremum(kind);
+  const ParamChunk<MODE, P, W> params(table, s, 3, 0u);
+  const P* g = role_address<const P>(table, 1, s);
+  const S* v = role_address<const S>(table, 2, s);
+  const bool aligned = (!l2 || params.aligned()) && pack_aligned<W>(g) && pack_aligned<W>(v);
+  const T scale = grad_divisor<T>(amp);
+  const int64_t n = s.size;
+  // this thread's elements in a fixed order; g divided in the math dtype as the update
+  // divides it, then widened (products of two fp32 values are exact in fp64)
+  double norm = math::norm_identity(kind), v_sum = 0.0, gg = 0.0, gp = 0.0, pp = 0.0;
+  for_each_pack<W>(n, aligned, [&](int64_t i, bool full) {
+    P pr[W] = {}, gr[W] = {};
+    S vr[W] = {};
+    T pv[W] = {};
+    if (l2) params.load(pv, pr, i, n, full);
+    load_pack(gr, g, i, n, full);
+    load_pack(vr, v, i, n, full);
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      if (i + j >= n) continue;
+      const double gj = double(T(load_value(gr[j])) / scale);
+      v_sum += double(T(load_value(vr[j])));
+      gg += gj * gj;
+      if (is_extremum) norm = extremum(kind, norm, fabs(gj));
+      else if (kind == math::kNormOne) norm += math::norm_term<math::kNormOne>(gj, a.norm_type);
+      else if (kind == math::kNormPower) norm += math::norm_term<math::kNormPower>(gj, a.norm_type);
+      if (l2) {
+        const double pj = double(pv[j]);
+        gp += gj * pj;
+        pp += pj * pj;
+      }
+    }
+  });
+  // (every thread takes the same branches: the barriers inside are uniform)
+  v_sum = block_sum(v_sum);
+  gg = block_sum(gg);
+  if (l2) {
+    gp = block_sum(gp);
+    pp = block_sum(pp);
+  }
+  if (kind == math::kNormTwo) norm = gg;
+  else norm = is_extremum ? block_extremum(kind, norm) : block_sum(norm);
+  if (threadIdx.x == 0) {
+    const double bc2 = math::adai_bias_correction2(a.beta2, step_before(table, s.tensor) + 1.0);
+    const auto terms = math::adai_clip_terms(v_sum, gg, gp, pp, a.beta2, a.l2_weight_decay, bc2);
+    const int64_t c = table.chunk_base + blockIdx.x;
+    a.partials[c] = norm;
+    a.partials[a.total_chunks + c] = terms.c0;
+    a.partials[2 * a.total_chunks + c] = terms.c1;
+    a.partials[3 * a.total_chunks + c] = terms.c2;
+  }
+}
+
+// Block k (of 4) totals partials [k n, (k + 1) n) into out[k]: the fixed tree of reduction.h
+// (level by level), or the max/min for the inf norms' part. Destroys the partials.
+__global__ void __launch_bounds__(kBlockThreads) clip_totals_kernel(double* partials, int64_t n,
+                                                                    int kind, double* out) {
+  const int k = int(blockIdx.x);
+  double* values = partials + k * n;
+  if (k == 0 && math::norm_is_extremum(kind)) {  // uniform over the block
+    double e = math::norm_identity(kind);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) e = extremum(kind, e, values[i]);
+    e = block_extremum(kind, e);
+    if (threadIdx.x == 0) out[0] = e;
+    return;
+  }
+  for (int64_t width = 1; width < n; width *= 2) {
+    for (int64_t pair = threadIdx.x; pair * 2 * width + width < n; pair += blockDim.x)
+      tree_sum_step(values, n, width, pair);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[k] = n > 0 ? values[0] : 0.0;
+}
+
+}  // namespace
+
+void adai_clip_sums(const AddressLists& lists, const std::vector<int64_t>& numels,
+                    const std::vector<double>& step_values,
+                    const std::vector<uintptr_t>& step_addresses, int dtype, int state_dtype,
+                    double beta2, double weight_decay, bool decoupled, double norm_type,
+                    uintptr_t grad_scale, uintptr_t partials, int64_t partials_len, uintptr_t out,
+                    int device, uintptr_t stream, int param_mode,
+                    const std::vector<uint32_t>& tensor_indices) {
+  const char* op = "adai_clip_sums";
+  const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
+  std::vector<DType> roles{pd, pd, sd};
+  check_param_mode(op, pd, param_mode, tensor_indices, numels.size(), roles);
+  check_lists(op, lists, roles, numels);
+  check_finite(op, {{"beta2", beta2}, {"weight_decay", weight_decay}});
+  if (!(norm_type > 0.0 || norm_type == -INFINITY)) fail(op, "norm_type must be > 0 or +-inf");
+  check_steps(op, step_values, step_addresses, numels.size());
+  check_scalar(op, "grad_scale", grad_scale, 4, false);
+  check_scalar(op, "out", out, 8, true);
+  const int64_t chunks = chunk_count(numels);
+  if (chunks > 0) check_scalar(op, "partials", partials, 8, true);
+  if (partials_len < 4 * chunks)
+    fail(op, "partials has " + std::to_string(partials_len) + " entries for 4 x " +
+                 std::to_string(chunks) + " chunks");
+  const TensorLists tl{lists, numels, step_values, step_addresses, &tensor_indices};
+  const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), nullptr};
+  auto* partial_sums = reinterpret_cast<double*>(partials);
+  const int kind = math::norm_kind(norm_type);
+  const ClipSumArgs a{beta2, !decoupled ? weight_decay : 0.0, norm_type, kind, partial_sums, chunks};
+  dispatch_types(pd, sd, [&](auto ptag, auto stag) {
+    using P = decltype(ptag);
+    dispatch_param_mode<P>(param_mode, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, R = roles_with_params(3, MODE);
+      launch_over<R>(op, adai_clip_sums_kernel<MODE, P, decltype(stag), R>, tl, device, stream, a, amp);
+    });
+  });
+  const DeviceGuard guard(op, device);
+  launch(op, clip_totals_kernel, 4, stream, partial_sums, chunks, kind, reinterpret_cast<double*>(out));
+}
+
+}  // namespace fused_optim::cuda
