@@ -110,3 +110,31 @@ def test_clip_rows(tmp_path):
     assert clipped["speedup_over"]["fused"] == pytest.approx(rows["fused+clip"]["median_s"] / clipped["median_s"])
     assert rows[ours]["speedup_over"]["fused"] == pytest.approx(rows["fused"]["median_s"] / rows[ours]["median_s"])
     assert "clip_grad_norm_ + torch.optim fused" in proc.stdout
+
+
+def test_precision_rows(tmp_path):
+    """--precision: bf16-param rows with each mode, bytes counting the masters/remainders,
+    compared with torch.optim on the same bf16 params; Adai's clip rows on the cpu backend
+    add no grad read (its reduction pass takes the norm); the te peer is reported as skipped
+    (CUDA only)."""
+    cmd = [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--optimizers", "AdamW,Adai", "--cases",
+           "large", "--sizes", "4096", "--dtype", "bf16", "--repeats", "3", "--peers", "fused,te",
+           "--backends", "cpu", "--clip", "0.5",
+           "--precision", "master_weights,param_remainders,stochastic_rounding", "--out", str(tmp_path)]
+    if not fused_optim.availability("cpu")[0]:
+        pytest.skip("the native cpu backend is not built")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["settings"]["precision"] == ["master_weights", "param_remainders", "stochastic_rounding"]
+    rows = {(r["optimizer"], r["impl"]): r for r in doc["rows"]}
+    # bf16 params and grads, fp32 states: 22 B in place; masters + 6, remainders + 4
+    assert rows[("AdamW", "ours:cpu")]["bytes_per_element"] == 22
+    assert rows[("AdamW", "ours:cpu+mw")]["bytes_per_element"] == 28
+    assert rows[("AdamW", "ours:cpu+rem")]["bytes_per_element"] == 26
+    assert rows[("AdamW", "ours:cpu+sr")]["bytes_per_element"] == 22
+    assert rows[("Adai", "ours:cpu+clip")]["bytes_per_element"] == rows[("Adai", "ours:cpu")]["bytes_per_element"]
+    mw = rows[("AdamW", "ours:cpu+mw")]
+    assert mw["speedup_over"]["fused"] == pytest.approx(rows[("AdamW", "fused")]["median_s"] / mw["median_s"])
+    assert any(s["impl"] == "te" and "CUDA" in s["reason"] for s in doc["skipped"])
+    assert "fused_optim cpu master weights" in proc.stdout
