@@ -1,8 +1,8 @@
 """python -m bench.param_modes_ab: the cpu backend's fused bf16 param modes (master weights,
-remainders, stochastic rounding in the kernels' one pass) against the unfused path the other
-backends still take (fp32 copies through the same kernels, params written back by torch ops):
-AdamW on one 16M-element bf16 tensor, the two interleaved step by step, median of 10 steps
-after 2 warm-up steps. The results are bitwise equal (tests/test_mixed_precision.py)."""
+remainders, stochastic rounding in the kernels' one pass) against the unfused path the torch
+backend and compiled steps take (fp32 copies through the same kernels, params written back by
+torch ops): AdamW on one 16M-element bf16 tensor, the two interleaved step by step, median of
+10 steps after 2 warm-up steps. The results are bitwise equal (tests/test_mixed_precision.py)."""
 import statistics
 import time
 

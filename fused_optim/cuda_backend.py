@@ -21,11 +21,12 @@ Every native call is a torch.library custom op (fused_optim::cuda_*) with a fake
 torch.compile sees one opaque op per call.
 """
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from . import _dispatch
+from . import _dispatch, _param_modes
+from ._param_modes import Mixed
 
 from ._staging import Staged
 
@@ -119,37 +120,11 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
-class Mixed(NamedTuple):
-    """How a call's bf16/fp16 params are kept (_mixed_precision.MasterStep, eager steps only):
-    param_mode 1 with fp32 masters, 2 with int16 remainders (`extras`, one per param), 3
-    rounded stochastically by a hash of the seed, each param's index among all the optimizer's
-    params (`tensor_indices`), its step and the element."""
-    param_mode: int
-    extras: Optional[List[Tensor]]
-    seed: int
-    tensor_indices: Optional[List[int]]
-
-
-def _mixed(param_mode, param_extras, seed, tensor_indices) -> Optional[Mixed]:
-    return Mixed(int(param_mode), param_extras, int(seed), tensor_indices) if param_mode else None
-
-
-_EXTRA_DTYPES = {1: torch.float32, 2: torch.int16}
-
-
 def _staged(op: str, roles, writable, mixed: Optional[Mixed]) -> Staged:
     """The call's address lists: its roles, then the masters/remainders of those modes (written
     when the call writes the params)."""
-    if mixed is not None and mixed.param_mode in _EXTRA_DTYPES:
-        want, params = _EXTRA_DTYPES[mixed.param_mode], roles[0]
-        extras = list(mixed.extras or [])
-        if len(extras) != len(params):
-            raise ValueError(f"fused_optim.cuda_backend.{op}: {len(extras)} masters/remainders for "
-                             f"{len(params)} params")
-        for p, x in zip(params, extras):
-            if x.dtype != want or x.shape != p.shape or x.device != p.device:
-                raise ValueError(f"fused_optim.cuda_backend.{op}: a master/remainder of {x.dtype} {tuple(x.shape)} on "
-                                 f"{x.device} for a param of {tuple(p.shape)} on {p.device} (want {want})")
+    extras = _param_modes.checked_extras(f"fused_optim.cuda_backend.{op}", roles[0], mixed)
+    if extras is not None:
         roles, writable = list(roles) + [extras], list(writable[:len(roles)]) + [writable[0]]
     return Staged(roles, writable)
 
@@ -187,7 +162,8 @@ def _adam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp
     staged.finish()
 
 
-@_dispatch.custom_op("fused_optim::cuda_adam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
+@_dispatch.custom_op("fused_optim::cuda_adam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs",
+                                                                  "max_exp_avg_sqs"))
 def _adam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
              max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float, eps: float,
              weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool, grad_scale: Optional[Tensor],
@@ -387,16 +363,11 @@ def _need_module() -> None:
 # ---- the backend's step functions ----
 
 # Each public function takes the param-mode keywords of _mixed_precision.MasterStep (param_mode,
-# param_extras, seed, tensor_indices; eager steps only) and then calls the native function
-# itself; plain calls go through the custom op (_dispatch.call: directly in eager mode).
-_PLAIN = dict(param_mode=0, param_extras=None, seed=0, tensor_indices=None)
+# param_extras, seed, tensor_indices; eager steps only, see _param_modes.py)
 
 
 def _run(op, function, args, mode_kwargs):
-    mixed = _mixed(**mode_kwargs)
-    if mixed is None:
-        return _dispatch.call(op, *args)
-    return function(*args, mixed=mixed)
+    return _param_modes.run(op, function, args, mode_kwargs, _dispatch.call)
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[Tensor]], steps, *,
@@ -409,7 +380,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[Li
     _run(_adam_op, _adam, (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
                            list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
                            float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(maximize), grad_scale,
-                           found_inf), {**_PLAIN, **mode})
+                           found_inf), mode)
 
 
 def adamomentum_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[Tensor]], steps, *,
@@ -422,7 +393,7 @@ def adamomentum_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Opti
     _run(_adamomentum_op, _adamomentum, (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
                                          list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr),
                                          float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled),
-                                         bool(amsgrad), bool(rectify), grad_scale, found_inf), {**_PLAIN, **mode})
+                                         bool(amsgrad), bool(rectify), grad_scale, found_inf), mode)
 
 
 def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta1, beta2, eps, weight_decay,
@@ -437,7 +408,7 @@ def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta
         global_step = torch.tensor(float(global_step), dtype=torch.float64)
     _run(_dualadam_op, _dualadam, (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), global_step,
                                    float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-                                   float(switch_rate), grad_scale, found_inf), {**_PLAIN, **mode})
+                                   float(switch_rate), grad_scale, found_inf), mode)
 
 
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
@@ -450,7 +421,7 @@ def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay
         return torch.zeros((), dtype=torch.float64)
     return _run(_adai_second_moment_op, _adai_second_moment,
                 (list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2), float(weight_decay),
-                 bool(decoupled), grad_scale), {**_PLAIN, **mode})
+                 bool(decoupled), grad_scale), mode)
 
 
 def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, norm_type,
@@ -465,7 +436,7 @@ def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, de
         return out
     return _run(_adai_clip_sums_op, _adai_clip_sums,
                 (list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2), float(weight_decay),
-                 bool(decoupled), float(norm_type), grad_scale), {**_PLAIN, **mode})
+                 bool(decoupled), float(norm_type), grad_scale), mode)
 
 
 def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2, eps,
@@ -478,4 +449,4 @@ def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr,
     _run(_adai_update_op, _adai_update,
          (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods), list(steps), float(lr),
           float(beta0), float(beta2), float(eps), float(weight_decay), bool(decoupled), vbar, grad_scale, found_inf),
-         {**_PLAIN, **mode})
+         mode)

@@ -721,16 +721,17 @@ def test_emulated_param_modes_equal_the_unfused_path(cuda_classes_on_host, name,
     (its pass 1 reads the master's p) and clipping (Adai's fused norm pass reads it too)."""
     from fused_optim.optimizers import _mixed_precision as mixed
 
-    cuda_backend = cuda_classes_on_host
+    from fused_optim import _param_modes
+
     spec = OPTIMIZERS[name]
     kwargs = dict(spec.cases.get("l2", spec.cases["default"]), backend="cuda", max_grad_norm=0.05, **{option: True})
     gen = torch.Generator().manual_seed(0)
     shapes = [(33, 7), (129,), (5, 3)]
     initial = [(torch.randn(s, generator=gen) * 0.05).to(torch.bfloat16) for s in shapes]
     runs = []
-    original = cuda_backend._mixed
+    original = _param_modes.mixed_from
     modes = []
-    monkeypatch.setattr(cuda_backend, "_mixed", lambda **k: modes.append(k["param_mode"]) or original(**k))
+    monkeypatch.setattr(_param_modes, "mixed_from", lambda **k: modes.append(k["param_mode"]) or original(**k))
     for fuse in (True, False):
         monkeypatch.setattr(mixed, "FUSED_BACKENDS", ("cuda",) if fuse else ())
         modes.clear()

@@ -303,33 +303,40 @@ def test_an_option_changed_in_a_group_is_checked_before_the_step_changes_anythin
 
 # ----- the cpu backend's fused pass -------------------------------------------------------------
 
-FUSED_CASES = [(name, option) for name in NAMES for option in ("master_weights", "param_remainders",
-                                                                "stochastic_rounding")]
+OPTIONS = ("master_weights", "param_remainders", "stochastic_rounding")
+FUSED_CASES = ([("cpu", name, option) for name in NAMES for option in OPTIONS] if "cpu" in CPU_BACKENDS else []) + \
+    ([("triton", name, option) for name in ("AdamW", "Adai") for option in OPTIONS]
+     if "triton" in CPU_BACKENDS else [])
 
 
-@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the native cpu backend is not built")
 @pytest.mark.parametrize("clip", [None, 0.05], ids=["plain", "clipped"])
-@pytest.mark.parametrize("name,option", FUSED_CASES, ids=[f"{n}-{o}" for n, o in FUSED_CASES])
-def test_cpu_fused_pass_equals_the_unfused_path(name, option, clip, monkeypatch):
-    """The cpu kernels keep masters/remainders/stochastic rounding in their one pass; they give
-    the bits the unfused path gives (fp32 copies through the same kernels, params written back
-    after), params and every state, with L2 for Adai (its pass 1 reads the master's p)."""
-    from fused_optim import cpu_backend
+@pytest.mark.parametrize("backend,name,option", FUSED_CASES, ids=[f"{b}-{n}-{o}" for b, n, o in FUSED_CASES])
+def test_fused_pass_equals_the_unfused_path(backend, name, option, clip, monkeypatch):
+    """The cpu and triton kernels keep masters/remainders/stochastic rounding in their one pass
+    (the cuda kernels: tests/test_cuda_backend.py); they give the bits the unfused path gives
+    (fp32 copies through the same kernels, params written back after), params and every state,
+    with L2 for Adai (its pass 1 reads the master's p)."""
+    from fused_optim import _param_modes, cpu_backend
 
-    kwargs = dict(OPTIMIZERS[name].cases.get("l2", OPTIMIZERS[name].cases["default"]), backend="cpu",
+    kwargs = dict(OPTIMIZERS[name].cases.get("l2", OPTIMIZERS[name].cases["default"]), backend=backend,
                   max_grad_norm=clip, **{option: True})
     fused_params, plain_params = _params(torch.bfloat16), _params(torch.bfloat16)
     fused = OPTIMIZERS[name].cls(fused_params, **kwargs)
     plain = OPTIMIZERS[name].cls(plain_params, **kwargs)
     modes = []
-    storage = cpu_backend._storage
-    monkeypatch.setattr(cpu_backend, "_storage",
-                        lambda mode, seed, indices: modes.append(mode) or storage(mode, seed, indices))
-    _train(fused, fused_params, 6)
+    if backend == "cpu":
+        storage = cpu_backend._storage
+        monkeypatch.setattr(cpu_backend, "_storage",
+                            lambda mode, seed, indices: modes.append(mode) or storage(mode, seed, indices))
+    else:
+        original = _param_modes.mixed_from
+        monkeypatch.setattr(_param_modes, "mixed_from", lambda **k: modes.append(k["param_mode"]) or original(**k))
+    steps = 6 if backend == "cpu" else 3
+    _train(fused, fused_params, steps)
     assert modes and set(modes) == {mixed.PARAM_MODES[option]}  # the fused pass served every call
     monkeypatch.setattr(mixed, "FUSED_BACKENDS", ())
     modes.clear()
-    _train(plain, plain_params, 6)
+    _train(plain, plain_params, steps)
     assert set(modes) <= {0}
     for p, q in zip(fused_params, plain_params):
         assert _bits_equal(p.detach(), q.detach())

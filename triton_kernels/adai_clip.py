@@ -11,6 +11,7 @@ import triton.language as tl
 
 from .adai import _fp64_sum
 from .multi_tensor import block_coords, column_ptr, load_math, pow_int, step_of, unscaled
+from .param_modes import load_param
 
 # How an element enters the norm part (same codes as math/clip.h's NormKind)
 NORM_TWO, NORM_ONE, NORM_POWER, NORM_MAX, NORM_MIN = 0, 1, 2, 3, 4
@@ -66,7 +67,8 @@ def _norm_part(g, mask, q, NORM: tl.constexpr):
 
 
 @triton.jit
-def _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS: tl.constexpr, P: tl.constexpr,
+def _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS: tl.constexpr, MODE: tl.constexpr,
+                EXTRA: tl.constexpr, P: tl.constexpr,
                 S: tl.constexpr, MATH: tl.constexpr, APPLY_L2: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                 ALIGNED: tl.constexpr, FULL: tl.constexpr):
     """(g as fp64, sum v, sum g p, sum p^2) of one block; g divided by the scale in the math
@@ -76,7 +78,7 @@ def _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS: tl.constexpr,
     v = load_math(column_ptr(table_ptr, row, 2, NCOLS, S, ALIGNED), offs, mask, FULL, MATH).to(tl.float64)
     v_sum = _fp64_sum(tl.where(mask, v, 0.0))
     if APPLY_L2:
-        p = load_math(column_ptr(table_ptr, row, 0, NCOLS, P, ALIGNED), offs, mask, FULL, MATH).to(tl.float64)
+        p = load_param(table_ptr, row, offs, mask, NCOLS, EXTRA, P, MATH, MODE, ALIGNED, FULL).to(tl.float64)
         gp = _fp64_sum(tl.where(mask, g * p, 0.0))
         pp = _fp64_sum(tl.where(mask, p * p, 0.0))
     else:
@@ -88,10 +90,11 @@ def _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS: tl.constexpr,
 @triton.jit
 def adai_clip_sums_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_ptr, beta2: tl.float64,
                           l2_weight_decay: tl.float64, norm_type: tl.float64, NCOLS: tl.constexpr,
+                          MODE: tl.constexpr, EXTRA: tl.constexpr,
                           P: tl.constexpr, S: tl.constexpr, MATH: tl.constexpr, NORM: tl.constexpr,
                           APPLY_L2: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, ALIGNED: tl.constexpr,
                           BLOCK: tl.constexpr):
-    """Table row: p, g, v, step, numel. Writes this block's [norm part, c0, c1, c2] into slots
+    """Table row: p, g, v, [master/remainder], step, numel. Writes this block's [norm part, c0, c1, c2] into slots
     k * nblocks + block (reference: adai_clip_sums; weights from the block's tensor)."""
     row, start = block_coords(blocks_ptr, BLOCK)
     nblocks = tl.num_programs(0)
@@ -100,10 +103,12 @@ def adai_clip_sums_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_ptr, b
     offs = start + tl.arange(0, BLOCK)
     mask = offs < numel
     if start + BLOCK <= numel:
-        g, v_sum, gp, pp = _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS, P, S, MATH, APPLY_L2,
+        g, v_sum, gp, pp = _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS, MODE, EXTRA, P, S, MATH,
+                                       APPLY_L2,
                                        HAS_GRAD_SCALE, ALIGNED, True)
     else:
-        g, v_sum, gp, pp = _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS, P, S, MATH, APPLY_L2,
+        g, v_sum, gp, pp = _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS, MODE, EXTRA, P, S, MATH,
+                                       APPLY_L2,
                                        HAS_GRAD_SCALE, ALIGNED, False)
     gg = _fp64_sum(tl.where(mask, g * g, 0.0))
     k = 1.0 - beta2

@@ -7,6 +7,7 @@ Bytes per element with fp32 params and states: reads p, g, m, v and writes p, m,
 import triton
 import triton.language as tl
 
+from .param_modes import load_param, stochastic_high_key, store_param
 from .multi_tensor import (as_stored, block_coords, column_ptr, div, active_numel, load_math, pow_int,
                            sqrt, step_of, store_rounded, unscaled)
 
@@ -65,16 +66,16 @@ def adamomentum_math(p, g, m, v, vmax, step_size, bc2_sqrt, kind, beta1, beta2, 
 
 
 @triton.jit
-def _adamomentum_block(table_ptr, row, offs, mask, grad_scale_ptr, step_size, bc2_sqrt, kind, beta1, beta2,
+def _adamomentum_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, step_size, bc2_sqrt, kind, beta1, beta2,
                        one_minus_beta1, one_minus_beta2, eps, weight_decay, decay, NCOLS: tl.constexpr,
+                       MODE: tl.constexpr, EXTRA: tl.constexpr,
                        P: tl.constexpr, S: tl.constexpr, MATH: tl.constexpr, AMSGRAD: tl.constexpr,
                        APPLY_DECAY: tl.constexpr, APPLY_L2: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                        ALIGNED: tl.constexpr, FULL: tl.constexpr):
-    p_ptr = column_ptr(table_ptr, row, 0, NCOLS, P, ALIGNED)
     g_ptr = column_ptr(table_ptr, row, 1, NCOLS, P, ALIGNED)
     m_ptr = column_ptr(table_ptr, row, 2, NCOLS, S, ALIGNED)
     v_ptr = column_ptr(table_ptr, row, 3, NCOLS, S, ALIGNED)
-    p = load_math(p_ptr, offs, mask, FULL, MATH)
+    p = load_param(table_ptr, row, offs, mask, NCOLS, EXTRA, P, MATH, MODE, ALIGNED, FULL)
     g = unscaled(load_math(g_ptr, offs, mask, FULL, MATH), grad_scale_ptr, HAS_GRAD_SCALE, MATH)
     m = load_math(m_ptr, offs, mask, FULL, MATH)
     v = load_math(v_ptr, offs, mask, FULL, MATH)
@@ -86,7 +87,7 @@ def _adamomentum_block(table_ptr, row, offs, mask, grad_scale_ptr, step_size, bc
     p, m, v, vmax = adamomentum_math(p, g, m, v, vmax, step_size, bc2_sqrt, kind, beta1, beta2,
                                      one_minus_beta1, one_minus_beta2, eps, weight_decay, decay, S, MATH,
                                      AMSGRAD, APPLY_DECAY, APPLY_L2)
-    store_rounded(p_ptr, offs, p, mask, FULL, P)
+    store_param(table_ptr, row, offs, p, mask, high_key, NCOLS, EXTRA, P, MODE, ALIGNED, FULL)
     store_rounded(m_ptr, offs, m, mask, FULL, S)
     store_rounded(v_ptr, offs, v, mask, FULL, S)
     if AMSGRAD:
@@ -97,11 +98,12 @@ def _adamomentum_block(table_ptr, row, offs, mask, grad_scale_ptr, step_size, bc
 def adamomentum_kernel(table_ptr, blocks_ptr, grad_scale_ptr, found_inf_ptr, lr: tl.float64,
                        beta1: tl.float64, beta2: tl.float64, one_minus_beta1: tl.float64,
                        one_minus_beta2: tl.float64, eps: tl.float64, weight_decay: tl.float64,
-                       decay: tl.float64, NCOLS: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
+                       decay: tl.float64, NCOLS: tl.constexpr, MODE: tl.constexpr, EXTRA: tl.constexpr,
+                       P: tl.constexpr, S: tl.constexpr,
                        MATH: tl.constexpr, AMSGRAD: tl.constexpr, RECTIFY: tl.constexpr,
                        APPLY_DECAY: tl.constexpr, APPLY_L2: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                        HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
-    """Table row: p, g, m, v, [vmax], step, numel."""
+    """Table row: p, g, m, v, [vmax], [master/remainder or key: MODE, param_modes.py], step, numel."""
     row, start = block_coords(blocks_ptr, BLOCK)
     numel = tl.load(table_ptr + row * NCOLS + (NCOLS - 1))
     t = step_of(table_ptr, row, NCOLS - 2, NCOLS)
@@ -109,15 +111,21 @@ def adamomentum_kernel(table_ptr, blocks_ptr, grad_scale_ptr, found_inf_ptr, lr:
     step_size = step_size.to(MATH)
     bc2_sqrt = bc2_sqrt.to(MATH)
     numel = active_numel(numel, found_inf_ptr, HAS_FOUND_INF)
+    if MODE == 3:  # stochastic rounding's key of this block (param_modes.py)
+        high_key = stochastic_high_key(table_ptr, row, start, t, EXTRA, NCOLS)
+    else:
+        high_key = tl.full((), 0, tl.uint32)
     offs = start + tl.arange(0, BLOCK)
     mask = offs < numel
     if start + BLOCK <= numel:
-        _adamomentum_block(table_ptr, row, offs, mask, grad_scale_ptr, step_size, bc2_sqrt, kind, beta1.to(MATH),
+        _adamomentum_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, step_size, bc2_sqrt, kind,
+                           beta1.to(MATH),
                            beta2.to(MATH), one_minus_beta1.to(MATH), one_minus_beta2.to(MATH), eps.to(MATH),
-                           weight_decay.to(MATH), decay.to(MATH), NCOLS, P, S, MATH, AMSGRAD, APPLY_DECAY,
+                           weight_decay.to(MATH), decay.to(MATH), NCOLS, MODE, EXTRA, P, S, MATH, AMSGRAD, APPLY_DECAY,
                            APPLY_L2, HAS_GRAD_SCALE, ALIGNED, True)
     else:
-        _adamomentum_block(table_ptr, row, offs, mask, grad_scale_ptr, step_size, bc2_sqrt, kind, beta1.to(MATH),
+        _adamomentum_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, step_size, bc2_sqrt, kind,
+                           beta1.to(MATH),
                            beta2.to(MATH), one_minus_beta1.to(MATH), one_minus_beta2.to(MATH), eps.to(MATH),
-                           weight_decay.to(MATH), decay.to(MATH), NCOLS, P, S, MATH, AMSGRAD, APPLY_DECAY,
+                           weight_decay.to(MATH), decay.to(MATH), NCOLS, MODE, EXTRA, P, S, MATH, AMSGRAD, APPLY_DECAY,
                            APPLY_L2, HAS_GRAD_SCALE, ALIGNED, False)

@@ -6,6 +6,7 @@ Bytes per element with fp32 params and states: reads p, g, m, v and writes p, m,
 import triton
 import triton.language as tl
 
+from .param_modes import load_param, stochastic_high_key, store_param
 from .multi_tensor import (as_stored, block_coords, column_ptr, div, active_numel, load_math, pow_int,
                            sqrt, store_rounded, unscaled)
 
@@ -39,21 +40,21 @@ def dualadam_math(p, g, m, v, lr, beta1, beta2, one_minus_beta1, one_minus_beta2
 
 
 @triton.jit
-def _dualadam_block(table_ptr, row, offs, mask, grad_scale_ptr, lr, beta1, beta2, one_minus_beta1,
+def _dualadam_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, lr, beta1, beta2, one_minus_beta1,
                     one_minus_beta2, eps, decay, bc1, bc2, alpha, one_minus_alpha, blend, NCOLS: tl.constexpr,
+                    MODE: tl.constexpr, EXTRA: tl.constexpr,
                     P: tl.constexpr, S: tl.constexpr, MATH: tl.constexpr, APPLY_DECAY: tl.constexpr,
                     HAS_GRAD_SCALE: tl.constexpr, ALIGNED: tl.constexpr, FULL: tl.constexpr):
-    p_ptr = column_ptr(table_ptr, row, 0, NCOLS, P, ALIGNED)
     g_ptr = column_ptr(table_ptr, row, 1, NCOLS, P, ALIGNED)
     m_ptr = column_ptr(table_ptr, row, 2, NCOLS, S, ALIGNED)
     v_ptr = column_ptr(table_ptr, row, 3, NCOLS, S, ALIGNED)
-    p = load_math(p_ptr, offs, mask, FULL, MATH)
+    p = load_param(table_ptr, row, offs, mask, NCOLS, EXTRA, P, MATH, MODE, ALIGNED, FULL)
     g = unscaled(load_math(g_ptr, offs, mask, FULL, MATH), grad_scale_ptr, HAS_GRAD_SCALE, MATH)
     m = load_math(m_ptr, offs, mask, FULL, MATH)
     v = load_math(v_ptr, offs, mask, FULL, MATH)
     p, m, v = dualadam_math(p, g, m, v, lr, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, decay, bc1,
                             bc2, alpha, one_minus_alpha, blend, S, MATH, APPLY_DECAY)
-    store_rounded(p_ptr, offs, p, mask, FULL, P)
+    store_param(table_ptr, row, offs, p, mask, high_key, NCOLS, EXTRA, P, MODE, ALIGNED, FULL)
     store_rounded(m_ptr, offs, m, mask, FULL, S)
     store_rounded(v_ptr, offs, v, mask, FULL, S)
 
@@ -62,10 +63,12 @@ def _dualadam_block(table_ptr, row, offs, mask, grad_scale_ptr, lr, beta1, beta2
 def dualadam_kernel(table_ptr, blocks_ptr, global_step_ptr, grad_scale_ptr, found_inf_ptr, lr: tl.float64,
                     beta1: tl.float64, beta2: tl.float64, one_minus_beta1: tl.float64,
                     one_minus_beta2: tl.float64, eps: tl.float64, decay: tl.float64,
-                    switch_rate: tl.float64, NCOLS: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
+                    switch_rate: tl.float64, NCOLS: tl.constexpr, MODE: tl.constexpr, EXTRA: tl.constexpr,
+                    P: tl.constexpr, S: tl.constexpr,
                     MATH: tl.constexpr, APPLY_DECAY: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                     HAS_FOUND_INF: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
-    """Table row: p, g, m, v, numel. The step is the optimizer's global one (a device scalar)."""
+    """Table row: p, g, m, v, [master/remainder or key: MODE], numel. The step is the
+    optimizer's global one (a device scalar)."""
     row, start = block_coords(blocks_ptr, BLOCK)
     numel = tl.load(table_ptr + row * NCOLS + (NCOLS - 1))
     t = tl.load(global_step_ptr).to(tl.float64) + 1.0
@@ -75,15 +78,21 @@ def dualadam_kernel(table_ptr, blocks_ptr, global_step_ptr, grad_scale_ptr, foun
     bc2 = (1.0 - pow_int(beta2, t)).to(MATH)
     one_minus_alpha = (1.0 - alpha).to(MATH)
     numel = active_numel(numel, found_inf_ptr, HAS_FOUND_INF)
+    if MODE == 3:  # stochastic rounding's key of this block (param_modes.py)
+        high_key = stochastic_high_key(table_ptr, row, start, t, EXTRA, NCOLS)
+    else:
+        high_key = tl.full((), 0, tl.uint32)
     offs = start + tl.arange(0, BLOCK)
     mask = offs < numel
     if start + BLOCK <= numel:
-        _dualadam_block(table_ptr, row, offs, mask, grad_scale_ptr, lr.to(MATH), beta1.to(MATH), beta2.to(MATH),
+        _dualadam_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, lr.to(MATH), beta1.to(MATH),
+                        beta2.to(MATH),
                         one_minus_beta1.to(MATH), one_minus_beta2.to(MATH), eps.to(MATH), decay.to(MATH), bc1,
-                        bc2, alpha.to(MATH), one_minus_alpha, blend, NCOLS, P, S, MATH, APPLY_DECAY,
+                        bc2, alpha.to(MATH), one_minus_alpha, blend, NCOLS, MODE, EXTRA, P, S, MATH, APPLY_DECAY,
                         HAS_GRAD_SCALE, ALIGNED, True)
     else:
-        _dualadam_block(table_ptr, row, offs, mask, grad_scale_ptr, lr.to(MATH), beta1.to(MATH), beta2.to(MATH),
+        _dualadam_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, lr.to(MATH), beta1.to(MATH),
+                        beta2.to(MATH),
                         one_minus_beta1.to(MATH), one_minus_beta2.to(MATH), eps.to(MATH), decay.to(MATH), bc1,
-                        bc2, alpha.to(MATH), one_minus_alpha, blend, NCOLS, P, S, MATH, APPLY_DECAY,
+                        bc2, alpha.to(MATH), one_minus_alpha, blend, NCOLS, MODE, EXTRA, P, S, MATH, APPLY_DECAY,
                         HAS_GRAD_SCALE, ALIGNED, False)

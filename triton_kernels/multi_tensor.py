@@ -213,11 +213,12 @@ def launch_config(total: int) -> Tuple[int, int]:
 
 class Plan:
     """One tensor list's launch description, all on the device: `table` (rows of role
-    addresses, the step address and numel), `blocks` ((row, start) per block), and, when the
-    steps are read on the host, `step_values` (the buffer the step column points into)."""
+    addresses, a tag per tensor where the kernel needs one, the step address and numel),
+    `blocks` ((row, start) per block), and, when the steps are read on the host, `step_values`
+    (the buffer the step column points into)."""
 
     def __init__(self, columns: List[List[torch.Tensor]], steps: Optional[List[torch.Tensor]],
-                 host_steps: bool, device: torch.device):
+                 host_steps: bool, device: torch.device, tags: Optional[List[int]] = None):
         rows, block_pairs = [], []
         self.numel = 0
         self.total_rows = 0
@@ -233,6 +234,8 @@ class Plan:
                 continue  # nothing to load; the table never points at an empty tensor
             addresses = [c[i].data_ptr() for c in columns]
             aligned = aligned and all(a % 16 == 0 for a in addresses)
+            if tags is not None:  # a number per tensor after the addresses (param_modes.py's key)
+                addresses.append(tags[i])
             if steps is not None:
                 if host_steps:
                     addresses.append(self.step_values.data_ptr() + 4 * i)
@@ -244,7 +247,7 @@ class Plan:
             for start in range(0, n, self.block):
                 block_pairs.append((row, start))
             self.numel += n
-        self.ncols = len(columns) + (1 if steps is not None else 0) + 1
+        self.ncols = len(columns) + (1 if tags is not None else 0) + (1 if steps is not None else 0) + 1
         self.aligned = aligned
         self.grid = (len(block_pairs),)
         self.table = torch.tensor(rows, dtype=torch.int64).reshape(-1, self.ncols).to(device)
@@ -287,8 +290,8 @@ class PlanCache:
         self.hits = 0
 
     def get(self, kind: str, columns: List[List[torch.Tensor]], steps: Optional[List[torch.Tensor]],
-            host_steps: bool, device: torch.device) -> Plan:
-        key_parts = [kind, str(device), host_steps]
+            host_steps: bool, device: torch.device, tags: Optional[List[int]] = None) -> Plan:
+        key_parts = [kind, str(device), host_steps, None if tags is None else tuple(tags)]
         for column in columns:
             key_parts.append(tuple((t.data_ptr(), t.numel()) for t in column))
         if steps is not None and not host_steps:
@@ -299,7 +302,7 @@ class PlanCache:
             self._plans.move_to_end(key)
             self.hits += 1
             return plan
-        plan = Plan(columns, steps, host_steps, device)
+        plan = Plan(columns, steps, host_steps, device, tags)
         self.builds += 1
         self._plans[key] = plan
         if len(self._plans) > self.capacity:

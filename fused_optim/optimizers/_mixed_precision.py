@@ -18,10 +18,11 @@ even). That is what lets a 16-bit remainder hold every master exactly: with ties
 difference master - param spans [-2^15, 2^15], one value more than 16 bits hold. A tie is one
 value in 65536, and its rounding error is the same half ulp either way.
 
-How the step runs: the cpu backend's kernels keep the params in each mode themselves, in their
-one pass over the elements (csrc/cpu/param_access.h: they read the master, or param and
-remainder, and write master/remainder and the rounded param; stochastic rounding hashes each
-element's index with a per-tensor key). For the other backends (and under torch.compile) each
+How the step runs: the cpu, cuda and triton kernels keep the params in each mode themselves,
+in their one pass over the elements (csrc/cpu/param_access.h, csrc/cuda/param_access.cuh,
+triton_kernels/param_modes.py: they read the master, or param and remainder, and write
+master/remainder and the rounded param; stochastic rounding hashes each element's index with a
+key of seed, tensor and step). For the torch backend (and under torch.compile) each
 batch is handed fp32 masters (the state, the param joined with its remainder, or a widened
 copy) and fp32 copies of the grads, then the params (and remainders) are written from the
 updated masters: the same results bit for bit, with extra passes.
@@ -154,6 +155,14 @@ def random_increments(seed: int, step: torch.Tensor, tensor_index: int, numel: i
     return _pcg(high ^ (index & _MASK32)) >> 16
 
 
+def base_keys(seed: int, tensor_indices: List[int]) -> List[int]:
+    """Per tensor, the first hash of random_increments' key, hash(seed ^ index * golden ratio):
+    the part that does not change from step to step (the triton kernels join the step on the
+    device, so a captured graph follows it)."""
+    index = torch.tensor([i * 0x9E3779B9 & _MASK32 for i in tensor_indices], dtype=torch.int64)
+    return _pcg((seed & _MASK32) ^ index).tolist()
+
+
 def round_stochastic(value: torch.Tensor, seed: int, step: torch.Tensor, tensor_index: int) -> torch.Tensor:
     """value (fp32) rounded to bf16 up or down, with probability proportional to closeness."""
     increments = random_increments(seed, step, tensor_index, value.numel(), value.device).reshape(value.shape)
@@ -163,10 +172,10 @@ def round_stochastic(value: torch.Tensor, seed: int, step: torch.Tensor, tensor_
 # ----- the step --------------------------------------------------------------------------------
 
 # Backends whose kernels keep the params in each mode themselves, in their one pass
-# (csrc/cpu/param_access.h, csrc/cuda/param_access.cuh): they get the masters/remainders, or the seed and each param's
+# (csrc/cpu/param_access.h, csrc/cuda/param_access.cuh, triton_kernels/param_modes.py): they get the masters/remainders, or the seed and each param's
 # index for stochastic rounding, as extra arguments (param_mode, param_extras, seed,
 # tensor_indices) instead of fp32 copies.
-FUSED_BACKENDS = ("cpu", "cuda")
+FUSED_BACKENDS = ("cpu", "cuda", "triton")
 # the param_mode codes of the native kernels (math/rounding.h)
 PARAM_MODES = {"master_weights": 1, "param_remainders": 2, "stochastic_rounding": 3}
 
