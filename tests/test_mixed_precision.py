@@ -263,10 +263,10 @@ def test_a_skipped_step_changes_nothing():
                 assert torch.equal(opt.state[p][key], value), (option, key)
 
 
-@pytest.mark.parametrize("option", ["master_weights", "stochastic_rounding"])
+@pytest.mark.parametrize("option", ["master_weights", "param_remainders", "stochastic_rounding"])
 def test_compiled_step_equals_eager(option):
-    """torch.compile(opt.step, fullgraph=True) with the option on (param_remainders does not
-    compile yet: inductor rejects one of its bit views)."""
+    """torch.compile(opt.step, fullgraph=True) with the option on (the remainders' split and
+    join are opaque operators there: inductor cannot compile their bit views)."""
     p = _params(torch.bfloat16)
     q = [t.detach().clone().requires_grad_() for t in p]
     eager = OPTIMIZERS["AdamW"].cls(p, backend="torch", **{option: True})
@@ -383,3 +383,13 @@ def test_cpu_fused_rounding_of_special_masters():
     assert torch.equal(with_remainders.state[q]["param_remainder"], remainder)
     assert torch.equal(mixed.join(q.detach(), with_remainders.state[q]["param_remainder"]).view(torch.int32)[
         ~masters.isnan()], masters.view(torch.int32)[~masters.isnan()])
+
+
+def test_split_and_join_operators_pass_opcheck():
+    """The remainders' split and join as operators (what a compiled step calls)."""
+    master = _special_values()[:64].reshape(8, 8)
+    param, remainder = mixed.split(master)
+    torch.library.opcheck(mixed._split_op, (master,))
+    torch.library.opcheck(mixed._join_op, (param, remainder))
+    assert torch.equal(mixed._join_op(param, remainder).view(torch.int32)[~master.isnan()],
+                       master.view(torch.int32)[~master.isnan()])

@@ -27,7 +27,7 @@ batch is handed fp32 masters (the state, the param joined with its remainder, or
 copy) and fp32 copies of the grads, then the params (and remainders) are written from the
 updated masters: the same results bit for bit, with extra passes.
 """
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -136,6 +136,38 @@ def join(param: torch.Tensor, remainder: torch.Tensor) -> torch.Tensor:
     return _from_bits(((_bf16_bits(param) << 16) + remainder.to(torch.int64)) & _MASK32)
 
 
+# The step's split and join as torch.library operators: inductor cannot compile their 4-byte
+# bit views when it fuses them with the reshapes around them ("make_reindexer NYI on
+# DtypeView", torch 2.13), so under torch.compile they stay opaque ops with eager kernels.
+@torch.library.custom_op("fused_optim::bf16_join", mutates_args=())
+def _join_op(param: torch.Tensor, remainder: torch.Tensor) -> torch.Tensor:
+    return join(param, remainder)
+
+
+@_join_op.register_fake
+def _(param, remainder):
+    return torch.empty_like(param, dtype=torch.float32)
+
+
+@torch.library.custom_op("fused_optim::bf16_split", mutates_args=())
+def _split_op(master: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    param, remainder = split(master)
+    return param, remainder
+
+
+@_split_op.register_fake
+def _(master):
+    return torch.empty_like(master, dtype=torch.bfloat16), torch.empty_like(master, dtype=torch.int16)
+
+
+def _joined(param: torch.Tensor, remainder: torch.Tensor) -> torch.Tensor:
+    return _join_op(param, remainder) if torch.compiler.is_compiling() else join(param, remainder)
+
+
+def _splitted(master: torch.Tensor):
+    return _split_op(master) if torch.compiler.is_compiling() else split(master)
+
+
 def _pcg(x: torch.Tensor) -> torch.Tensor:
     """PCG's output permutation as a 32-bit hash (Jarzynski and Olano, "Hash Functions for GPU
     Rendering", 2020), on int64 tensors holding 32-bit values."""
@@ -205,7 +237,7 @@ class MasterStep:
                 if option == "master_weights":
                     masters.append(local(self._master(state, key)))
                 elif option == "param_remainders":
-                    masters.append(join(p, local(self._remainder(state, key, p))))
+                    masters.append(_joined(p, local(self._remainder(state, key, p))))
                 else:
                     masters.append(p.to(torch.float32))
                     steps.append(optimizer.step_number(state))
@@ -230,14 +262,14 @@ class MasterStep:
     def _master(self, state: Dict[str, Any], key: torch.Tensor) -> torch.Tensor:
         if MASTER not in state:  # first step, or a checkpoint saved without masters
             self._remember(state)
-            state[MASTER] = (join(key.detach(), state.pop(REMAINDER)) if REMAINDER in state
+            state[MASTER] = (_joined(key.detach(), state.pop(REMAINDER)) if REMAINDER in state
                              else key.detach().to(torch.float32, memory_format=torch.preserve_format))
         return state[MASTER]
 
     def _remainder(self, state: Dict[str, Any], key: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         if REMAINDER not in state:  # from a checkpoint's masters where there are any
             self._remember(state)
-            state[REMAINDER] = (split(state.pop(MASTER))[1] if MASTER in state and p.dtype == torch.bfloat16
+            state[REMAINDER] = (_splitted(state.pop(MASTER))[1] if MASTER in state and p.dtype == torch.bfloat16
                                 else torch.zeros_like(key, dtype=torch.int16, memory_format=torch.preserve_format))
         return state[REMAINDER]
 
@@ -266,7 +298,7 @@ class MasterStep:
                     if option == "master_weights":
                         p.copy_(round_nearest(master, p.dtype))
                     elif option == "param_remainders":
-                        param, remainder = split(master)
+                        param, remainder = _splitted(master)
                         p.copy_(param)
                         local(optimizer.state[key][REMAINDER]).copy_(remainder)
                     else:
