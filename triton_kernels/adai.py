@@ -123,17 +123,23 @@ def adai_second_moment_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_pt
     tl.store(partials_ptr + tl.program_id(0), partial)
 
 
-@triton.jit(do_not_specialize=["n"])  # n == 1 would otherwise become a constant the loop cannot carry
-def sum_partials_kernel(partials_ptr, n, out_ptr, RBLOCK: tl.constexpr):
-    """One program: lane j accumulates slots j, j + RBLOCK, ... in order, then a fixed tree
-    over the lanes. The order depends only on n."""
+@triton.jit
+def fixed_order_sum(base, n, RBLOCK: tl.constexpr):
+    """Sum of slots [0, n) of base: lane j accumulates slots j, j + RBLOCK, ... in order, then a
+    fixed tree over the lanes. The order depends only on n."""
     lanes = tl.full((RBLOCK,), 0.0, tl.float64)
     first = n * 0
     while first < n:  # a while loop: the interpreter cannot range() over a runtime scalar
         offs = first + tl.arange(0, RBLOCK)
-        lanes += tl.load(partials_ptr + offs, mask=offs < n, other=0.0)
+        lanes += tl.load(base + offs, mask=offs < n, other=0.0)
         first += RBLOCK
-    tl.store(out_ptr, _fp64_sum(lanes))
+    return _fp64_sum(lanes)
+
+
+@triton.jit(do_not_specialize=["n"])  # n == 1 would otherwise become a constant the loop cannot carry
+def sum_partials_kernel(partials_ptr, n, out_ptr, RBLOCK: tl.constexpr):
+    """One program: the fixed-order sum of the n block partials."""
+    tl.store(out_ptr, fixed_order_sum(partials_ptr, n, RBLOCK))
 
 
 @triton.jit

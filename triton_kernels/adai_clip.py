@@ -9,7 +9,7 @@ program per quantity (no atomics: reruns are bitwise identical).
 import triton
 import triton.language as tl
 
-from .adai import _fp64_sum
+from .adai import _fp64_sum, fixed_order_sum
 from .multi_tensor import block_coords, column_ptr, load_math, pow_int, step_of, unscaled
 from .param_modes import load_param
 
@@ -121,18 +121,6 @@ def adai_clip_sums_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_ptr, b
 
 
 @triton.jit
-def _sum_total(base, n, RBLOCK: tl.constexpr):
-    """Slots [0, n) of base: lane j takes slots j, j + RBLOCK, ... in order, then a fixed tree."""
-    lanes = tl.full((RBLOCK,), 0.0, tl.float64)
-    first = n * 0
-    while first < n:  # a while loop: the interpreter cannot range() over a runtime scalar
-        offs = first + tl.arange(0, RBLOCK)
-        lanes += tl.load(base + offs, mask=offs < n, other=0.0)
-        first += RBLOCK
-    return _fp64_sum(lanes)
-
-
-@triton.jit
 def _extremum_total(base, n, NORM: tl.constexpr, RBLOCK: tl.constexpr):
     """The max (NORM_MAX) or min of slots [0, n) of base."""
     if NORM == 3:
@@ -163,7 +151,7 @@ def clip_totals_kernel(partials_ptr, n, out_ptr, NORM: tl.constexpr, RBLOCK: tl.
         if k == 0:
             total = _extremum_total(base, n, NORM, RBLOCK)
         else:
-            total = _sum_total(base, n, RBLOCK)
+            total = fixed_order_sum(base, n, RBLOCK)
     else:
-        total = _sum_total(base, n, RBLOCK)
+        total = fixed_order_sum(base, n, RBLOCK)
     tl.store(out_ptr + k, total)
