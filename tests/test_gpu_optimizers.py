@@ -194,3 +194,78 @@ def test_clipped_step_on_cuda_equals_clip_grad_norm_then_step(name, backend):
     rtol, atol = tolerances.param_tolerance(name, torch.float32, plain[0])
     for p, q in zip(fused, plain):
         torch.testing.assert_close(p, q, rtol=rtol, atol=atol)
+
+
+# ---- bf16 params with master weights / remainders / stochastic rounding (the kernels' one pass)
+
+PARAM_MODES = ("master_weights", "param_remainders", "stochastic_rounding")
+
+
+def _bf16_on_gpu(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(33, 7), (4097,), (300, 65)]
+    return [(torch.randn(s, generator=gen) * 0.05).to(torch.bfloat16).to(CUDA).requires_grad_() for s in shapes]
+
+
+@pytest.mark.parametrize("option", PARAM_MODES)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("name", ["AdamW", "AdaMomentum", "DualAdam", "Adai"])
+def test_param_modes_on_cuda_equal_the_unfused_path(name, backend, option, monkeypatch):
+    """The fused pass of the cuda/triton kernels gives the bits of the unfused path (fp32
+    copies through the same kernels, params written back by torch ops), params and states."""
+    from fused_optim.optimizers import _mixed_precision as mixed
+
+    spec = OPTIMIZERS[name]
+    kwargs = dict(spec.cases.get("l2", spec.cases["default"]), backend=backend, **{option: True})
+    runs = []
+    for fuse in (True, False):
+        monkeypatch.setattr(mixed, "FUSED_BACKENDS", mixed.FUSED_BACKENDS if fuse else ())
+        params = _bf16_on_gpu()
+        opt = spec.cls(params, **kwargs)
+        for step in range(1, 4):
+            for p, g in zip(params, grads_for(params, step)):
+                p.grad = g.to(CUDA)
+            opt.step()
+        runs.append((params, opt))
+    (fused, fused_opt), (plain, plain_opt) = runs
+    for p, q in zip(fused, plain):
+        assert torch.equal(p.detach().view(torch.int16), q.detach().view(torch.int16))
+        for key, value in fused_opt.state[p].items():
+            assert torch.equal(value, plain_opt.state[q][key]), key
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_stochastic_rounding_in_a_cuda_graph_follows_the_step(backend):
+    """Capturable steps with stochastic rounding, replayed from a graph: the kernels hash the
+    step they read on the device, so replays equal eager steps bit for bit."""
+    kwargs = dict(backend=backend, capturable=True, stochastic_rounding=True, seed=3)
+    graphed, eager = _bf16_on_gpu(), _bf16_on_gpu()
+    opt, twin = OPTIMIZERS["AdamW"].cls(graphed, **kwargs), OPTIMIZERS["AdamW"].cls(eager, **kwargs)
+    static_grads = [torch.zeros_like(p) for p in graphed]
+    for p, g in zip(graphed, static_grads):
+        p.grad = g
+
+    def load(step):
+        for g, new in zip(static_grads, grads_for(graphed, step)):
+            g.copy_(new)
+        for p, new in zip(eager, grads_for(eager, step)):
+            p.grad = new.to(CUDA)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for step in (1, 2):
+            load(step)
+            opt.step()
+            twin.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for step in range(3, 6):
+        load(step)
+        graph.replay()
+        twin.step()
+    torch.cuda.synchronize()
+    for p, q in zip(graphed, eager):
+        assert torch.equal(p.view(torch.int16), q.view(torch.int16))
