@@ -305,7 +305,7 @@ def test_an_option_changed_in_a_group_is_checked_before_the_step_changes_anythin
 
 OPTIONS = ("master_weights", "param_remainders", "stochastic_rounding")
 FUSED_CASES = ([("cpu", name, option) for name in NAMES for option in OPTIONS] if "cpu" in CPU_BACKENDS else []) + \
-    ([("triton", name, option) for name in ("AdamW", "Adai") for option in OPTIONS]
+    ([("triton", name, option) for name in ("AdamW", "AdaMomentum", "DualAdam", "Adai") for option in OPTIONS]
      if "triton" in CPU_BACKENDS else [])
 
 
