@@ -78,11 +78,14 @@ def test_clipped_capturable_step_replayed_from_a_cuda_graph_equals_eager(name, b
     _check_graph_replay(name, backend, max_grad_norm=0.05)
 
 
-def _check_graph_replay(name, backend, **extra):
+def _check_graph_replay(name, backend, make_params_on_gpu=None, **extra):
     spec = OPTIMIZERS[name]
     kwargs = dict(spec.cases["default"], backend=backend, capturable=True, **extra)
-    host = make_params("300_small", torch.float32)[:40] + make_params("4097", torch.float32)
-    graphed, eager = _on_gpu(host), _on_gpu(host)
+    if make_params_on_gpu is None:
+        host = make_params("300_small", torch.float32)[:40] + make_params("4097", torch.float32)
+        graphed, eager = _on_gpu(host), _on_gpu(host)
+    else:
+        graphed, eager = make_params_on_gpu(), make_params_on_gpu()
     opt, twin = spec.cls(graphed, **kwargs), spec.cls(eager, **kwargs)
     static_grads = [torch.zeros_like(p) for p in graphed]
     for p, g in zip(graphed, static_grads):
@@ -238,34 +241,4 @@ def test_param_modes_on_cuda_equal_the_unfused_path(name, backend, option, monke
 def test_stochastic_rounding_in_a_cuda_graph_follows_the_step(backend):
     """Capturable steps with stochastic rounding, replayed from a graph: the kernels hash the
     step they read on the device, so replays equal eager steps bit for bit."""
-    kwargs = dict(backend=backend, capturable=True, stochastic_rounding=True, seed=3)
-    graphed, eager = _bf16_on_gpu(), _bf16_on_gpu()
-    opt, twin = OPTIMIZERS["AdamW"].cls(graphed, **kwargs), OPTIMIZERS["AdamW"].cls(eager, **kwargs)
-    static_grads = [torch.zeros_like(p) for p in graphed]
-    for p, g in zip(graphed, static_grads):
-        p.grad = g
-
-    def load(step):
-        for g, new in zip(static_grads, grads_for(graphed, step)):
-            g.copy_(new)
-        for p, new in zip(eager, grads_for(eager, step)):
-            p.grad = new.to(CUDA)
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for step in (1, 2):
-            load(step)
-            opt.step()
-            twin.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
-    for step in range(3, 6):
-        load(step)
-        graph.replay()
-        twin.step()
-    torch.cuda.synchronize()
-    for p, q in zip(graphed, eager):
-        assert torch.equal(p.view(torch.int16), q.view(torch.int16))
+    _check_graph_replay("AdamW", backend, make_params_on_gpu=_bf16_on_gpu, stochastic_rounding=True, seed=3)
