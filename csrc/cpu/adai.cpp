@@ -9,6 +9,7 @@
 #include "fused_optim/math/adai.h"
 
 #include "ops.h"
+#include "adai_checks.h"
 #include "param_access.h"
 
 namespace fused_optim::cpu {
@@ -58,12 +59,8 @@ double adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& nume
                      const std::vector<uint32_t>& tensor_indices) {
   const char* op = "adai_vhat_sum";
   const DType pd = parse_dtype(op, dtype);
-  std::vector<DType> roles{pd, pd};
-  const ParamStorage storage = param_storage(op, lists, numels, pd, param_mode, seed, tensor_indices, steps, roles);
-  check_lists(op, lists, roles, numels);
-  check_per_tensor(op, "steps", steps.size(), numels.size());
-  check_per_tensor(op, "v_sums", v_sums.size(), numels.size());
-  check_threads(op, num_threads);
+  const ParamStorage storage =
+      check_adai_pass1(op, lists, numels, steps, v_sums, pd, num_threads, param_mode, seed, tensor_indices);
 
   return dispatch_param_dtype(pd, [&](auto tag) {
     using P = decltype(tag);

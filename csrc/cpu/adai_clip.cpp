@@ -13,6 +13,7 @@
 #include "fused_optim/math/clip.h"
 
 #include "ops.h"
+#include "adai_checks.h"
 #include "param_access.h"
 
 namespace fused_optim::cpu {
@@ -53,12 +54,8 @@ std::vector<double> adai_clip_sums(const AddressLists& lists, const std::vector<
                                    const std::vector<uint32_t>& tensor_indices) {
   const char* op = "adai_clip_sums";
   const DType pd = parse_dtype(op, dtype);
-  std::vector<DType> roles{pd, pd};
-  const ParamStorage storage = param_storage(op, lists, numels, pd, param_mode, seed, tensor_indices, steps, roles);
-  check_lists(op, lists, roles, numels);
-  check_per_tensor(op, "steps", steps.size(), numels.size());
-  check_per_tensor(op, "v_sums", v_sums.size(), numels.size());
-  check_threads(op, num_threads);
+  const ParamStorage storage =
+      check_adai_pass1(op, lists, numels, steps, v_sums, pd, num_threads, param_mode, seed, tensor_indices);
   if (!(norm_type > 0.0 || norm_type == -INFINITY))
     throw std::invalid_argument("fused_optim._cpu.adai_clip_sums: norm_type must be > 0 or +-inf");
 

@@ -13,6 +13,7 @@
 #include "fused_optim/math/adai.h"
 
 #include "driver.h"
+#include "adai_pass1.cuh"
 #include "param_access.cuh"
 
 namespace fused_optim::cuda {
@@ -32,30 +33,12 @@ __global__ void __launch_bounds__(kBlockThreads)
     adai_vhat_sum_kernel(const __grid_constant__ TensorTable<NROLES> table, const AdaiSumArgs<math_t<P>> a,
                          const AmpArgs amp) {
   using T = math_t<P>;
-  constexpr int W = kPackWidth<P>;
   const ChunkSpan s = table_chunk(table);
   const T bc2 = T(math::adai_bias_correction2(a.beta2, step_before(table, s.tensor) + 1.0));
-  const bool l2 = a.h.apply_l2;
-  const ParamChunk<MODE, P, W> params(table, s, 3, 0u);
-  const P* g = role_address<const P>(table, 1, s);
-  const S* v = role_address<const S>(table, 2, s);
-  const bool aligned = (!l2 || params.aligned()) && pack_aligned<W>(g) && pack_aligned<W>(v);
-  const T scale = grad_divisor<T>(amp);
-  const int64_t n = s.size;
   double sum = 0.0;  // this thread's elements in a fixed order, then the block's fixed tree
-  for_each_pack<W>(n, aligned, [&](int64_t i, bool full) {
-    P pr[W] = {}, gr[W] = {};
-    S vr[W] = {};
-    T pv[W] = {};
-    if (l2) params.load(pv, pr, i, n, full);
-    load_pack(gr, g, i, n, full);
-    load_pack(vr, v, i, n, full);
-#pragma unroll
-    for (int j = 0; j < W; ++j) {
-      const T vhat = math::adai_vhat_element(pv[j], T(load_value(gr[j])) / scale,
-                                             T(load_value(vr[j])), a.h, bc2);
-      if (i + j < n) sum += double(vhat);
-    }
+  for_each_pass1_element<MODE, P, S>(table, s, amp, a.h.apply_l2, [&](bool in_chunk, T p, T g, T v) {
+    const T vhat = math::adai_vhat_element(p, g, v, a.h, bc2);
+    if (in_chunk) sum += double(vhat);
   });
   const double block_total = block_sum(sum);
   if (threadIdx.x == 0) a.partials[table.chunk_base + blockIdx.x] = block_total;

@@ -13,6 +13,7 @@
 #include "fused_optim/math/clip.h"
 
 #include "driver.h"
+#include "adai_pass1.cuh"
 #include "param_access.cuh"
 
 namespace fused_optim::cuda {
@@ -51,41 +52,25 @@ __global__ void __launch_bounds__(kBlockThreads)
     adai_clip_sums_kernel(const __grid_constant__ TensorTable<NROLES> table, const ClipSumArgs a,
                           const AmpArgs amp) {
   using T = math_t<P>;
-  constexpr int W = kPackWidth<P>;
   const ChunkSpan s = table_chunk(table);
   const bool l2 = a.l2_weight_decay != 0.0;
   const int kind = a.norm_kind;
   const bool is_extremum = math::norm_is_extremum(kind);
-  const ParamChunk<MODE, P, W> params(table, s, 3, 0u);
-  const P* g = role_address<const P>(table, 1, s);
-  const S* v = role_address<const S>(table, 2, s);
-  const bool aligned = (!l2 || params.aligned()) && pack_aligned<W>(g) && pack_aligned<W>(v);
-  const T scale = grad_divisor<T>(amp);
-  const int64_t n = s.size;
-  // this thread's elements in a fixed order; g divided in the math dtype as the update
-  // divides it, then widened (products of two fp32 values are exact in fp64)
+  // this thread's elements in a fixed order, widened to fp64 (products of two fp32 values are
+  // exact in fp64)
   double norm = math::norm_identity(kind), v_sum = 0.0, gg = 0.0, gp = 0.0, pp = 0.0;
-  for_each_pack<W>(n, aligned, [&](int64_t i, bool full) {
-    P pr[W] = {}, gr[W] = {};
-    S vr[W] = {};
-    T pv[W] = {};
-    if (l2) params.load(pv, pr, i, n, full);
-    load_pack(gr, g, i, n, full);
-    load_pack(vr, v, i, n, full);
-#pragma unroll
-    for (int j = 0; j < W; ++j) {
-      if (i + j >= n) continue;
-      const double gj = double(T(load_value(gr[j])) / scale);
-      v_sum += double(T(load_value(vr[j])));
-      gg += gj * gj;
-      if (is_extremum) norm = extremum(kind, norm, fabs(gj));
-      else if (kind == math::kNormOne) norm += math::norm_term<math::kNormOne>(gj, a.norm_type);
-      else if (kind == math::kNormPower) norm += math::norm_term<math::kNormPower>(gj, a.norm_type);
-      if (l2) {
-        const double pj = double(pv[j]);
-        gp += gj * pj;
-        pp += pj * pj;
-      }
+  for_each_pass1_element<MODE, P, S>(table, s, amp, l2, [&](bool in_chunk, T p, T g, T v) {
+    if (!in_chunk) return;
+    const double gj = double(g);
+    v_sum += double(v);
+    gg += gj * gj;
+    if (is_extremum) norm = extremum(kind, norm, fabs(gj));
+    else if (kind == math::kNormOne) norm += math::norm_term<math::kNormOne>(gj, a.norm_type);
+    else if (kind == math::kNormPower) norm += math::norm_term<math::kNormPower>(gj, a.norm_type);
+    if (l2) {
+      const double pj = double(p);
+      gp += gj * pj;
+      pp += pj * pj;
     }
   });
   // (every thread takes the same branches: the barriers inside are uniform)
