@@ -30,6 +30,23 @@ def _param_names(fn: Callable):
     return inspect.signature(fn).parameters
 
 
+def _increment_versions_at_once() -> bool:
+    # torch >= 2.5 takes the whole list in one call; torch 2.4 takes one tensor at a time
+    try:
+        torch._C._increment_version([torch.empty(0)])
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def _bump_versions_one_by_one(tensors: List[torch.Tensor]) -> None:
+    for t in tensors:
+        torch._C._increment_version(t)
+
+
+_bump_versions = torch._C._increment_version if _increment_versions_at_once() else _bump_versions_one_by_one
+
+
 def call(op: Any, *args: Any) -> Any:
     """op(*args), bypassing the dispatcher in plain eager mode (positional arguments only).
     Anything but an op made by custom_op above (a test's recording wrapper) is called as is."""
@@ -39,5 +56,5 @@ def call(op: Any, *args: Any) -> Any:
     result = eager_fn(*args)
     mutated: List[torch.Tensor] = [t for i in op.mutated_positions for t in args[i]]
     if mutated:
-        torch._C._increment_version(mutated)
+        _bump_versions(mutated)
     return result

@@ -24,12 +24,12 @@ _SCALING = "Tensor? grad_scale=None, Tensor? found_inf=None"
 SCHEMAS: Dict[str, str] = {
     "adam_step": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-        "Tensor(d!)[]? max_exp_avg_sqs, Tensor[] steps, *, " + _HYPER_MOMENTS + ", bool decoupled, "
+        "Tensor(d!)[] max_exp_avg_sqs, Tensor[] steps, *, " + _HYPER_MOMENTS + ", bool decoupled, "
         "bool amsgrad, bool maximize, " + _SCALING + ") -> ()"
     ),
     "adamomentum_step": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-        "Tensor(d!)[]? max_exp_avg_sqs, Tensor[] steps, *, " + _HYPER_MOMENTS + ", bool decoupled, "
+        "Tensor(d!)[] max_exp_avg_sqs, Tensor[] steps, *, " + _HYPER_MOMENTS + ", bool decoupled, "
         "bool amsgrad, bool rectify, " + _SCALING + ") -> ()"
     ),
     "dualadam_step": (

@@ -31,8 +31,14 @@ try:
     from .triton_kernels import adamomentum as _adamomentum
     from .triton_kernels import dualadam as _dualadam
     from .triton_kernels import multi_tensor as _mt
-except ImportError as error:  # triton missing or too old: available() says so
+except ImportError as error:  # triton missing or too old (TritonTooOld): available() says so
     _IMPORT_ERROR = error
+
+
+def _unavailable_because() -> str:
+    if type(_IMPORT_ERROR).__name__ == "TritonTooOld":
+        return str(_IMPORT_ERROR)
+    return f"triton is not importable: {_IMPORT_ERROR}"
 
 # Step counters on the params' device are read by the kernel; elsewhere (CPU counters next to
 # CUDA params) on the host. Tests set this to take the host path under the interpreter too,
@@ -43,7 +49,7 @@ _FORCE_HOST_STEPS = False
 def available() -> Tuple[bool, str]:
     """(usable here, why not)."""
     if _IMPORT_ERROR is not None:
-        return False, f"triton is not importable: {_IMPORT_ERROR}"
+        return False, _unavailable_because()
     if torch.cuda.is_available():
         return True, ""
     if _mt.INTERPRETED:
@@ -54,7 +60,7 @@ def available() -> Tuple[bool, str]:
 
 def _device_of(params: List[torch.Tensor]) -> torch.device:
     if _IMPORT_ERROR is not None:
-        raise RuntimeError(f"the triton backend is unavailable: triton is not importable: {_IMPORT_ERROR}")
+        raise RuntimeError(f"the triton backend is unavailable: {_unavailable_because()}")
     device = params[0].device
     if device.type == "cpu" and not _mt.INTERPRETED:
         raise RuntimeError(

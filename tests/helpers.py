@@ -3,9 +3,10 @@ and snapshots of params + state."""
 import copy
 from typing import Callable, Dict, List
 
+import pytest
 import torch
 
-from fused_optim import backends
+from fused_optim import _compat, backends
 from fused_optim.reference._common import LOW_PRECISION
 
 STEPS = 6  # >= 5 steps; 6 also carries AdaMomentum's rectify case across rho_t = 5
@@ -17,6 +18,12 @@ CPU_BACKENDS = [b for b in ("torch", "cpu", "triton") if backends.serves(b, torc
 # The interpreter runs each kernel block in numpy: class-level matrices give it their small
 # layouts only (its own file covers the kernels in depth).
 SLOW_BACKENDS = ("triton",)
+
+# Tests of torch.compile tracing our operators (they mutate tensor lists); on older torch the
+# step runs eagerly under torch.compile instead (fused_optim/_compat.py, test_compile.py)
+needs_compiled_step = pytest.mark.skipif(
+    not _compat.STEP_COMPILES,
+    reason=f"torch.compile traces operators that mutate tensor lists from torch 2.6 (this is {torch.__version__})")
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:

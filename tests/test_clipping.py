@@ -10,7 +10,7 @@ import torch._dynamo
 from fused_optim.registry import OPTIMIZERS
 
 from . import tolerances
-from .helpers import CPU_BACKENDS, assert_unchanged, grads_for, make_params, snapshot
+from .helpers import CPU_BACKENDS, assert_unchanged, grads_for, make_params, needs_compiled_step, snapshot
 
 NAMES = list(OPTIMIZERS)
 
@@ -160,6 +160,7 @@ def test_with_a_grad_scaler_the_norm_is_of_the_unscaled_grads(backend):
     assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), scaled.parameters()))
 
 
+@needs_compiled_step
 def test_clipped_step_compiles_into_one_graph_and_equals_eager():
     """Params and opt.last_grad_norm after each compiled step equal eager's (the norm lives in
     the param groups: an optimizer attribute was written by the first compiled call only)."""

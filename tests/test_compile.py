@@ -7,10 +7,10 @@ import torch
 import torch._dynamo
 import torch._dynamo.testing
 
-from fused_optim import _ops, backends
+from fused_optim import _compat, _ops, backends
 from fused_optim.registry import OPTIMIZERS
 
-from .helpers import CPU_BACKENDS, grads_for, make_params
+from .helpers import CPU_BACKENDS, grads_for, make_params, needs_compiled_step
 
 BACKENDS = CPU_BACKENDS
 
@@ -48,6 +48,7 @@ def _assert_same(opt_a, params_a, opt_b, params_b):
         assert opt_a.global_step == opt_b.global_step
 
 
+@needs_compiled_step
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_compiled_step_is_one_graph_and_equals_eager(name, backend):
@@ -74,6 +75,53 @@ def test_compiled_step_is_one_graph_and_equals_eager(name, backend):
         compiled_before = counter.frame_count
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+@pytest.mark.parametrize("name", ["AdamW", "Adai"])
+def test_a_compiled_training_loop_equals_eager_on_every_torch(name, backend):
+    """Without fullgraph, on any supported torch: from 2.6 the step is traced, before it dynamo
+    runs it eagerly (_compat.py). Either way the result is bitwise eager's."""
+    (params, opt), (eager_params, eager_opt) = _pair(name, backend)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+
+    def train_step():
+        opt.step()
+        return params[0].sum()
+
+    compiled = torch.compile(train_step, backend=counter)
+    for step in range(1, 4):
+        _set_grads(params, step)
+        _set_grads(eager_params, step)
+        compiled()
+        eager_opt.step()
+        _assert_same(opt, params, eager_opt, eager_params)
+    if not _compat.STEP_COMPILES:
+        # the step stayed out of every graph: none holds one of our operators
+        assert counter.op_count <= 3, counter.op_count
+
+
+def test_a_step_kept_out_of_the_graph_equals_eager(monkeypatch):
+    """The fallback of torch < 2.6 exercised on this torch: a step wrapped as _compat wraps it
+    there runs eagerly inside a compiled function (no operator of ours in the graph)."""
+    monkeypatch.setattr(_compat, "STEP_COMPILES", False)
+    (params, opt), (eager_params, eager_opt) = _pair("AdamW", BACKENDS[0])
+    eager_only_step = _compat.eager_under_compile_before_2_6(opt.step)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+
+    def train_step():
+        eager_only_step()
+        return params[0].sum()
+
+    compiled = torch.compile(train_step, backend=counter)
+    for step in range(1, 4):
+        _set_grads(params, step)
+        _set_grads(eager_params, step)
+        compiled()
+        eager_opt.step()
+        _assert_same(opt, params, eager_opt, eager_params)
+    assert counter.frame_count >= 1 and counter.op_count <= 3, (counter.frame_count, counter.op_count)
+
+
+@needs_compiled_step
 @pytest.mark.parametrize("name", ["AdamW", "Adai"])
 def test_training_step_with_inductor_has_no_graph_break(name):
     """Forward, backward and our step in ONE compiled function, through inductor."""
@@ -113,7 +161,7 @@ def _op_arguments(function, dtype):
         return (params, grads, like(0.01), like(0.02), like(0.03), steps), dict(
             **moments, decoupled=True, amsgrad=True, maximize=False, **scaling)
     if function == "adamomentum_step":
-        return (params, grads, like(0.01), like(0.02), None, steps), dict(
+        return (params, grads, like(0.01), like(0.02), [], steps), dict(
             **moments, decoupled=False, amsgrad=False, rectify=True, **scaling)
     if function == "dualadam_step":
         return (params, grads, like(0.01), like(0.02)), dict(
@@ -130,6 +178,7 @@ def _op_arguments(function, dtype):
     raise AssertionError(function)
 
 
+@needs_compiled_step
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("torch", "cpu")])  # triton: its own file
 @pytest.mark.parametrize("function", list(_ops.SCHEMAS))

@@ -23,7 +23,7 @@ import torch
 from fused_optim.registry import OPTIMIZERS
 
 from . import tolerances
-from .helpers import LAYOUTS, STEPS, grads_for, make_params
+from .helpers import LAYOUTS, STEPS, grads_for, make_params, needs_compiled_step
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_NVCC = shutil.which("nvcc") is not None or Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc").exists()
@@ -669,6 +669,7 @@ def test_emulated_dualadam_switch_step(on_host):
 
 @pytest.mark.parametrize("function", ["adam_step", "adamomentum_step", "dualadam_step", "adai_second_moment",
                                       "adai_update", "adai_clip_sums"])
+@needs_compiled_step
 def test_emulated_operators_pass_opcheck(on_host, function, monkeypatch):
     """torch.library.opcheck on each fused_optim::cuda_* operator (schema, fake kernel,
     functionalization), with the arguments the public function hands it."""

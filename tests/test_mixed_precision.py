@@ -8,7 +8,7 @@ import torch
 from fused_optim.optimizers import _mixed_precision as mixed
 from fused_optim.registry import OPTIMIZERS
 
-from .helpers import CPU_BACKENDS, SLOW_BACKENDS, grads_for
+from .helpers import CPU_BACKENDS, SLOW_BACKENDS, grads_for, needs_compiled_step
 
 NAMES = list(OPTIMIZERS)
 
@@ -263,6 +263,7 @@ def test_a_skipped_step_changes_nothing():
                 assert torch.equal(opt.state[p][key], value), (option, key)
 
 
+@needs_compiled_step
 @pytest.mark.parametrize("option", ["master_weights", "param_remainders", "stochastic_rounding"])
 def test_compiled_step_equals_eager(option):
     """torch.compile(opt.step, fullgraph=True) with the option on (the remainders' split and

@@ -17,6 +17,7 @@ pytest.importorskip("triton", reason="triton is not installed: the triton backen
 
 from fused_optim import reference  # noqa: E402
 
+from .helpers import needs_compiled_step  # noqa: E402
 from .tolerances import param_tolerance, state_tolerance  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
@@ -24,7 +25,9 @@ DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
 
 tb = importlib.import_module("fused_optim.triton_backend")
-if tb._IMPORT_ERROR is not None:  # triton imports: then the backend must, too
+if type(tb._IMPORT_ERROR).__name__ == "TritonTooOld":
+    pytest.skip(str(tb._IMPORT_ERROR), allow_module_level=True)
+if tb._IMPORT_ERROR is not None:  # triton imports: then the backend must, too (or say it is too old)
     raise tb._IMPORT_ERROR
 mt = tb._mt
 
@@ -500,6 +503,7 @@ def _opcheck_cases():
     }
 
 
+@needs_compiled_step
 @pytest.mark.parametrize("name", ["adam", "adamomentum", "dualadam", "adai_second_moment", "adai_update",
                                   "adai_clip_sums"])
 def test_custom_ops_pass_opcheck(name):
@@ -570,3 +574,25 @@ def test_every_kernel_variant_compiles_for_a_gpu():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "all kernels compiled for sm_90" in proc.stdout
+
+
+def test_a_triton_older_than_3_2_leaves_the_backend_unavailable_and_says_why():
+    """torch 2.4 and 2.5 pin triton 3.0 and 3.1, under which the kernels are not checked (3.0's
+    interpreter gave wrong Adai sums): the backend is then unavailable, with the reason."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import torch, triton\n"
+            "triton.__version__ = '3.1.0'\n"
+            "import fused_optim\n"
+            "print(fused_optim.availability('triton'))\n"
+            "try:\n"
+            "    fused_optim.AdamW([torch.nn.Parameter(torch.zeros(3))], backend='triton')\n"
+            "except Exception as error:\n"
+            "    print(type(error).__name__, error)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    why = "fused_optim's Triton kernels need triton >= 3.2, this is triton 3.1.0"
+    assert proc.stdout.splitlines() == [str((False, why)), f"BackendUnavailable backend='triton' cannot serve: {why}"]

@@ -4,6 +4,7 @@ kernels under TRITON_INTERPRET=1, whose jit functions cannot be compiled). The i
 runs numpy on the host and accepts code the GPU compiler rejects (types, bitcasts, shifts);
 this catches that, and checks that aligned fp32 tables get 16-byte vector loads.
 Prints one line per kernel; exits nonzero on the first failure."""
+import inspect
 import os
 import re
 import sys
@@ -23,7 +24,11 @@ F64 = "fp64"
 
 def compile_ptx(fn, runtime, constexprs):
     signature = dict(runtime, **{k: "constexpr" for k in constexprs})
-    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=TARGET,
+    if "constexprs" in inspect.signature(ASTSource.__init__).parameters:
+        source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    else:  # triton 3.2 (torch 2.6's) names them `constants`
+        source = ASTSource(fn=fn, signature=signature, constants=constexprs)
+    kernel = triton.compile(source, target=TARGET,
                             options={"num_warps": 4, "enable_fp_fusion": False})
     return kernel.asm["ptx"]
 

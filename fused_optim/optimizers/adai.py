@@ -103,7 +103,7 @@ class Adai(FusedOptimizer):
         # the dtype clip_grad_norm_'s norm has (torch._foreach_norm's: fp32 unless grads are fp64)
         fp64 = any(b.params and b.grads[0].dtype == torch.float64 for b, _, _ in work)
         norm = norm.to(torch.float64 if fp64 else torch.float32)
-        self._step_scaling = self._clipped_scaling(norm, [b for b, _, _ in work])
+        self._this_step["scaling"] = self._clipped_scaling(norm, [b for b, _, _ in work])
         max_norm = clip_settings(self.param_groups, type(self).__name__)[0]
         c = torch.clamp(max_norm / (norm.to(torch.float64) + NORM_EPS), max=1.0)
         vhat_sum = totals[1] + c * totals[2] + c * c * totals[3]

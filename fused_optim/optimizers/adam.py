@@ -34,7 +34,7 @@ class Adam(FusedOptimizer):
             states = self._states(b)
             b.impl.adam_step(
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
-                self._column(states, "max_exp_avg_sq") if b.hyper["amsgrad"] else None,
+                self._column(states, "max_exp_avg_sq") if b.hyper["amsgrad"] else [],
                 self._column(states, "step"), decoupled=self.decoupled, **b.hyper, **self.scaling(), **b.precision,
             )
             self._commit_steps(b, states)

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from .. import backends
+from .._compat import eager_under_compile_before_2_6
 from .._grad_scaling import skipped
 from ..reference._common import state_dtype_for
 from . import _mixed_precision as mixed
@@ -88,6 +89,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         # GradScaler.step() then hands us `grad_scale` and `found_inf` as attributes instead of
         # unscaling the grads in memory and reading found_inf itself (see scaling())
         self._step_supports_amp_scaling = True
+        # what one step works out for its backend calls (the scaling): a dict, as dynamo before
+        # torch 2.7 traced no attribute assignment on an optimizer inside a compiled step
+        self._this_step: Dict[str, Any] = {}
         # on the params' device: writing it never waits for the device (CUDA graphs too)
         self._share_grad_norm(self.defaults["last_grad_norm"].to(self._device() or "cpu"))
         # id(state dict) -> what _check_state last accepted for it
@@ -163,6 +167,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             backends.operators(backend)
 
     # ----- step ------------------------------------------------------------------------------
+    @eager_under_compile_before_2_6
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
         """One optimization step. Everything is checked before anything is modified: a bad
@@ -172,7 +177,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         batches = self._collect()
-        self._step_scaling = self._scaling_for(batches)
+        self._this_step["scaling"] = self._scaling_for(batches)
         # a step may raise after its states were made and masters swapped in, before any
         # update (Adai's error_if_nonfinite follows its fused norm pass): then both are undone
         fresh = [key for b in batches for key in b.keys if not self.state.get(key)]
@@ -340,7 +345,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """What the backends divide the grads by this step (GradScaler's scale, with the clip
         coefficient folded in) and whether GradScaler found an inf/NaN (then the step changes
         nothing, counters included)."""
-        return self._step_scaling
+        return self._this_step["scaling"]
 
     def _advance(self, counters: List[torch.Tensor], impl: Any = None) -> None:
         """Adds 1 to step counters after every call of the step succeeded (0 when found_inf)."""
