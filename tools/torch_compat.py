@@ -1,14 +1,14 @@
 """Runs the test suite against another torch release, in a virtual environment of its own.
 
-    python tools/torch_compat.py 2.4.1 [--workdir DIR] [--cuda] [-- PYTEST ARGS...]
+    python tools/torch_compat.py 2.4.1 [--workdir DIR] [--no-cuda] [-- PYTEST ARGS...]
 
 fused_optim promises any torch >= 2.4 (pyproject.toml pins none: the native modules link no
 libtorch). This is how that promise is checked before a release: it makes (or reuses)
 DIR/venv with torch==VERSION and the test requirements, copies the sources (the working tree
 as git sees it: tracked files and new ones it does not ignore) into a fresh DIR/src, installs
-them there in development mode (the CPU module; --cuda builds the CUDA one too when nvcc is
-found) and runs `python -m pytest -q` in it, with the log in DIR/pytest.log. The exit status
-is pytest's.
+them there in development mode (as CI does: the CUDA module too where nvcc is found, unless
+--no-cuda, after which its tests fail, as they expect the module) and runs `python -m pytest
+-q` in it, with the log in DIR/pytest.log. The exit status is pytest's.
 
 The triton that the torch release pins comes along with it (torch 2.4 -> triton 3.0, 2.6 ->
 3.2): the triton backend says itself whether that one is new enough. torch comes from PyPI, so
@@ -58,7 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("torch_version", help="a torch release on PyPI, e.g. 2.4.1")
     parser.add_argument("--workdir", type=Path, help="default: <tmp>/fused_optim_torch<VERSION>")
-    parser.add_argument("--cuda", action="store_true", help="build the CUDA module too (needs nvcc)")
+    parser.add_argument("--no-cuda", action="store_true", help="leave the CUDA module out (a faster build)")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: passed to pytest")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.gettempdir()) / f"fused_optim_torch{args.torch_version}"
@@ -66,7 +66,7 @@ def main() -> int:
 
     python = ensure_venv(workdir / "venv", args.torch_version)
     src = fresh_sources(workdir / "src")
-    env = dict(os.environ, FUSED_OPTIM_CUDA="1" if args.cuda else "0")
+    env = dict(os.environ, **({"FUSED_OPTIM_CUDA": "0"} if args.no_cuda else {}))
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "-e", "."],
                    cwd=src, env=env, check=True)
     versions = subprocess.run(
