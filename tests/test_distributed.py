@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import fused_optim
+from fused_optim import _compat
 from fused_optim.registry import OPTIMIZERS
 
 from . import distributed_worker as worker
@@ -59,17 +60,17 @@ def _run_ranks(mode: str, out_dir: str) -> None:
 
 
 def _fsdp2_runs_on_cpu() -> bool:
-    # FSDP2 became public as torch.distributed.fsdp.fully_shard in torch 2.6; before that
-    # (torch.distributed._composable.fsdp) it created CUDA streams, so it cannot run on gloo/CPU
-    import torch.distributed.fsdp as fsdp
-
-    return hasattr(fsdp, "fully_shard")
+    # torch 2.4/2.5's FSDP2 (torch.distributed._composable.fsdp) creates CUDA streams, and the
+    # public fully_shard of 2.6 records an event on a CPU stream, which has none: both fail on
+    # gloo/CPU inside torch (tools/torch_compat.py, 2026-11-27). 2.7 runs (summing the grads:
+    # distributed_worker.fsdp2_grad_factor)
+    return _compat.torch_version() >= (2, 7)
 
 
 @pytest.fixture(scope="module", params=["ddp", "fsdp2"])
 def two_rank_results(request, tmp_path_factory):
     if request.param == "fsdp2" and not _fsdp2_runs_on_cpu():
-        pytest.skip(f"FSDP2 on CPU needs torch >= 2.6 (this is {torch.__version__})")
+        pytest.skip(f"FSDP2 on CPU (gloo) needs torch >= 2.7 (this is {torch.__version__})")
     out_dir = str(tmp_path_factory.mktemp(request.param))
     _run_ranks(request.param, out_dir)
     return request.param, out_dir
