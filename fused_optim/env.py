@@ -9,6 +9,7 @@ import platform
 import torch
 
 import fused_optim
+from fused_optim import _compat
 from fused_optim.backends import BACKENDS, availability
 
 
@@ -40,12 +41,23 @@ def _cuda_archs():
     return ([archs] if isinstance(archs, str) else [str(a) for a in archs]), ""
 
 
+def _triton_version():
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
 def collect() -> dict:
     archs, archs_why = _cuda_archs()
     cuda = torch.cuda.is_available()
     return {
         "fused_optim": fused_optim.__version__,
         "torch": torch.__version__,
+        "triton": _triton_version(),
+        # whether torch.compile traces step() into its graph or runs it eagerly (_compat.py)
+        "compiled_step": "traced" if _compat.STEP_COMPILES else "eager (torch < 2.6)",
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
@@ -65,7 +77,8 @@ def collect() -> dict:
 def render(info: dict) -> str:
     lines = [
         f"fused_optim     {info['fused_optim']}",
-        f"torch           {info['torch']}",
+        f"torch           {info['torch']} (torch.compile: step() {info['compiled_step']})",
+        f"triton          {info['triton'] or 'not installed'}",
         f"python          {info['python']}",
         f"platform        {info['platform']}",
         f"CPU             {info['cpu']} (torch CPU capability: {info['torch_cpu_capability']})",

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import fused_optim
+from fused_optim import _compat
 
 
 def _run(*args):
@@ -30,3 +31,4 @@ def test_json_report_agrees_with_availability():
     assert info["fused_optim"] == fused_optim.__version__
     assert info["backends"]["cpu"]["available"] == fused_optim.availability("cpu")[0]
     assert set(info["backends"]) == set(fused_optim.BACKENDS) - {"auto"}
+    assert info["compiled_step"] == ("traced" if _compat.STEP_COMPILES else "eager (torch < 2.6)")
