@@ -75,25 +75,32 @@ def test_compiled_step_is_one_graph_and_equals_eager(name, backend):
         compiled_before = counter.frame_count
 
 
+def _compiled_loop_against_eager(step, params, opt, eager_params, eager_opt):
+    """Three calls of a compiled function that calls `step` (opt's step, maybe wrapped), each
+    checked against an eager step of the twin; returns the compile counter."""
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+
+    def train_step():
+        step()
+        return params[0].sum()
+
+    compiled = torch.compile(train_step, backend=counter)
+    for number in range(1, 4):
+        _set_grads(params, number)
+        _set_grads(eager_params, number)
+        compiled()
+        eager_opt.step()
+        _assert_same(opt, params, eager_opt, eager_params)
+    return counter
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
 @pytest.mark.parametrize("name", ["AdamW", "Adai"])
 def test_a_compiled_training_loop_equals_eager_on_every_torch(name, backend):
     """Without fullgraph, on any supported torch: from 2.6 the step is traced, before it dynamo
     runs it eagerly (_compat.py). Either way the result is bitwise eager's."""
     (params, opt), (eager_params, eager_opt) = _pair(name, backend)
-    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
-
-    def train_step():
-        opt.step()
-        return params[0].sum()
-
-    compiled = torch.compile(train_step, backend=counter)
-    for step in range(1, 4):
-        _set_grads(params, step)
-        _set_grads(eager_params, step)
-        compiled()
-        eager_opt.step()
-        _assert_same(opt, params, eager_opt, eager_params)
+    counter = _compiled_loop_against_eager(opt.step, params, opt, eager_params, eager_opt)
     if not _compat.STEP_COMPILES:
         # the step stayed out of every graph: none holds one of our operators
         assert counter.op_count <= 3, counter.op_count
@@ -107,19 +114,7 @@ def test_a_step_kept_out_of_the_graph_equals_eager(monkeypatch):
     # a function of its own: torch 2.4's disable() of a bound method of an already disabled
     # function (the class's step there) unwraps it and drops self
     eager_only_step = _compat.eager_under_compile_before_2_6(lambda: opt.step())
-    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
-
-    def train_step():
-        eager_only_step()
-        return params[0].sum()
-
-    compiled = torch.compile(train_step, backend=counter)
-    for step in range(1, 4):
-        _set_grads(params, step)
-        _set_grads(eager_params, step)
-        compiled()
-        eager_opt.step()
-        _assert_same(opt, params, eager_opt, eager_params)
+    counter = _compiled_loop_against_eager(eager_only_step, params, opt, eager_params, eager_opt)
     assert counter.frame_count >= 1 and counter.op_count <= 3, (counter.frame_count, counter.op_count)
 
 
