@@ -125,6 +125,15 @@ def snapshot(opt: torch.optim.Optimizer) -> Dict:
     return {"params": params, "state": state, "global_step": extra}
 
 
+def assert_bf16_runs_bitwise_equal(fused, fused_opt, plain, plain_opt) -> None:
+    """Two runs over bf16 params (fused and unfused param modes) ended bit for bit alike:
+    params (compared as int16, so NaN payloads and signed zeros count) and every state."""
+    for p, q in zip(fused, plain):
+        assert torch.equal(p.detach().view(torch.int16), q.detach().view(torch.int16))
+        for key, value in fused_opt.state[p].items():
+            assert torch.equal(value, plain_opt.state[q][key]), key
+
+
 def assert_unchanged(opt: torch.optim.Optimizer, before: Dict) -> None:
     after = snapshot(opt)
     for a, b in zip(before["params"], after["params"]):

@@ -23,7 +23,7 @@ import torch
 from fused_optim.registry import OPTIMIZERS
 
 from . import tolerances
-from .helpers import LAYOUTS, STEPS, grads_for, make_params, needs_compiled_step
+from .helpers import LAYOUTS, STEPS, assert_bf16_runs_bitwise_equal, grads_for, make_params, needs_compiled_step
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_NVCC = shutil.which("nvcc") is not None or Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc").exists()
@@ -745,7 +745,4 @@ def test_emulated_param_modes_equal_the_unfused_path(cuda_classes_on_host, name,
         assert set(modes) == ({mixed.PARAM_MODES[option]} if fuse else {0})
         runs.append((params, opt))
     (fused, fused_opt), (plain, plain_opt) = runs
-    for p, q in zip(fused, plain):
-        assert torch.equal(p.detach().view(torch.int16), q.detach().view(torch.int16))
-        for key, value in fused_opt.state[p].items():
-            assert torch.equal(value, plain_opt.state[q][key]), key
+    assert_bf16_runs_bitwise_equal(fused, fused_opt, plain, plain_opt)

@@ -11,7 +11,7 @@ from fused_optim import backends
 from fused_optim.registry import OPTIMIZERS
 
 from . import tolerances
-from .helpers import grads_for, make_params, run_with_oracle
+from .helpers import assert_bf16_runs_bitwise_equal, grads_for, make_params, run_with_oracle
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -231,10 +231,7 @@ def test_param_modes_on_cuda_equal_the_unfused_path(name, backend, option, monke
             opt.step()
         runs.append((params, opt))
     (fused, fused_opt), (plain, plain_opt) = runs
-    for p, q in zip(fused, plain):
-        assert torch.equal(p.detach().view(torch.int16), q.detach().view(torch.int16))
-        for key, value in fused_opt.state[p].items():
-            assert torch.equal(value, plain_opt.state[q][key]), key
+    assert_bf16_runs_bitwise_equal(fused, fused_opt, plain, plain_opt)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
