@@ -31,7 +31,7 @@ def _param_names(fn: Callable):
 
 
 def _increment_versions_at_once() -> bool:
-    # torch >= 2.5 takes the whole list in one call; torch 2.4 takes one tensor at a time
+    # newer torch (2.6 on, checked) takes the whole list in one call; torch 2.4 one tensor at a time
     try:
         torch._C._increment_version([torch.empty(0)])
         return True

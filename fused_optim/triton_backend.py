@@ -36,9 +36,11 @@ except ImportError as error:  # triton missing or too old (TritonTooOld): availa
 
 
 def _unavailable_because() -> str:
+    # by name: the class is defined in the very package whose import it aborted
     if type(_IMPORT_ERROR).__name__ == "TritonTooOld":
         return str(_IMPORT_ERROR)
     return f"triton is not importable: {_IMPORT_ERROR}"
+
 
 # Step counters on the params' device are read by the kernel; elsewhere (CPU counters next to
 # CUDA params) on the host. Tests set this to take the host path under the interpreter too,

@@ -89,8 +89,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         # GradScaler.step() then hands us `grad_scale` and `found_inf` as attributes instead of
         # unscaling the grads in memory and reading found_inf itself (see scaling())
         self._step_supports_amp_scaling = True
-        # what one step works out for its backend calls (the scaling): a dict, as dynamo before
-        # torch 2.7 traced no attribute assignment on an optimizer inside a compiled step
+        # what one step works out for its backend calls (the scaling): a dict, as torch 2.6's
+        # dynamo traced no attribute assignment on an optimizer inside a compiled step
         self._this_step: Dict[str, Any] = {}
         # on the params' device: writing it never waits for the device (CUDA graphs too)
         self._share_grad_norm(self.defaults["last_grad_norm"].to(self._device() or "cpu"))
