@@ -180,8 +180,7 @@ def reference_step(case: OptimizerCase, params, grads, state_dtype: torch.dtype)
     steps = [float(FIXED_STEP)] * len(params)
     ref = fused_optim.reference
     if case.name in ("Adam", "AdamW"):
-        return lambda: ref.adam_step(params, grads, state["exp_avg"], state["exp_avg_sq"], None, steps,
-                                     decoupled=case.name == "AdamW", **hyper)
+        return lambda: ref.adam_step(params, grads, state["exp_avg"], state["exp_avg_sq"], None, steps, **hyper)
     if case.name == "AdaMomentum":
         return lambda: ref.adamomentum_step(params, grads, state["exp_avg"], state["exp_avg_sq"], None,
                                             steps, **hyper)

@@ -191,7 +191,6 @@ class CudaRun:
         cls = OPTIMIZERS[name].cls
         template = cls([torch.zeros(1, requires_grad=True)], **kwargs, backend="torch")
         self.hyper = template.hyper(template.param_groups[0], 0)
-        self.decoupled = getattr(template, "decoupled", None)
         self.params = params
         layout = template.state_layout(self.hyper)
         dtype = params[0].dtype
@@ -210,8 +209,7 @@ class CudaRun:
         amp = dict(grad_scale=grad_scale, found_inf=found_inf)
         if name in ("Adam", "AdamW"):
             b.adam_step(self.params, grads, self.column("exp_avg"), self.column("exp_avg_sq"),
-                        self.column("max_exp_avg_sq") if h["amsgrad"] else None, self.steps,
-                        decoupled=self.decoupled, **h, **amp)
+                        self.column("max_exp_avg_sq") if h["amsgrad"] else None, self.steps, **h, **amp)
         elif name == "AdaMomentum":
             b.adamomentum_step(self.params, grads, self.column("exp_avg"), self.column("exp_avg_sq"),
                                self.column("max_exp_avg_sq") if h["amsgrad"] else None, self.steps, **h, **amp)

@@ -221,7 +221,8 @@ class MasterStep:
 
     def __init__(self, optimizer, batches: List[Any]):
         self.jobs = []
-        self.replaced: List[tuple] = []  # (state, key, value before or _ABSENT): what undo() restores
+        # (param, state, key, value before or _ABSENT): what undo() restores
+        self.replaced: List[tuple] = []
         self.index: Dict[int, int] = {}  # id(param) -> its place among all params: stochastic rounding's key
         for batch in batches:
             option = mode(batch.group, batch.params[0].dtype) if batch.params else None
@@ -261,14 +262,14 @@ class MasterStep:
 
     def _master(self, state: Dict[str, Any], key: torch.Tensor) -> torch.Tensor:
         if MASTER not in state:  # first step, or a checkpoint saved without masters
-            self._remember(state)
+            self._remember(key, state)
             state[MASTER] = (_joined(key.detach(), state.pop(REMAINDER)) if REMAINDER in state
                              else key.detach().to(torch.float32, memory_format=torch.preserve_format))
         return state[MASTER]
 
     def _remainder(self, state: Dict[str, Any], key: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         if REMAINDER not in state:  # from a checkpoint's masters where there are any
-            self._remember(state)
+            self._remember(key, state)
             state[REMAINDER] = (_splitted(state.pop(MASTER))[1] if MASTER in state and p.dtype == torch.bfloat16
                                 else torch.zeros_like(key, dtype=torch.int16, memory_format=torch.preserve_format))
         return state[REMAINDER]
@@ -277,22 +278,28 @@ class MasterStep:
         if not self.index:
             self.index = {id(q): i for i, q in enumerate(q for g in optimizer.param_groups for q in g["params"])}
 
-    def _remember(self, state: Dict[str, Any]) -> None:
+    def _remember(self, param: torch.Tensor, state: Dict[str, Any]) -> None:
         for key in (MASTER, REMAINDER):
-            self.replaced.append((state, key, state.get(key, _ABSENT)))
+            self.replaced.append((param, state, key, state.get(key, _ABSENT)))
 
-    def undo(self) -> None:
-        """Restores the states this step created or converted (a step that raised after the
-        swap, before any update: Adai's error_if_nonfinite check follows its fused norm pass)."""
-        for state, key, value in reversed(self.replaced):
+    def undo(self, keep=frozenset()) -> None:
+        """Restores the states this step created or converted for params whose id is not in
+        `keep` (a step that raised before their update: Adai's error_if_nonfinite check
+        follows its fused norm pass; a batch after a failed one)."""
+        for param, state, key, value in reversed(self.replaced):
+            if id(param) in keep:
+                continue
             if value is _ABSENT:
                 state.pop(key, None)
             else:
                 state[key] = value
         self.replaced.clear()
 
-    def finish(self, optimizer) -> None:
+    def finish_batch(self, optimizer, updated) -> None:
+        """Writes the params of one updated batch from their masters (unfused path)."""
         for batch, option, params, masters, steps in self.jobs:
+            if batch is not updated:
+                continue
             with torch.no_grad():
                 for i, (key, p, master) in enumerate(zip(batch.keys, params, masters)):
                     if option == "master_weights":

@@ -63,3 +63,18 @@ def moment_hyperparameters(group, index, *, beta2_low_open=False) -> dict:
         eps=non_negative("eps", group["eps"], index),
         weight_decay=non_negative("weight_decay", group["weight_decay"], index),
     )
+
+
+def step_count(value, what: str) -> float:
+    """A step count from a state dict: a whole number >= 0 (int, float or 1-element tensor)."""
+    if torch.is_tensor(value):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"{what} must be a number or a 1-element tensor, got a tensor of shape "
+                             f"{tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{what} must be a whole number >= 0, got {value!r}")
+    value = float(value)
+    if not (0 <= value < math.inf) or value != int(value):
+        raise ValueError(f"{what} must be a whole number >= 0, got {value}")
+    return value

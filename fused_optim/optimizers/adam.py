@@ -4,18 +4,37 @@ from .base import FusedOptimizer
 
 
 class Adam(FusedOptimizer):
-    """torch.optim.Adam (L2 weight decay); AdamW below decouples it. State: step, exp_avg,
-    exp_avg_sq (+ max_exp_avg_sq with amsgrad), the keys torch.optim uses, so state dicts
-    move between this class and torch.optim.Adam in both directions."""
+    """torch.optim.Adam (L2 weight decay; decoupled_weight_decay=True makes it AdamW, as in
+    torch). State: step, exp_avg, exp_avg_sq (+ max_exp_avg_sq with amsgrad), the keys
+    torch.optim uses, so state dicts move between this class and torch.optim.Adam in both
+    directions.
+
+    torch.optim's implementation switches are accepted, so configs and libraries that pass
+    them work unchanged: `foreach` and `fused` (any value; every step here is one fused pass
+    per group whatever they say; `fused=True` also makes GradScaler hand the step its scale,
+    as it does torch's fused Adam) are kept in the param groups as torch keeps them.
+    `differentiable=True` is refused: the kernels update params in place outside autograd."""
 
     decoupled = False
     state_initial_values = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 *, maximize=False, backend="auto", state_dtype=None, capturable=False,
+                 *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=None, backend="auto", state_dtype=None,
                  max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
                  master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+        if differentiable:
+            raise ValueError(f"{type(self).__name__}(differentiable=True) is not supported: the fused kernels write "
+                             "params and states in place, outside autograd, so no gradient can flow through a "
+                             "step. Use torch.optim for differentiable optimization")
+        for name, value in (("foreach", foreach), ("fused", fused)):
+            if value is not None:
+                check.flag(name, value)
+        if decoupled_weight_decay is None:
+            decoupled_weight_decay = self.decoupled
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                        foreach=foreach, fused=fused, differentiable=False,
+                        decoupled_weight_decay=decoupled_weight_decay)
         self.hyper(defaults, None)
         super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
                          error_if_nonfinite,
@@ -23,10 +42,15 @@ class Adam(FusedOptimizer):
                          stochastic_rounding=stochastic_rounding, seed=seed)
 
     def hyper(self, group, index):
+        if group.get("differentiable"):
+            raise ValueError(f"differentiable=True is not supported (param group {index})")
         return dict(
             **check.moment_hyperparameters(group, index),
             amsgrad=check.flag("amsgrad", group["amsgrad"], index),
             maximize=check.flag("maximize", group["maximize"], index),
+            # a group without the key (a state dict of an older torch) keeps the class's rule
+            decoupled=check.flag("decoupled_weight_decay", group.get("decoupled_weight_decay", self.decoupled),
+                                 index),
         )
 
     def _update(self, batches):
@@ -35,7 +59,7 @@ class Adam(FusedOptimizer):
             b.impl.adam_step(
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
                 self._column(states, "max_exp_avg_sq") if b.hyper["amsgrad"] else [],
-                self._column(states, "step"), decoupled=self.decoupled, **b.hyper, **self.scaling(), **b.precision,
+                self._column(states, "step"), **b.hyper, **self.scaling(), **b.precision,
             )
             self._commit_steps(b, states)
 
@@ -46,11 +70,12 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
-                 *, maximize=False, backend="auto", state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
+                 *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 backend="auto", state_dtype=None, max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
                  master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, backend=backend,
-                         state_dtype=state_dtype, capturable=capturable,
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, backend=backend, state_dtype=state_dtype,
                          max_grad_norm=max_grad_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite,
                          master_weights=master_weights, param_remainders=param_remainders,
                          stochastic_rounding=stochastic_rounding, seed=seed)

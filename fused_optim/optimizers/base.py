@@ -3,6 +3,7 @@ created state, state_dict import/export, backend choice and the split of each st
 batches (one per group and param dtype) that the backends process in one call each.
 No update math lives here: subclasses hand their batches to a backend's step functions.
 """
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from ..reference._common import state_dtype_for
 from . import _mixed_precision as mixed
 from . import _validation as check
 from ._clipping import clip_settings, clipped_scale, total_norm
+from ._overlap import check_params as check_no_shared_memory
 from ._sharding import local, shard_group
+from ._uninterrupted import HeldInterrupts
 
 
 def _native_advance():
@@ -25,6 +28,19 @@ def _native_advance():
     if backends.availability("cpu")[0]:
         return backends.implementation("cpu").advance_steps
     return None
+
+
+@contextlib.contextmanager
+def _torch_load_hooks_off(optimizer):
+    """torch's load_state_dict without its hooks: ours runs them, in torch's order."""
+    names = ("_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks")
+    saved = {name: optimizer.__dict__[name] for name in names if name in optimizer.__dict__}
+    for name in saved:
+        optimizer.__dict__[name] = type(saved[name])()
+    try:
+        yield
+    finally:
+        optimizer.__dict__.update(saved)
 
 
 @dataclass
@@ -44,6 +60,10 @@ class Batch:
     # extra keyword arguments of every backend call: how a fusing backend keeps bf16/fp16
     # params (param_mode, param_extras, seed, tensor_indices; _mixed_precision.MasterStep)
     precision: Dict[str, Any] = field(default_factory=dict)
+    # the params' states, all made before the first kernel of the step runs (_prepare)
+    states: Optional[List[Dict[str, Any]]] = None
+    # set once the batch's update and its step counters are both written (_batch_done)
+    done: bool = False
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -59,6 +79,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     # Whether the update takes the total grad norm of max_grad_norm in a pass of its own
     # (Adai: its reduction pass) instead of the separate norm pass of _scaling_for.
     fuses_grad_norm = False
+    # hyperparameters that schedulers must not cycle as a momentum (see __init__)
+    hidden_from_schedulers: tuple = ()
 
     def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto", state_dtype=None,
                  capturable: bool = False, max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
@@ -79,23 +101,54 @@ class FusedOptimizer(torch.optim.Optimizer):
         defaults.update(master_weights=master_weights, param_remainders=param_remainders,
                         stochastic_rounding=stochastic_rounding, seed=seed)
         mixed.check_group(defaults, type(self).__name__)
+        # kept out of `defaults`, filled into each group by add_param_group: torch's OneCycleLR
+        # and CyclicLR (cycle_momentum=True) rewrite betas[0] of any optimizer whose defaults
+        # have "betas"; for Adai that is beta0, not a momentum, so they must refuse instead
+        self._hidden_defaults = {key: defaults.pop(key) for key in self.hidden_from_schedulers if key in defaults}
         # the total grad norm of the last step with max_grad_norm, for logging (last_grad_norm):
         # fp64, NaN before the first such step, written in place. One 1-element tensor shared by
         # every param group: torch.compile carries in-place writes to such a tensor out of a
         # compiled step; to an optimizer attribute, or to a 0-dim tensor once the optimizer has
         # state, it did not (torch 2.13, aot_eager and inductor: only the first call wrote it)
         defaults["last_grad_norm"] = torch.full((1,), math.nan, dtype=torch.float64)
+        self._init_transient()
         super().__init__(params, defaults)
-        # GradScaler.step() then hands us `grad_scale` and `found_inf` as attributes instead of
-        # unscaling the grads in memory and reading found_inf itself (see scaling())
-        self._step_supports_amp_scaling = True
+        # on the params' device: writing it never waits for the device (CUDA graphs too)
+        self._share_grad_norm(self.defaults["last_grad_norm"].to(self._device() or "cpu"))
+
+    # attributes beyond torch.optim's defaults/state/param_groups that a copy must carry
+    # (torch's __getstate__ keeps only those three); subclasses add theirs
+    _pickled_attributes = ("_backend_request", "_hidden_defaults")
+
+    def _init_transient(self) -> None:
         # what one step works out for its backend calls (the scaling): a dict, as torch 2.6's
         # dynamo traced no attribute assignment on an optimizer inside a compiled step
         self._this_step: Dict[str, Any] = {}
-        # on the params' device: writing it never waits for the device (CUDA graphs too)
-        self._share_grad_norm(self.defaults["last_grad_norm"].to(self._device() or "cpu"))
         # id(state dict) -> what _check_state last accepted for it
         self._checked_states: Dict[int, tuple] = {}
+
+    def __getstate__(self) -> Dict[str, Any]:
+        saved = super().__getstate__()
+        saved.update({name: getattr(self, name) for name in self._pickled_attributes})
+        return saved
+
+    def __setstate__(self, saved: Dict[str, Any]) -> None:
+        super().__setstate__(saved)
+        self._init_transient()
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether GradScaler.step() hands this step its scale and inf flag (`grad_scale`,
+        `found_inf` attributes) instead of unscaling the grads in memory and skipping step()
+        on an inf. True where the step clips (max_grad_norm: clipping the scaled grads needs
+        the scale), is captured in a CUDA graph (capturable: GradScaler's skip reads the flag
+        on the host) or was asked to behave as torch's fused optimizers (fused=True). Else
+        False, as for torch.optim's default optimizers: then the grads are unscaled in memory,
+        so clipping them outside the step (Lightning's gradient_clip_val, accelerate's and
+        HF Trainer's clip_grad_norm_) sees true grads, and Lightning allows it."""
+        return bool(self.defaults.get("fused") or self.defaults.get("max_grad_norm") is not None
+                    or any(group.get("capturable") or group.get("max_grad_norm") is not None
+                           for group in self.param_groups))
 
     @property
     def last_grad_norm(self) -> torch.Tensor:
@@ -126,6 +179,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ----- param groups ----------------------------------------------------------------------
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        for key, value in self._hidden_defaults.items():
+            param_group.setdefault(key, value)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
@@ -134,6 +189,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             check.flag("capturable", group.get("capturable", False), index)
             mixed.check_group(group, type(self).__name__, index)
             self._check_params(group["params"], group.get("state_dtype"), group.get("capturable", False))
+            check_no_shared_memory([g["params"] for g in self.param_groups], type(self).__name__)
         except Exception:
             self.param_groups.pop()
             raise
@@ -170,27 +226,57 @@ class FusedOptimizer(torch.optim.Optimizer):
     @eager_under_compile_before_2_6
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
-        """One optimization step. Everything is checked before anything is modified: a bad
-        grad or hyperparameter raises with params and state untouched."""
+        """One optimization step, in two phases. First everything that can fail on the input
+        or allocate: checks, the grad norm, every state of every batch, masters: an error
+        there leaves params and state exactly as they were. Then the writes: each batch's
+        update and its step counters are one unit (_batch_done), and a Ctrl-C is delivered
+        after the last unit; an error inside a unit (a device fault) leaves every param
+        either stepped with its counter or untouched, and raises."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         batches = self._collect()
         self._this_step["scaling"] = self._scaling_for(batches)
-        # a step may raise after its states were made and masters swapped in, before any
-        # update (Adai's error_if_nonfinite follows its fused norm pass): then both are undone
         fresh = [key for b in batches for key in b.keys if not self.state.get(key)]
         masters = mixed.MasterStep(self, batches)
+        self._this_step["masters"] = masters
+        updated = False
         try:
-            self._update(batches)
-        except Exception:
-            masters.undo()
-            for key in fresh:
-                self.state.pop(key, None)
+            for b in batches:
+                b.states = self._states(b)
+            if torch.compiler.is_compiling():
+                self._update(batches)
+            else:
+                with HeldInterrupts():
+                    self._update(batches)
+                    updated = True
+        except BaseException:
+            if not updated:  # (a Ctrl-C held back until the end comes after a whole step)
+                self._undo_unfinished(batches, fresh, masters)
             raise
-        masters.finish(self)
         return loss
+
+    def _undo_unfinished(self, batches: List[Batch], fresh: List[torch.Tensor], masters) -> None:
+        """After an error: the states this step made or converted for batches it did not
+        finish are removed or restored; finished batches keep theirs."""
+        finished = {id(key) for b in batches if b.done for key in b.keys}
+        masters.undo(keep=finished)
+        for key in fresh:
+            if id(key) not in finished:
+                self.state.pop(key, None)
+        if any(b.done for b in batches):
+            self._partial_step_done()
+
+    def _partial_step_done(self) -> None:
+        """Called when a step raised after some batches were finished. DualAdam advances its
+        global step there (the unfinished params then skip this step, as params without a grad)."""
+
+    def _batch_done(self, batch: Batch) -> None:
+        """The batch's update is written: its bf16 params are rounded from their masters, and
+        it counts as stepped."""
+        self._this_step["masters"].finish_batch(self, batch)
+        batch.done = True
 
     def _scaling_for(self, batches: List[Batch]) -> Dict[str, Optional[torch.Tensor]]:
         """GradScaler's scale and inf flag for this step, with the clip coefficient folded into
@@ -315,7 +401,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         return self._global_step + 1
 
     def _states(self, batch: Batch) -> List[Dict[str, Any]]:
-        """The state of each param of a batch, creating what is missing (after validation)."""
+        """The state of each param of a batch, creating what is missing (after validation);
+        step() makes them for every batch before the first update."""
+        if batch.states is not None:
+            return batch.states
         layout = self.state_layout(batch.hyper)
         state_dtype = batch.group.get("state_dtype")
         capturable = batch.group.get("capturable", False)
@@ -367,7 +456,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             torch._foreach_add_(counters, found_inf.to(counters[0].device), alpha=-1)
 
     def _commit_steps(self, batch: Batch, states: List[Dict[str, Any]]) -> None:
+        """Right after the batch's update: its counters advance, and the batch is done."""
         self._advance(self._column(states, "step"), batch.impl)
+        self._batch_done(batch)
 
     @staticmethod
     def _column(states: List[Dict[str, Any]], key: str) -> List[torch.Tensor]:
@@ -386,7 +477,21 @@ class FusedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Loads our own state dicts and those of torch.optim / the authors' code (keys renamed,
         int steps accepted). Tensors are copied (no aliasing of the given dict) and keep the
-        state dtype our kernels use (torch would cast them to the param dtype)."""
+        state dtype our kernels use (torch would cast them to the param dtype). In torch's
+        order: the load_state_dict pre-hooks first (they may repair the dict), then the whole
+        dict is checked before anything is replaced, then the post-hooks."""
+        state_dict = state_dict.copy()
+        for hook in getattr(self, "_optimizer_load_state_dict_pre_hooks", {}).values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        with _torch_load_hooks_off(self):
+            self._load_state_dict(state_dict)
+        for hook in getattr(self, "_optimizer_load_state_dict_post_hooks", {}).values():
+            hook(self)
+
+    def _load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """load_state_dict without the hooks (subclasses extend this)."""
         imported = self._import_state_dict(state_dict)
         self._checked_states.clear()
         super().load_state_dict(imported)
@@ -410,11 +515,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if len(saved_group["params"]) != len(group["params"]):
                 raise ValueError(f"param group {index} has a different number of params in the state dict")
             for param_id, p in zip(saved_group["params"], group["params"]):
-                for key, value in imported_state.get(param_id, {}).items():
-                    if torch.is_tensor(value) and key != "step" and value.shape != p.shape:
-                        raise ValueError(
-                            f"state {key!r} of shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}"
-                        )
+                self._check_saved_state(imported_state.get(param_id, {}), p, f"param {param_id!r} of group {index}")
         imported = dict(state_dict)
         imported["state"] = imported_state
         imported["param_groups"] = copy.deepcopy(saved_groups)
@@ -431,6 +532,23 @@ class FusedOptimizer(torch.optim.Optimizer):
             # the logged norm stays this optimizer's tensor (state_dict leaves it out)
             saved_group["last_grad_norm"] = group["last_grad_norm"]
         return imported
+
+    def _check_saved_state(self, saved: Dict[str, Any], p: torch.Tensor, where: str) -> None:
+        """A loaded state must be one the step can use: a whole, finite, non-negative step
+        count, and the tensor states as tensors of the param's shape (torch.optim would take
+        any of these and fail at the next step, or step with NaN)."""
+        tensor_states = {*self.state_initial_values, "max_exp_avg_sq", *mixed.STATE_DTYPES}
+        for key, value in saved.items():
+            if key == "step" and self.per_param_step:
+                check.step_count(value, f"the state dict's step of {where}")
+            elif key in tensor_states and not torch.is_tensor(value):
+                raise ValueError(f"the state dict's {key!r} of {where} must be a tensor, got {type(value).__name__}")
+            if torch.is_tensor(value) and key != "step" and value.shape != p.shape:
+                raise ValueError(f"state {key!r} of shape {tuple(value.shape)} for a parameter of shape "
+                                 f"{tuple(p.shape)} ({where})")
+            if key in tensor_states and not (value.is_floating_point() or key in mixed.STATE_DTYPES):
+                raise ValueError(f"the state dict's {key!r} of {where} must be a floating-point tensor, "
+                                 f"got {value.dtype}")
 
     def _restore_state(self, imported: Dict[str, Any]) -> None:
         for saved_group, group in zip(imported["param_groups"], self.param_groups):

@@ -16,6 +16,7 @@ class DualAdam(FusedOptimizer):
     state_initial_values = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
     state_aliases = {"m": "exp_avg", "v": "exp_avg_sq"}
     per_param_step = False
+    _pickled_attributes = FusedOptimizer._pickled_attributes + ("_global_step",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, switch_rate=0.01, weight_decay=0.0,
                  *, backend="auto", state_dtype=None, capturable=False,
@@ -56,7 +57,11 @@ class DualAdam(FusedOptimizer):
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
                 global_step=self._global_step, **b.hyper, **self.scaling(), **b.precision,
             )
+            self._batch_done(b)
         # the global step advances on every call (also without grads), once all went well
+        self._advance([self._global_step])
+
+    def _partial_step_done(self):
         self._advance([self._global_step])
 
     def state_dict(self):
@@ -72,29 +77,26 @@ class DualAdam(FusedOptimizer):
         for key in ("global_step", "step"):
             if state_dict.get(key) is not None:
                 return state_dict[key]
-        group_steps = {float(g["step"]) for g in state_dict.get("param_groups", []) if g.get("step") is not None}
+        group_steps = {check.step_count(g["step"], "a param group's step")
+                       for g in state_dict.get("param_groups", []) if g.get("step") is not None}
         if len(group_steps) > 1:
             raise ValueError(f"the param groups of the state dict carry different steps {sorted(group_steps)}")
         return group_steps.pop() if group_steps else None
 
-    def load_state_dict(self, state_dict):
+    def _load_state_dict(self, state_dict):
         global_step = self._saved_global_step(state_dict)
         if global_step is None:
             if state_dict.get("state"):
                 warnings.warn(
                     "DualAdam.load_state_dict: no 'global_step' in the state dict (the authors' code does not "
-                    "save it); the step count restarts at 0", RuntimeWarning, stacklevel=2,
+                    "save it); the step count restarts at 0", RuntimeWarning, stacklevel=3,
                 )
             global_step = 0
-        if torch.is_tensor(global_step):
-            global_step = global_step.item()
-        if global_step < 0 or global_step != int(global_step):
-            raise ValueError(f"global_step must be a whole number >= 0, got {global_step}")
-        global_step = int(global_step)
+        global_step = int(check.step_count(global_step, "the state dict's global_step"))
         imported = {k: v for k, v in state_dict.items() if k not in ("global_step", "step")}
         imported["param_groups"] = [{k: v for k, v in g.items() if k != "step"}
                                     for g in state_dict.get("param_groups", [])]
-        super().load_state_dict(imported)
+        super()._load_state_dict(imported)
         self.global_step = global_step
 
 
