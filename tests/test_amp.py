@@ -122,9 +122,10 @@ def test_clipping_outside_the_step_under_a_scaler_equals_the_unscaled_run(name):
         assert torch.equal(p, q)
 
 
-def test_lightning_clips_under_mixed_precision():
-    """Lightning with precision="bf16-mixed" and gradient_clip_val: it refused at the first step
-    while every instance set _step_supports_amp_scaling. Runs where Lightning is installed."""
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_lightning_clips_under_mixed_precision(precision):
+    """Lightning with mixed precision and gradient_clip_val: it refused at the first step while
+    every instance set _step_supports_amp_scaling."""
     lightning = pytest.importorskip("lightning")
 
     class Module(lightning.LightningModule):
@@ -140,7 +141,7 @@ def test_lightning_clips_under_mixed_precision():
             return fused_optim.AdamW(self.parameters(), lr=1e-2)
 
     data = torch.utils.data.DataLoader(_batches(3), batch_size=None)
-    trainer = lightning.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1.0, max_steps=3,
+    trainer = lightning.Trainer(accelerator="cpu", precision=precision, gradient_clip_val=1.0, max_steps=3,
                                 logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 enable_model_summary=False)
     module = Module()
