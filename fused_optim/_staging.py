@@ -22,6 +22,15 @@ def _is_dense(t: torch.Tensor) -> bool:
     return True
 
 
+def shares_one_dense_layout(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether a kernel can walk these tensors (one element index: param, grad, states) by
+    raw address without copies: all contiguous, or one dense layout with the same strides."""
+    if all(t.is_contiguous() for t in tensors):
+        return True
+    first = tensors[0]
+    return _is_dense(first) and all(t.stride() == first.stride() for t in tensors)
+
+
 class Staged:
     """Address lists for one native call. roles[k][i] is role k (param, grad, ...) of element
     index i; `writable` marks the roles the call writes, copied back by finish()."""
@@ -33,10 +42,7 @@ class Staged:
         # fast path: all contiguous (one cheap call per tensor); the general test only for the rest
         contiguous = [all(flags) for flags in zip(*([t.is_contiguous() for t in c] for c in columns))]
         for i, ok in enumerate(contiguous):
-            if ok:
-                continue
-            first = columns[0][i]
-            if _is_dense(first) and all(c[i].stride() == first.stride() for c in columns):
+            if ok or shares_one_dense_layout([c[i] for c in columns]):
                 continue
             for k, column in enumerate(columns):
                 original = column[i]
