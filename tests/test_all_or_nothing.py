@@ -14,6 +14,7 @@ from fused_optim.registry import OPTIMIZERS
 from .helpers import CPU_BACKENDS, assert_unchanged, grads_for, make_params, set_grads, snapshot
 
 BACKENDS = [b for b in CPU_BACKENDS if b != "triton"]  # the Python layer is what is tested
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # (torch < 2.5)
 # the backend function whose second call (group 2's batch) fails in the tests below
 UPDATE_FUNCTION = {"Adam": "adam_step", "AdamW": "adam_step", "AdaMomentum": "adamomentum_step",
                    "DualAdam": "dualadam_step", "InvAdam": "dualadam_step", "Adai": "adai_update",
@@ -134,15 +135,44 @@ def test_out_of_memory_making_the_second_groups_states_changes_nothing(name, bac
     def full_like(*args, **kwargs):
         made.append(1)
         if len(made) > len(opt.state_layout(opt.hyper(opt.param_groups[0], 0))):  # past group 1's states
-            raise torch.OutOfMemoryError("injected: out of memory")
+            raise OutOfMemoryError("injected: out of memory")
         return real_full_like(*args, **kwargs)
 
     monkeypatch.setattr(torch, "full_like", full_like)
-    with pytest.raises(torch.OutOfMemoryError):
+    with pytest.raises(OutOfMemoryError):
         opt.step()
     monkeypatch.undo()
     assert_unchanged(opt, before)
     assert not opt.state
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_out_of_memory_staging_a_strided_param_changes_nothing(name, monkeypatch):
+    """The native kernels need a dense layout: a strided view's param gets contiguous copies,
+    made before the first kernel runs (an error there used to follow group 1's update)."""
+    if not backends.availability("cpu")[0]:
+        pytest.skip("needs the native cpu module")
+    spec = OPTIMIZERS[name]
+    dense = make_params("4097", torch.float32)
+    strided = (torch.randn(16, 24, generator=torch.Generator().manual_seed(3)) * 0.05)[:, ::3].requires_grad_()
+    opt = spec.cls([{"params": dense}, {"params": [strided]}], **spec.cases["default"], backend="cpu")
+    for step in (1, 2):
+        set_grads(dense + [strided], grads_for(dense + [strided], step))
+        if step == 1:
+            opt.step()
+    before = snapshot(opt)
+    real = torch.Tensor.contiguous
+
+    def contiguous(self, *args, **kwargs):
+        if not self.is_contiguous():
+            raise OutOfMemoryError("injected: out of memory")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "contiguous", contiguous)
+    with pytest.raises(OutOfMemoryError):
+        opt.step()
+    monkeypatch.undo()
+    assert_unchanged(opt, before)
 
 
 # ----- memory shared between params ------------------------------------------------------------

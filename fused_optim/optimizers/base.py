@@ -14,6 +14,7 @@ import torch
 from .. import backends
 from .._compat import eager_under_compile_before_2_6
 from .._grad_scaling import skipped
+from .._staging import shares_one_dense_layout
 from ..reference._common import state_dtype_for
 from . import _mixed_precision as mixed
 from . import _validation as check
@@ -64,6 +65,10 @@ class Batch:
     states: Optional[List[Dict[str, Any]]] = None
     # set once the batch's update and its step counters are both written (_batch_done)
     done: bool = False
+    # (tensor, its contiguous copy the kernels update): written back by _batch_done
+    staged: List[tuple] = field(default_factory=list)
+    # (the param's state, the stand-in dict the step sees, holding the staged copies)
+    staged_states: List[tuple] = field(default_factory=list)
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -245,6 +250,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         try:
             for b in batches:
                 b.states = self._states(b)
+                self._stage(b)
             if torch.compiler.is_compiling():
                 self._update(batches)
             else:
@@ -273,10 +279,41 @@ class FusedOptimizer(torch.optim.Optimizer):
         global step there (the unfinished params then skip this step, as params without a grad)."""
 
     def _batch_done(self, batch: Batch) -> None:
-        """The batch's update is written: its bf16 params are rounded from their masters, and
-        it counts as stepped."""
+        """The batch's update is written: staged copies go back to their tensors, bf16 params
+        are rounded from their masters, and it counts as stepped."""
+        for original, copy_ in batch.staged:
+            original.copy_(copy_)
+        copies = {id(c) for _, c in batch.staged}
+        for state, stand_in in batch.staged_states:
+            # what the step set or removed besides the staged tensors
+            for key in [key for key in state if key not in stand_in]:
+                del state[key]
+            state.update({key: value for key, value in stand_in.items() if id(value) not in copies})
         self._this_step["masters"].finish_batch(self, batch)
         batch.done = True
+
+    def _stage(self, batch: Batch) -> None:
+        """The native kernels walk each param's tensors by raw address and need one dense
+        layout for all of them (_staging.py); where a param has none (a strided view), the
+        backends would copy inside the update, where an out-of-memory error could come after
+        another batch was written. So the copies are made here, before the first kernel; the
+        kernels update them and _batch_done writes them back."""
+        if batch.backend == "torch" or torch.compiler.is_compiling():
+            return
+        for i, (p, g, state) in enumerate(zip(batch.params, batch.grads, batch.states)):
+            tensors = {key: local(value) for key, value in state.items()
+                       if key != "step" and torch.is_tensor(value) and value.shape == p.shape}
+            if shares_one_dense_layout([p, g, *tensors.values()]):
+                continue
+            batch.params[i] = p.contiguous()
+            batch.grads[i] = g.contiguous()
+            batch.staged.append((p, batch.params[i]))
+            stand_in = dict(state)
+            for key, value in tensors.items():
+                stand_in[key] = value.contiguous()
+                batch.staged.append((value, stand_in[key]))
+            batch.states[i] = stand_in
+            batch.staged_states.append((state, stand_in))
 
     def _scaling_for(self, batches: List[Batch]) -> Dict[str, Optional[torch.Tensor]]:
         """GradScaler's scale and inf flag for this step, with the clip coefficient folded into
