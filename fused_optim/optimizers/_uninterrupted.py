@@ -23,11 +23,16 @@ class HeldInterrupts:
         self._pending.append((signum, frame))
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._previous = signal.signal(signal.SIGINT, self._hold)
-            except ValueError:  # the main thread of an embedded interpreter may still refuse
-                self._previous = None
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:  # a handler installed outside Python: left alone (it could not be restored)
+            return self
+        try:
+            signal.signal(signal.SIGINT, self._hold)
+        except ValueError:  # the main thread of an embedded interpreter may still refuse
+            return self
+        self._previous = previous
         return self
 
     def __exit__(self, *exc_info):
