@@ -65,6 +65,8 @@ class Batch:
     states: Optional[List[Dict[str, Any]]] = None
     # set once the batch's update and its step counters are both written (_batch_done)
     done: bool = False
+    # positions of params whose param or grad is not contiguous (_collect): what _stage checks
+    strided: List[int] = field(default_factory=list)
     # (tensor, its contiguous copy the kernels update): written back by _batch_done
     staged: List[tuple] = field(default_factory=list)
     # (the param's state, the stand-in dict the step sees, holding the staged copies)
@@ -300,7 +302,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         kernels update them and _batch_done writes them back."""
         if batch.backend == "torch" or torch.compiler.is_compiling():
             return
-        for i, (p, g, state) in enumerate(zip(batch.params, batch.grads, batch.states)):
+        # (states are made with their param's layout, so with contiguous params and grads there
+        # is nothing to stage; a state tensor given another layout by hand is still staged, by
+        # the backend, inside the update)
+        for i in batch.strided:
+            p, g, state = batch.params[i], batch.grads[i], batch.states[i]
             tensors = {key: local(value) for key, value in state.items()
                        if key != "step" and torch.is_tensor(value) and value.shape == p.shape}
             if shares_one_dense_layout([p, g, *tensors.values()]):
@@ -384,17 +390,21 @@ class FusedOptimizer(torch.optim.Optimizer):
                 state = self.state.get(p)
                 if state:
                     self._check_state(p, state, state_dtype)
-                lists = by_kind.setdefault((p.dtype, shard_group(p)), [[], [], []])
+                lists = by_kind.setdefault((p.dtype, shard_group(p)), [[], [], [], []])
                 lists[0].append(local(p))
                 lists[1].append(local(g))
+                if not (lists[0][-1].is_contiguous() and lists[1][-1].is_contiguous()):
+                    lists[3].append(len(lists[2]))  # maybe to be staged (_stage)
                 lists[2].append(p)
             if not by_kind:
                 continue
             backend = backends.choose(self._backend_request, device, group.get("state_dtype"),
                                       group.get("capturable", False))
             impl = backends.operators(backend) if torch.compiler.is_compiling() else backends.implementation(backend)
-            for (_, group_of_shards), (params, grads, keys) in by_kind.items():
-                batches.append(Batch(group, hyper, backend, impl, params, grads, keys, group_of_shards))
+            for (_, group_of_shards), (params, grads, keys, strided) in by_kind.items():
+                batch = Batch(group, hyper, backend, impl, params, grads, keys, group_of_shards)
+                batch.strided = strided
+                batches.append(batch)
         return batches
 
     # ----- state -----------------------------------------------------------------------------
