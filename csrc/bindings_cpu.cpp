@@ -44,7 +44,8 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("vbar"),
         py::arg("num_threads"),
         py::arg("grad_divisor") = 1.0, py::arg("param_mode") = 0,
-        py::arg("seed") = 0u, py::arg("tensor_indices") = std::vector<uint32_t>{});
+        py::arg("seed") = 0u, py::arg("tensor_indices") = std::vector<uint32_t>{},
+        py::arg("v_sum_addresses") = std::vector<uintptr_t>{});
   m.def("adamomentum_step", &adamomentum_step, release, py::arg("lists"), py::arg("numels"),
         py::arg("steps"), py::arg("dtype"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
         py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("amsgrad"),

@@ -36,19 +36,20 @@ SCHEMAS: Dict[str, str] = {
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, *, "
         "Tensor global_step, " + _HYPER_MOMENTS + ", float switch_rate, " + _SCALING + ") -> ()"
     ),
-    # Adai's pass 1 in either form writes nothing (adai_update updates v)
+    # Adai's pass 1 in either form writes nothing (adai_update updates v and the carried sums)
     "adai_second_moment": (
         "(Tensor[] params, Tensor[] grads, Tensor[] exp_avg_sqs, Tensor[] steps, *, float beta2, "
-        "float weight_decay, bool decoupled, " + _SCALING + ") -> Tensor"
+        "float weight_decay, bool decoupled, " + _SCALING + ", Tensor[]? v_sums=None) -> Tensor"
     ),
     "adai_clip_sums": (
         "(Tensor[] params, Tensor[] grads, Tensor[] exp_avg_sqs, Tensor[] steps, *, float beta2, "
-        "float weight_decay, bool decoupled, float norm_type, Tensor? grad_scale=None) -> Tensor"
+        "float weight_decay, bool decoupled, float norm_type, Tensor? grad_scale=None, "
+        "Tensor[]? v_sums=None) -> Tensor"
     ),
     "adai_update": (
         "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor(d!)[] beta1_prods, Tensor[] steps, *, float lr, float beta0, float beta2, float eps, "
-        "float weight_decay, bool decoupled, Tensor vbar, " + _SCALING + ") -> ()"
+        "float weight_decay, bool decoupled, Tensor vbar, " + _SCALING + ", Tensor(e!)[]? v_sums=None) -> ()"
     ),
 }
 

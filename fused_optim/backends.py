@@ -16,11 +16,11 @@ params of one dtype; lists may be long and tensors zero-size or non-contiguous):
     dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta1, beta2, eps,
                   weight_decay, switch_rate, grad_scale=None, found_inf=None)
     adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
-                       grad_scale=None, found_inf=None) -> 0-dim float64 tensor: sum of vhat
+                       grad_scale=None, found_inf=None, v_sums=None) -> 0-dim float64 tensor: sum of vhat
     adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2,
-                eps, weight_decay, decoupled, vbar, grad_scale=None, found_inf=None)
+                eps, weight_decay, decoupled, vbar, grad_scale=None, found_inf=None, v_sums=None)
     adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
-                   norm_type, grad_scale=None) -> float64 tensor of 4: [norm part, c0, c1, c2]
+                   norm_type, grad_scale=None, v_sums=None) -> float64 tensor of 4: [norm part, c0, c1, c2]
                    (reference.adai_clip_sums: Adai's pass 1 when max_grad_norm is set)
 
 - steps: each param's counter, a 0-dim float32 tensor holding the count BEFORE this step
@@ -31,6 +31,11 @@ params of one dtype; lists may be long and tensors zero-size or non-contiguous):
   (nonzero: the step changes nothing).
 - Adai's pass 1 (adai_second_moment, or adai_clip_sums when the grads are clipped) writes
   nothing; adai_update does the whole element update, v included.
+- v_sums: None, or Adai's carried sums (optimizers/adai.py), one 0-dim float64 CPU tensor per
+  param holding sum(exp_avg_sq) as this backend's last update left it, NaN where not known.
+  Only a backend that keeps them gets them (cpu: its pass 1 then reads g alone); its pass 1
+  reads them (exp_avg_sq where NaN) and its adai_update leaves each holding sum(exp_avg_sq),
+  a step skipped by found_inf too. The other backends take the argument and ignore it.
 """
 import importlib
 import os

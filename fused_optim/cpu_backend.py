@@ -6,8 +6,8 @@ so every tensor of one element index (param, grad, states) must share a dense la
 one does not (a strided view, say), that index goes through contiguous staging copies that
 are written back after the call.
 """
-import weakref
-from typing import Dict, List, Optional
+import math
+from typing import List, Optional
 
 import torch
 
@@ -119,52 +119,33 @@ def dualadam_step(
 
 
 # Adai: the native passes split the step differently from the reference (csrc/cpu/adai.cpp):
-# pass 1 reads only the grads and derives sum(v_new) from each tensor's sum(v) carried over
-# from our previous update pass; pass 2 updates v with everything else. The pair has the
-# reference pair's effect; pass 1 alone does not write v.
-# Carried sums are keyed by the exp_avg_sq tensor and valid while its version counter is the
-# one recorded after our write: any other in-place write (the torch backend, user code) bumps
-# it, and load_state_dict makes new tensors, so a stale sum is never used.
-# id(tensor) -> [weakref to it, its version when recorded, sum]; the entry leaves with the
-# tensor. (torch.utils.weak.WeakIdKeyDictionary does the same but costs ~3 us per access.)
-_adai_v_sums: Dict[int, list] = {}
+# pass 1 reads only the grads and derives sum(v_new) from each tensor's sum(v) as our previous
+# update pass left it; pass 2 updates v with everything else and sums the new v. The pair has
+# the reference pair's effect; pass 1 alone does not write v. The sums are the optimizer's
+# state (v_sums, backends.py): NaN where not known, then read from exp_avg_sq here.
 
 
-def _carried_v_sum(v: torch.Tensor) -> Optional[float]:
-    entry = _adai_v_sums.get(id(v))
-    if entry is not None and entry[0]() is v and entry[1] == v._version:
-        return entry[2]
-    return None
-
-
-def _record_v_sum(v: torch.Tensor, total: float) -> None:
-    key = id(v)
-    entry = _adai_v_sums.get(key)
-    if entry is None or entry[0]() is not v:
-        entry = [weakref.ref(v, lambda _, key=key: _adai_v_sums.pop(key, None)), 0, 0.0]
-        _adai_v_sums[key] = entry
-    entry[1] = v._version
-    entry[2] = total
-
-
-def _carried_v_sums(exp_avg_sqs: List[torch.Tensor]) -> List[float]:
-    sums = [_carried_v_sum(v) for v in exp_avg_sqs]
-    missing = [i for i, total in enumerate(sums) if total is None]
+def _v_sum_values(exp_avg_sqs: List[torch.Tensor], v_sums: Optional[List[torch.Tensor]]) -> List[float]:
+    """sum(exp_avg_sq) of each tensor: its carried sum, or where that is not known (NaN, or
+    no v_sums at all) a read of exp_avg_sq."""
+    values = [math.nan] * len(exp_avg_sqs) if v_sums is None else [s.item() for s in v_sums]
+    missing = [i for i, total in enumerate(values) if math.isnan(total)]
     if missing:
         states = [exp_avg_sqs[i] for i in missing]
         staged = Staged([states], [False])
         computed = _cpu.tensor_sums(staged.addresses, staged.numels, _dtype_code(states), num_threads=_threads())
-        for i, value in zip(missing, computed):
-            sums[i] = value
-    return sums
+        for i, total in zip(missing, computed):
+            values[i] = total
+    return values
 
 
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, grad_scale=None,
-                       found_inf=None, param_mode=0, param_extras=None, seed=0, tensor_indices=None) -> torch.Tensor:
+                       found_inf=None, v_sums=None, param_mode=0, param_extras=None, seed=0,
+                       tensor_indices=None) -> torch.Tensor:
     # pass 1 writes nothing, so found_inf needs no check here (adai_update skips)
     staged = _staged([params, grads], param_extras, written=False)
     total = _cpu.adai_vhat_sum(
-        staged.addresses, staged.numels, _new_steps(steps), _carried_v_sums(exp_avg_sqs), _dtype_code(params),
+        staged.addresses, staged.numels, _new_steps(steps), _v_sum_values(exp_avg_sqs, v_sums), _dtype_code(params),
         beta2=beta2, weight_decay=weight_decay, decoupled=decoupled, num_threads=_threads(),
         grad_divisor=_divisor(grad_scale), **_storage(param_mode, seed, tensor_indices),
     )
@@ -172,10 +153,11 @@ def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay
 
 
 def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, norm_type,
-                   grad_scale=None, param_mode=0, param_extras=None, seed=0, tensor_indices=None) -> torch.Tensor:
+                   grad_scale=None, v_sums=None, param_mode=0, param_extras=None, seed=0,
+                   tensor_indices=None) -> torch.Tensor:
     staged = _staged([params, grads], param_extras, written=False)
     sums = _cpu.adai_clip_sums(
-        staged.addresses, staged.numels, _new_steps(steps), _carried_v_sums(exp_avg_sqs), _dtype_code(params),
+        staged.addresses, staged.numels, _new_steps(steps), _v_sum_values(exp_avg_sqs, v_sums), _dtype_code(params),
         beta2=beta2, weight_decay=weight_decay, decoupled=decoupled, norm_type=norm_type, num_threads=_threads(),
         grad_divisor=_divisor(grad_scale), **_storage(param_mode, seed, tensor_indices),
     )
@@ -184,17 +166,22 @@ def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, de
 
 def adai_update(
     params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *,
-    lr, beta0, beta2, eps, weight_decay, decoupled, vbar, grad_scale=None, found_inf=None,
+    lr, beta0, beta2, eps, weight_decay, decoupled, vbar, grad_scale=None, found_inf=None, v_sums=None,
     param_mode=0, param_extras=None, seed=0, tensor_indices=None,
 ) -> None:
+    """Pass 2. With v_sums (0-dim float64 CPU tensors, the optimizer checked them), each one
+    holds sum(exp_avg_sq) afterwards: the native loop stores the sums of the new v there, and
+    a step skipped by found_inf fills in those not known from the unchanged v."""
     if skipped(found_inf):
+        if v_sums is not None:
+            for total, value in zip(v_sums, _v_sum_values(exp_avg_sqs, v_sums)):
+                total.fill_(value)
         return
     staged = _staged([params, grads, exp_avgs, exp_avg_sqs, beta1_prods], param_extras, written=True)
-    v_sums = _cpu.adai_update(
+    _cpu.adai_update(
         staged.addresses, staged.numels, _new_steps(steps), _dtype_code(params), lr=lr, beta0=beta0, beta2=beta2,
         eps=eps, weight_decay=weight_decay, decoupled=decoupled, vbar=float(vbar), num_threads=_threads(),
         grad_divisor=_divisor(grad_scale), **_storage(param_mode, seed, tensor_indices),
+        v_sum_addresses=[] if v_sums is None else [s.data_ptr() for s in v_sums],
     )
     staged.finish()
-    for v, total in zip(exp_avg_sqs, v_sums):
-        _record_v_sum(v, total)

@@ -411,8 +411,13 @@ def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta
                                    float(switch_rate), grad_scale, found_inf), mode)
 
 
+# v_sums (Adai's carried sums of exp_avg_sq, backends.py) are not kept by this backend: its pass 1
+# reads v itself, and Adai drops the sums after its update.
+
+
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
-                       grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None, **mode) -> Tensor:
+                       grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None, v_sums=None,
+                       **mode) -> Tensor:
     """Adai pass 1: the group's sum of the new vhat, a 0-dim float64 tensor on the device.
     Reads g, v (and p with L2) and writes nothing: pass 2 updates v (so found_inf needs no
     check here: pass 2 skips). Deterministic (fixed reduction tree, no atomics)."""
@@ -425,7 +430,7 @@ def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay
 
 
 def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, norm_type,
-                   grad_scale: Optional[Tensor] = None, **mode) -> Tensor:
+                   grad_scale: Optional[Tensor] = None, v_sums=None, **mode) -> Tensor:
     """Adai pass 1 with max_grad_norm (reference: adai_clip_sums): [norm part, c0, c1, c2], a
     float64 tensor of 4 on the device, from one read of g and v (and p with L2); writes
     nothing. Deterministic (fixed reduction trees, no atomics)."""
@@ -441,7 +446,7 @@ def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, de
 
 def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2, eps,
                 weight_decay, decoupled, vbar: Tensor, grad_scale: Optional[Tensor] = None,
-                found_inf: Optional[Tensor] = None, **mode) -> None:
+                found_inf: Optional[Tensor] = None, v_sums=None, **mode) -> None:
     """Adai pass 2, given vbar (0-dim float64 on the device): v, beta1_prod, m and p."""
     _need_module()
     if not params:

@@ -42,7 +42,11 @@ def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, grad_sca
                             global_step=int(global_step.item()) + 1, **hyper)
 
 
-def adai_second_moment(params, grads, exp_avg_sqs, steps, *, grad_scale=None, found_inf=None,
+# v_sums (Adai's carried sums of exp_avg_sq, backends.py) are not kept here: pass 1 reads v
+# itself, and Adai drops the sums after this backend's update.
+
+
+def adai_second_moment(params, grads, exp_avg_sqs, steps, *, grad_scale=None, found_inf=None, v_sums=None,
                        **hyper) -> torch.Tensor:
     """The reference's pass 1 on copies of v: like every backend's pass 1 it writes nothing
     (adai_update runs the v update), so that adai_clip_sums can stand in for it. The copies
@@ -51,12 +55,12 @@ def adai_second_moment(params, grads, exp_avg_sqs, steps, *, grad_scale=None, fo
                                         _new_steps(steps), **hyper)
 
 
-def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, grad_scale=None, **hyper) -> torch.Tensor:
+def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, grad_scale=None, v_sums=None, **hyper) -> torch.Tensor:
     return reference.adai_clip_sums(params, unscaled(grads, grad_scale), exp_avg_sqs, _new_steps(steps), **hyper)
 
 
 def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, grad_scale=None, found_inf=None,
-                lr, beta0, eps, **hyper) -> None:
+                v_sums=None, lr, beta0, eps, **hyper) -> None:
     if skipped(found_inf):
         return
     grads = unscaled(grads, grad_scale)

@@ -376,8 +376,13 @@ def _(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, grad_sc
     return torch.empty((), dtype=torch.float64, device=device)
 
 
+# v_sums (Adai's carried sums of exp_avg_sq, backends.py) are not kept by this backend: its pass 1
+# reads v itself, and Adai drops the sums after its update.
+
+
 def adai_second_moment(
-    params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, grad_scale=None, found_inf=None, **mode,
+    params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, grad_scale=None, found_inf=None,
+    v_sums=None, **mode,
 ) -> torch.Tensor:
     """Sum over every element of every tensor of vhat_new = (beta2 v + (1-beta2) g_eff^2) /
     (1 - beta2^t), a 0-dim fp64 tensor on the params' device. Does NOT write v: adai_update
@@ -435,7 +440,7 @@ def _(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, norm_ty
 
 
 def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, norm_type,
-                   grad_scale=None, **mode) -> torch.Tensor:
+                   grad_scale=None, v_sums=None, **mode) -> torch.Tensor:
     """Adai's pass 1 with max_grad_norm (reference: adai_clip_sums): [norm part, c0, c1, c2],
     a float64 tensor of 4 on the device, from one read of g and v (and p with L2); writes
     nothing. Deterministic (fixed-order sums, no atomics)."""
@@ -502,7 +507,7 @@ def _(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, lr, beta0, beta2
 
 def adai_update(
     params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2, eps, weight_decay,
-    decoupled, vbar, grad_scale=None, found_inf=None, **mode,
+    decoupled, vbar, grad_scale=None, found_inf=None, v_sums=None, **mode,
 ) -> None:
     _run(
         _adai_update_op, _adai_update_launch, (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),

@@ -53,16 +53,17 @@ def test_bad_scalars():
         _adam(lists, [-1])
 
 
-def test_adai_flushes_denormals_only_inside_the_call():
-    """The Adai update pass runs with flush-to-zero (beta1_prod decays through denormals);
-    the caller's floating-point mode is restored afterwards."""
+def test_adai_stores_subnormal_beta1_prod_as_zero_and_leaves_the_callers_mode():
+    """The Adai update pass stores a beta1_prod below the smallest normal float as 0 (x86
+    multiplies subnormals slowly; csrc/cpu/adai.cpp); the caller keeps its floating-point
+    mode, subnormals included."""
     tiny = torch.tensor([1e-39], dtype=torch.float32)
     assert float(tiny * 1.0) != 0.0  # this thread keeps denormals
     p = torch.zeros(1000, requires_grad=True)
     opt = fused_optim.Adai([p], lr=0.1, backend="cpu")
     p.grad = torch.ones(1000)
     opt.step()
-    opt.state[p]["beta1_prod"].fill_(1e-39)  # denormal: flushed in the next update
+    opt.state[p]["beta1_prod"].fill_(1e-39)  # subnormal: stored as 0 by the next update
     opt.step()
     assert torch.equal(opt.state[p]["beta1_prod"], torch.zeros(1000))
     assert float(tiny * 1.0) != 0.0

@@ -3,6 +3,7 @@ reference over several steps, on params and every state tensor."""
 import pytest
 import torch
 
+from fused_optim.optimizers.adai import V_SUM
 from fused_optim.registry import OPTIMIZERS
 
 from . import tolerances
@@ -39,10 +40,13 @@ def test_parity_with_fp64_reference(name, case, backend, dtype, layout):
         _, param_atol = tolerances.param_tolerance(name, dtype, q.detach())
         srtol, satol = tolerances.state_tolerance(name, dtype, kwargs.get("weight_decay", 0.0), param_atol)
         state, expected = opt.state[p], oracle.state[q]
-        assert state.keys() == expected.keys()
+        # Adai's carried sum of exp_avg_sq is the cpu backend's alone (tests/test_cpu_regimes.py)
+        assert state.keys() - {V_SUM} == expected.keys()
         for key in spec.state_names:
             assert key in state
         for key, value in state.items():
+            if key == V_SUM:
+                continue
             if key == "step":
                 assert float(value) == float(expected[key])
                 continue

@@ -260,8 +260,9 @@ def test_auto_on_a_device_without_native_backend_warns_once_and_uses_torch():
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="the native cpu backend is not built")
 @pytest.mark.parametrize("how", ["in_place_write", "load_state_dict", "torch_backend_step"])
 def test_adai_cpu_sees_every_outside_change_of_exp_avg_sq(how):
-    """The cpu backend carries sum(exp_avg_sq) between steps (csrc/cpu/adai.cpp); any change
-    made elsewhere must invalidate it, or the global mean would be stale."""
+    """The cpu backend carries sum(exp_avg_sq) between steps as state (exp_avg_sq_sum); every
+    change made elsewhere must drop it, or the global mean would be stale: load_state_dict and
+    another backend's step do, an in-place edit by hand deletes it (as the Adai docstring says)."""
     params = make_params("4097", torch.float32) + make_params("7", torch.float32, seed=4)
     twins = [p.detach().clone().requires_grad_() for p in params]
     opt = fused_optim.Adai(params, lr=0.5, backend="cpu")
@@ -274,6 +275,7 @@ def test_adai_cpu_sees_every_outside_change_of_exp_avg_sq(how):
             if how == "in_place_write":
                 for o, ps in ((opt, params), (ref, twins)):
                     o.state[ps[0]]["exp_avg_sq"].mul_(4.0)
+                del opt.state[params[0]]["exp_avg_sq_sum"]
             elif how == "load_state_dict":
                 sd = ref.state_dict()
                 opt.load_state_dict(sd)

@@ -8,6 +8,9 @@
 // pass 1 = v update, pass 2 = the rest.
 #include "fused_optim/math/adai.h"
 
+#include <cmath>
+#include <limits>
+
 #include "ops.h"
 #include "adai_checks.h"
 #include "param_access.h"
@@ -33,6 +36,18 @@ FO_CPU_CLONES double sum_chunk(const T* __restrict x, int64_t n) {
   return lane_sum(n, [&](int64_t i) { return x[i]; });
 }
 
+// beta1_prod below the smallest normal T is stored as 0. It is a product of factors <= 1 - eps,
+// so once it falls there it stays there, and 1 - beta1_prod, the only use of it, is exactly 1
+// either way: params and the other states are the reference's, and beta1_prod differs from
+// it by less than that smallest normal. Kept subnormal, it would be multiplied every step for
+// thousands of steps at beta1 near 1 - eps, and x86 cores multiply subnormals in slow
+// microcode: a 1M-element step took 2.4-3.3x as long (bench/NOTES.md). The rest of the
+// arithmetic is IEEE, subnormals included, as in torch.
+template <class T>
+FO_INLINE T normal_or_zero(T x) {
+  return std::fabs(x) < std::numeric_limits<T>::min() ? T(0) : x;
+}
+
 template <int DECAY, int MODE, class P, class T = math_t<P>>
 FO_CPU_CLONES void adai_update_chunk(P* __restrict p, const P* __restrict g, T* __restrict m,
                                      T* __restrict v, T* __restrict beta1_prod, int64_t n,
@@ -46,7 +61,7 @@ FO_CPU_CLONES void adai_update_chunk(P* __restrict p, const P* __restrict g, T* 
     store_param<MODE>(p, x, i, pi);
     m[i] = mi;
     v[i] = vi;
-    beta1_prod[i] = bpi;
+    beta1_prod[i] = normal_or_zero(bpi);
   }
 }
 
@@ -96,7 +111,8 @@ std::vector<double> adai_update(const AddressLists& lists, const std::vector<int
                                 double beta0, double beta2, double eps, double weight_decay,
                                 bool decoupled, double vbar, int num_threads,
                                 double grad_divisor, int param_mode, uint32_t seed,
-                                const std::vector<uint32_t>& tensor_indices) {
+                                const std::vector<uint32_t>& tensor_indices,
+                                const std::vector<uintptr_t>& v_sum_addresses) {
   const char* op = "adai_update";
   const DType pd = parse_dtype(op, dtype), sd = state_dtype_for(pd);
   std::vector<DType> roles{pd, pd, sd, sd, sd};
@@ -104,6 +120,10 @@ std::vector<double> adai_update(const AddressLists& lists, const std::vector<int
   check_lists(op, lists, roles, numels);
   check_per_tensor(op, "steps", steps.size(), numels.size());
   check_threads(op, num_threads);
+  if (!v_sum_addresses.empty()) {
+    check_per_tensor(op, "v_sum_addresses", v_sum_addresses.size(), numels.size());
+    check_lists(op, {v_sum_addresses}, {DType::kFloat64}, std::vector<int64_t>(numels.size(), 1));
+  }
 
   return dispatch_param_dtype(pd, [&](auto tag) {
     using P = decltype(tag);
@@ -125,10 +145,12 @@ std::vector<double> adai_update(const AddressLists& lists, const std::vector<int
           // the new v of the chunk is still in cache (256 KB): summing it costs no memory
           // traffic, and a separate loop keeps both loops simple enough to vectorize
           partials[size_t(c)] = sum_chunk(v, s.size);
-        }, /*flush_denormals=*/true);
+        });
       });
     });
-    return per_tensor_sums(plan, partials);
+    std::vector<double> sums = per_tensor_sums(plan, partials);
+    for (size_t t = 0; t < v_sum_addresses.size(); ++t) *address<double>(v_sum_addresses[t], 0) = sums[t];
+    return sums;
   });
 }
 

@@ -51,18 +51,32 @@ void check_lists(const char* op, const AddressLists& lists, const std::vector<DT
   }
 }
 
-DenormalFlush::DenormalFlush(bool enable) : enabled_(enable) {
+namespace {
+constexpr unsigned kDenormalBits = 0x8040u;  // FTZ (bit 15) | DAZ (bit 6)
+}  // namespace
+
+unsigned denormal_mode() {
 #ifdef FO_HAVE_MXCSR
-  if (enabled_) {
-    saved_ = _mm_getcsr();
-    _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
-  }
+  return _mm_getcsr() & kDenormalBits;
+#else
+  return 0;
 #endif
 }
 
-DenormalFlush::~DenormalFlush() {
+FollowDenormalMode::FollowDenormalMode(unsigned mode) {
 #ifdef FO_HAVE_MXCSR
-  if (enabled_) _mm_setcsr(saved_);
+  saved_ = _mm_getcsr();
+  const unsigned wanted = (saved_ & ~kDenormalBits) | mode;
+  changed_ = wanted != saved_;
+  if (changed_) _mm_setcsr(wanted);
+#else
+  (void)mode;
+#endif
+}
+
+FollowDenormalMode::~FollowDenormalMode() {
+#ifdef FO_HAVE_MXCSR
+  if (changed_) _mm_setcsr(saved_);
 #endif
 }
 

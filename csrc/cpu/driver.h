@@ -33,32 +33,39 @@ struct ChunkPlan {
 };
 ChunkPlan plan_chunks(const std::vector<int64_t>& numels);
 
-// Flush-to-zero and denormals-are-zero for the current thread while it lives (x86 MXCSR;
-// a no-op elsewhere). Adai's beta1_prod decays through the fp32 denormal range, where x86
-// cores take slow microcode assists; flushing changes results only below 1.2e-38.
-class DenormalFlush {
+// The flush-to-zero and denormals-are-zero bits of the calling thread's floating-point
+// control (x86 MXCSR, set e.g. by torch.set_flush_denormal; 0 elsewhere, where there is no
+// such mode).
+unsigned denormal_mode();
+
+// Gives the current thread the denormal mode `mode` (denormal_mode() of the caller) while it
+// lives, then restores the thread's own. MXCSR is per thread and OpenMP workers do not inherit
+// the caller's: without this, a caller that flushes denormals would flush only in the chunks
+// it runs itself, and results would depend on the thread count.
+class FollowDenormalMode {
  public:
-  explicit DenormalFlush(bool enable);
-  ~DenormalFlush();
-  DenormalFlush(const DenormalFlush&) = delete;
-  DenormalFlush& operator=(const DenormalFlush&) = delete;
+  explicit FollowDenormalMode(unsigned mode);
+  ~FollowDenormalMode();
+  FollowDenormalMode(const FollowDenormalMode&) = delete;
+  FollowDenormalMode& operator=(const FollowDenormalMode&) = delete;
 
  private:
-  bool enabled_;
   unsigned saved_ = 0;
+  bool changed_ = false;
 };
 
 // Runs body(ChunkSpan, chunk_index) for every chunk of the list on num_threads OpenMP threads.
 // Lists with little work stay on the calling thread: waking the pool costs more than it saves.
 template <class Body>
 void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, int num_threads,
-                    Body&& body, bool flush_denormals = false) {
+                    Body&& body) {
   const int64_t nchunks = plan.total();
   const int64_t ntensors = int64_t(numels.size());
   const bool parallel = nchunks > 1 && num_threads > 1;
+  const unsigned mode = denormal_mode();
 #pragma omp parallel num_threads(num_threads) if (parallel)
   {
-    const DenormalFlush flush(flush_denormals);  // MXCSR is per thread
+    const FollowDenormalMode follow(mode);  // every thread computes as the caller does
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < nchunks; ++c) {
       body(locate_chunk(plan.prefix.data(), numels.data(), ntensors, kChunkElems, c), c);

@@ -30,13 +30,15 @@ double adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& nume
                int param_mode = 0, uint32_t seed = 0, const std::vector<uint32_t>& tensor_indices = {});
 
 // Adai pass 2. lists: param, grad, exp_avg, exp_avg_sq, beta1_prod. Returns each tensor's
-// sum of the new exp_avg_sq, the v_sums of the next step.
+// sum of the new exp_avg_sq, the v_sums of the next step, and stores them at v_sum_addresses
+// too when that is not empty (one double per tensor: the optimizer's exp_avg_sq_sum states).
 std::vector<double> adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
                                 const std::vector<double>& steps, int dtype, double lr,
                                 double beta0, double beta2, double eps, double weight_decay,
                                 bool decoupled, double vbar, int num_threads,
                                 double grad_divisor,
-               int param_mode = 0, uint32_t seed = 0, const std::vector<uint32_t>& tensor_indices = {});
+               int param_mode = 0, uint32_t seed = 0, const std::vector<uint32_t>& tensor_indices = {},
+               const std::vector<uintptr_t>& v_sum_addresses = {});
 
 // Adai pass 1 when max_grad_norm clips the grads (reference: adai_clip_sums). lists: param,
 // grad; v_sums as for adai_vhat_sum. Returns {norm part, c0, c1, c2}: the group's part of the

@@ -10,9 +10,21 @@ from ._clipping import NORM_EPS, clip_settings
 from ._sharding import global_clip_sums, global_mean
 from .base import FusedOptimizer
 
+# The state key of a param's sum(exp_avg_sq) as the last update pass of a backend that keeps
+# it left it (a 0-dim float64 CPU tensor): the cpu backend's pass 1 then reads only the grads
+# (csrc/cpu/adai.cpp). Only the cpu backend keeps it: the others read exp_avg_sq in their own
+# pass 1, so keeping it would cost them one more read of it per step (and on a GPU a wait for
+# the device) for nothing; after their update it is dropped, and the next cpu step reads
+# exp_avg_sq once.
+V_SUM = "exp_avg_sq_sum"
+_KEEPS_V_SUM = ("cpu",)
+
 
 class Adai(FusedOptimizer):
-    """State: step, exp_avg, exp_avg_sq, beta1_prod (starts at ones), as in the authors' code.
+    """State: step, exp_avg, exp_avg_sq, beta1_prod (starts at ones), as in the authors' code;
+    with the cpu backend also exp_avg_sq_sum, the sum of exp_avg_sq (0-dim float64) that its
+    next step starts from instead of reading exp_avg_sq. Editing exp_avg_sq in place leaves
+    that sum as it was: delete state[p]["exp_avg_sq_sum"] afterwards to have it read again.
     lr is SGD-scale (0.1-1). eps bounds the inertia (beta1 <= 1 - eps); it is not a denominator
     term. decoupled=False: L2 (g_eff = g + wd p, p.grad itself is not modified);
     decoupled=True (AdaiW): p *= 1 - lr wd before the update."""
@@ -24,6 +36,10 @@ class Adai(FusedOptimizer):
     math_dtype_states = ("beta1_prod",)
     # with max_grad_norm, Adai's reduction pass also takes the grad norm (_clipped_mean_vhat)
     fuses_grad_norm = True
+    # betas[0] is beta0, the inertia's scale, not a momentum for OneCycleLR/CyclicLR to cycle
+    hidden_from_schedulers = ("betas",)
+    # betas[0] is beta0, not a momentum: OneCycleLR/CyclicLR must not cycle it (base.py)
+    hidden_from_schedulers = ("betas",)
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=False,
                  *, backend="auto", state_dtype=None, capturable=False,
@@ -52,29 +68,54 @@ class Adai(FusedOptimizer):
         if not batches:
             return
         max_norm, norm_type, _ = clip_settings(self.param_groups, type(self).__name__)
-        work = [(b, states, self._column(states, "step")) for b in batches for states in [self._states(b)]]
+        work = [(b, states, self._column(states, "step"), _carried_sums(b, states))
+                for b in batches for states in [self._states(b)]]
         if max_norm is None:
             vbar = self._mean_vhat(work)
         else:
             vbar = self._clipped_mean_vhat(work, norm_type)
         scaling = self.scaling()
-        for b, states, steps in work:
+        for b, states, steps, v_sums in work:
             b.impl.adai_update(
                 b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
-                self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper, **scaling, **b.precision,
+                self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper, **scaling, v_sums=v_sums,
+                **b.precision,
             )
+            _keep_sums(states, v_sums)
             self._commit_steps(b, states)
+
+    def _load_state_dict(self, state_dict):
+        """The carried sums are one number per param, not states of its shape: taken out before
+        the base class checks and converts the states, and put back where the loaded
+        exp_avg_sq is the one that was summed. A dict without them (the authors', torch's, an
+        older one of ours), or whose exp_avg_sq is converted to another dtype on loading,
+        leaves them to be read from exp_avg_sq at the next cpu step."""
+        sums, stripped = {}, dict(state_dict)
+        if isinstance(state_dict.get("state"), dict):
+            stripped["state"] = {}
+            for param_id, saved in state_dict["state"].items():
+                if isinstance(saved, dict) and V_SUM in saved:
+                    sums[param_id] = (_loaded_sum(saved[V_SUM], param_id), saved.get("exp_avg_sq"))
+                    saved = {key: value for key, value in saved.items() if key != V_SUM}
+                stripped["state"][param_id] = saved
+        super()._load_state_dict(stripped)
+        for saved_group, group in zip(state_dict["param_groups"], self.param_groups):
+            for param_id, p in zip(saved_group["params"], group["params"]):
+                total, summed = sums.get(param_id, (None, None))
+                v = self.state[p].get("exp_avg_sq") if total is not None else None
+                if v is not None and torch.is_tensor(summed) and summed.dtype == v.dtype:
+                    self.state[p][V_SUM] = total
 
     def _mean_vhat(self, work):
         """Pass 1 over every batch of every group: the mean of vhat over every element of every
         param with a grad, on all ranks when params are sharded (sums in a fixed order)."""
         parts = []
-        for b, states, steps in work:
+        for b, states, steps, v_sums in work:
             h = b.hyper
             part = b.impl.adai_second_moment(
                 b.params, b.grads, self._column(states, "exp_avg_sq"), steps,
                 beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"], **self.scaling(),
-                **b.precision,
+                v_sums=v_sums, **b.precision,
             )
             parts.append((b.shard_group, part, sum(p.numel() for p in b.params)))
         return global_mean(parts)
@@ -90,24 +131,65 @@ class Adai(FusedOptimizer):
         coefficient into the scaling of the update pass."""
         grad_scale = self.scaling()["grad_scale"]
         parts = []
-        for b, states, steps in work:
+        for b, states, steps, v_sums in work:
             h = b.hyper
             sums = b.impl.adai_clip_sums(
                 b.params, b.grads, self._column(states, "exp_avg_sq"), steps, beta2=h["beta2"],
                 weight_decay=h["weight_decay"], decoupled=h["decoupled"], norm_type=norm_type, grad_scale=grad_scale,
-                **b.precision,
+                v_sums=v_sums, **b.precision,
             )
             parts.append((b.shard_group, sums, sum(p.numel() for p in b.params)))
         totals, count = global_clip_sums(parts, norm_type)
         norm = totals[0] if math.isinf(norm_type) else totals[0].pow(1.0 / norm_type)
         # the dtype clip_grad_norm_'s norm has (torch._foreach_norm's: fp32 unless grads are fp64)
-        fp64 = any(b.params and b.grads[0].dtype == torch.float64 for b, _, _ in work)
+        fp64 = any(b.params and b.grads[0].dtype == torch.float64 for b, *_ in work)
         norm = norm.to(torch.float64 if fp64 else torch.float32)
-        self._this_step["scaling"] = self._clipped_scaling(norm, [b for b, _, _ in work])
+        self._this_step["scaling"] = self._clipped_scaling(norm, [b for b, *_ in work])
         max_norm = clip_settings(self.param_groups, type(self).__name__)[0]
         c = torch.clamp(max_norm / (norm.to(torch.float64) + NORM_EPS), max=1.0)
         vhat_sum = totals[1] + c * totals[2] + c * c * totals[3]
         return vhat_sum / count if not (isinstance(count, int) and count == 0) else vhat_sum
+
+
+def _carried_sums(batch, states):
+    """The carried sums of a batch whose backend keeps them, with a new one holding NaN ("not
+    known") where a param has none; None for the other backends, and for sharded params (a
+    shard's sum would be saved as a replicated value by torch.distributed.checkpoint and could
+    be loaded onto another sharding). Checked here, before any kernel runs: the native update
+    stores 8 bytes at each one."""
+    if batch.backend not in _KEEPS_V_SUM or batch.shard_group is not None:
+        return None
+    sums = []
+    for state in states:
+        total = state.get(V_SUM)
+        if total is None:
+            total = torch.full((), math.nan, dtype=torch.float64)
+        elif not (torch.is_tensor(total) and total.dtype is torch.float64 and total.dim() == 0 and total.is_cpu):
+            raise ValueError(f"Adai: state {V_SUM!r} must be a 0-dim float64 CPU tensor, the sum of exp_avg_sq "
+                             f"(got {total!r}); delete it to have it read from exp_avg_sq")
+        sums.append(total)
+    return sums
+
+
+def _keep_sums(states, v_sums) -> None:
+    """Right after a batch's update: the sums it wrote are state; a backend that keeps none has
+    changed exp_avg_sq without them, so any are dropped."""
+    if v_sums is None:
+        for state in states:
+            state.pop(V_SUM, None)
+    else:
+        for state, total in zip(states, v_sums):
+            state[V_SUM] = total
+
+
+def _loaded_sum(value, param_id) -> torch.Tensor:
+    """A saved carried sum as state: a copy, 0-dim float64 on the CPU."""
+    if not (torch.is_tensor(value) and value.numel() == 1 and value.is_floating_point()):
+        raise ValueError(f"the state dict's {V_SUM!r} of param {param_id!r} must be a one-element floating-point "
+                         f"tensor, got {value!r}")
+    return value.detach().to(device="cpu", dtype=torch.float64).reshape(()).clone()
+
+
 class AdaiW(Adai):
     """Adai with decoupled weight decay (decoupled=True by default)."""
 

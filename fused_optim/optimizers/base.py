@@ -420,8 +420,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             if self._checked_states.get(id(state)) == signature:
                 return
         where = p.get_device()
+        # what the kernels read element by element; other entries (the step, Adai's carried
+        # sum: one number per param) have shapes of their own
+        elementwise = {*self.state_initial_values, "max_exp_avg_sq", *mixed.STATE_DTYPES}
         for key, value in state.items():
-            if key == "step" or not torch.is_tensor(value):
+            if key not in elementwise or not torch.is_tensor(value):
                 continue
             want = self._state_dtype(p, key, state_dtype)
             if value.shape != p.shape or value.dtype != want or value.get_device() != where:
