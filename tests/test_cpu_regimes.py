@@ -208,6 +208,25 @@ def test_adai_edit_through_data_then_deleting_the_sum_gives_the_reference():
     _assert_matches_reference(opt, params, ref, twins)
 
 
+@pytest.mark.parametrize("edit", ["mul_", "zero_", "replace"])
+def test_adai_in_place_torch_writes_to_exp_avg_sq_are_seen(edit):
+    """A torch op that writes exp_avg_sq (resetting the moments, scaling them) or a new tensor
+    in its place makes the next step read exp_avg_sq: no stale sum, nothing to delete."""
+    params, opt, twins, ref = _adai_twins()
+    for step in range(1, 3):
+        _step_pair(opt, params, ref, twins, grads_for(params, step))
+    for o, ps in ((opt, params), (ref, twins)):
+        state = o.state[ps[0]]
+        if edit == "mul_":
+            state["exp_avg_sq"].mul_(100.0)
+        elif edit == "zero_":
+            state["exp_avg_sq"].zero_()
+        else:
+            state["exp_avg_sq"] = state["exp_avg_sq"] * 3.0
+    _step_pair(opt, params, ref, twins, grads_for(params, 3))
+    _assert_matches_reference(opt, params, ref, twins)
+
+
 def _roundtrip(state_dict):
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)

@@ -23,8 +23,10 @@ _KEEPS_V_SUM = ("cpu",)
 class Adai(FusedOptimizer):
     """State: step, exp_avg, exp_avg_sq, beta1_prod (starts at ones), as in the authors' code;
     with the cpu backend also exp_avg_sq_sum, the sum of exp_avg_sq (0-dim float64) that its
-    next step starts from instead of reading exp_avg_sq. Editing exp_avg_sq in place leaves
-    that sum as it was: delete state[p]["exp_avg_sq_sum"] afterwards to have it read again.
+    next step starts from instead of reading exp_avg_sq. A torch op that writes exp_avg_sq in
+    place (zero_, mul_, copy_) or a new exp_avg_sq tensor makes the next step read it again; a
+    write torch does not see (through .data, a numpy view) does not: delete
+    state[p]["exp_avg_sq_sum"] after one.
     lr is SGD-scale (0.1-1). eps bounds the inertia (beta1 <= 1 - eps); it is not a denominator
     term. decoupled=False: L2 (g_eff = g + wd p, p.grad itself is not modified);
     decoupled=True (AdaiW): p *= 1 - lr wd before the update."""
@@ -37,8 +39,6 @@ class Adai(FusedOptimizer):
     # with max_grad_norm, Adai's reduction pass also takes the grad norm (_clipped_mean_vhat)
     fuses_grad_norm = True
     # betas[0] is beta0, the inertia's scale, not a momentum for OneCycleLR/CyclicLR to cycle
-    hidden_from_schedulers = ("betas",)
-    # betas[0] is beta0, not a momentum: OneCycleLR/CyclicLR must not cycle it (base.py)
     hidden_from_schedulers = ("betas",)
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=False,
@@ -64,11 +64,19 @@ class Adai(FusedOptimizer):
             decoupled=check.flag("decoupled", group["decoupled"], index),
         )
 
+    def _init_transient(self):
+        super()._init_transient()
+        # id(state) -> (id, address, version) of the exp_avg_sq its carried sum was taken of:
+        # an in-place write through torch (zero_, mul_, copy_) or a new tensor makes the sum
+        # stale, and the next cpu step then reads exp_avg_sq again. (Only for this: a copy of
+        # the optimizer starts without it and reads each exp_avg_sq once.)
+        self._v_sum_of = {}
+
     def _update(self, batches):
         if not batches:
             return
         max_norm, norm_type, _ = clip_settings(self.param_groups, type(self).__name__)
-        work = [(b, states, self._column(states, "step"), _carried_sums(b, states))
+        work = [(b, states, self._column(states, "step"), self._carried_sums(b, states))
                 for b in batches for states in [self._states(b)]]
         if max_norm is None:
             vbar = self._mean_vhat(work)
@@ -81,7 +89,7 @@ class Adai(FusedOptimizer):
                 self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper, **scaling, v_sums=v_sums,
                 **b.precision,
             )
-            _keep_sums(states, v_sums)
+            self._keep_sums(states, v_sums)
             self._commit_steps(b, states)
 
     def _load_state_dict(self, state_dict):
@@ -104,7 +112,7 @@ class Adai(FusedOptimizer):
                 total, summed = sums.get(param_id, (None, None))
                 v = self.state[p].get("exp_avg_sq") if total is not None else None
                 if v is not None and torch.is_tensor(summed) and summed.dtype == v.dtype:
-                    self.state[p][V_SUM] = total
+                    self._keep_sums([self.state[p]], [total])
 
     def _mean_vhat(self, work):
         """Pass 1 over every batch of every group: the mean of vhat over every element of every
@@ -150,36 +158,42 @@ class Adai(FusedOptimizer):
         vhat_sum = totals[1] + c * totals[2] + c * c * totals[3]
         return vhat_sum / count if not (isinstance(count, int) and count == 0) else vhat_sum
 
-
-def _carried_sums(batch, states):
-    """The carried sums of a batch whose backend keeps them, with a new one holding NaN ("not
-    known") where a param has none; None for the other backends, and for sharded params (a
-    shard's sum would be saved as a replicated value by torch.distributed.checkpoint and could
-    be loaded onto another sharding). Checked here, before any kernel runs: the native update
-    stores 8 bytes at each one."""
-    if batch.backend not in _KEEPS_V_SUM or batch.shard_group is not None:
-        return None
-    sums = []
-    for state in states:
-        total = state.get(V_SUM)
-        if total is None:
-            total = torch.full((), math.nan, dtype=torch.float64)
-        elif not (torch.is_tensor(total) and total.dtype is torch.float64 and total.dim() == 0 and total.is_cpu):
-            raise ValueError(f"Adai: state {V_SUM!r} must be a 0-dim float64 CPU tensor, the sum of exp_avg_sq "
-                             f"(got {total!r}); delete it to have it read from exp_avg_sq")
-        sums.append(total)
-    return sums
-
-
-def _keep_sums(states, v_sums) -> None:
-    """Right after a batch's update: the sums it wrote are state; a backend that keeps none has
-    changed exp_avg_sq without them, so any are dropped."""
-    if v_sums is None:
+    def _carried_sums(self, batch, states):
+        """The carried sums of a batch whose backend keeps them, with a new one holding NaN
+        ("not known") where a param has none or its exp_avg_sq changed since (_v_sum_of); None
+        for the other backends, and for sharded params (a shard's sum would be saved as a
+        replicated value by torch.distributed.checkpoint and could be loaded onto another
+        sharding). Checked here, before any kernel runs: the native update stores 8 bytes at
+        each one."""
+        if batch.backend not in _KEEPS_V_SUM or batch.shard_group is not None:
+            return None
+        sums = []
         for state in states:
-            state.pop(V_SUM, None)
-    else:
-        for state, total in zip(states, v_sums):
-            state[V_SUM] = total
+            total = state.get(V_SUM)
+            if total is not None and not (torch.is_tensor(total) and total.dtype is torch.float64
+                                          and total.dim() == 0 and total.is_cpu):
+                raise ValueError(f"Adai: state {V_SUM!r} must be a 0-dim float64 CPU tensor, the sum of exp_avg_sq "
+                                 f"(got {total!r}); delete it to have it read from exp_avg_sq")
+            if total is None or self._v_sum_of.get(id(state)) != _identity(state["exp_avg_sq"]):
+                total = torch.full((), math.nan, dtype=torch.float64)
+            sums.append(total)
+        return sums
+
+    def _keep_sums(self, states, v_sums) -> None:
+        """Right after a batch's update: the sums it wrote are state; a backend that keeps none
+        has changed exp_avg_sq without them, so any are dropped."""
+        if v_sums is None:
+            for state in states:
+                state.pop(V_SUM, None)
+                self._v_sum_of.pop(id(state), None)
+        else:
+            for state, total in zip(states, v_sums):
+                state[V_SUM] = total
+                self._v_sum_of[id(state)] = _identity(state["exp_avg_sq"])
+
+
+def _identity(v: torch.Tensor) -> tuple:
+    return id(v), v.data_ptr(), v._version
 
 
 def _loaded_sum(value, param_id) -> torch.Tensor:

@@ -308,7 +308,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for i in batch.strided:
             p, g, state = batch.params[i], batch.grads[i], batch.states[i]
             tensors = {key: local(value) for key, value in state.items()
-                       if key != "step" and torch.is_tensor(value) and value.shape == p.shape}
+                       if key in self._elementwise_states and torch.is_tensor(value)}
             if shares_one_dense_layout([p, g, *tensors.values()]):
                 continue
             batch.params[i] = p.contiguous()
@@ -420,11 +420,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             if self._checked_states.get(id(state)) == signature:
                 return
         where = p.get_device()
-        # what the kernels read element by element; other entries (the step, Adai's carried
-        # sum: one number per param) have shapes of their own
-        elementwise = {*self.state_initial_values, "max_exp_avg_sq", *mixed.STATE_DTYPES}
         for key, value in state.items():
-            if key not in elementwise or not torch.is_tensor(value):
+            if key not in self._elementwise_states or not torch.is_tensor(value):
                 continue
             want = self._state_dtype(p, key, state_dtype)
             if value.shape != p.shape or value.dtype != want or value.get_device() != where:
@@ -436,6 +433,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                 )
         if not compiling:
             self._checked_states[id(state)] = signature
+
+    @property
+    def _elementwise_states(self) -> set:
+        """The states the kernels read element by element, each of its param's shape; other
+        entries (the step, Adai's carried sum: one number per param) have shapes of their own."""
+        return {*self.state_initial_values, "max_exp_avg_sq", *mixed.STATE_DTYPES}
 
     def _state_dtype(self, p: torch.Tensor, key: str, state_dtype) -> torch.dtype:
         if key in mixed.STATE_DTYPES:
@@ -587,7 +590,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """A loaded state must be one the step can use: a whole, finite, non-negative step
         count, and the tensor states as tensors of the param's shape (torch.optim would take
         any of these and fail at the next step, or step with NaN)."""
-        tensor_states = {*self.state_initial_values, "max_exp_avg_sq", *mixed.STATE_DTYPES}
+        tensor_states = self._elementwise_states
         for key, value in saved.items():
             if key == "step" and self.per_param_step:
                 check.step_count(value, f"the state dict's step of {where}")
