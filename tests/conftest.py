@@ -22,3 +22,20 @@ def pytest_runtest_logreport(report):
         return
     with open(path, "a") as f:
         f.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n\n")
+
+
+# Where the suite's time goes on a 2-core machine: kernels run by Triton's interpreter in numpy,
+# processes started per test (distributed ranks, wheel builds, examples), torch.compile and
+# nvcc. `pytest -m "not slow"` leaves these out (README: the fast selection).
+SLOW_FILES = {"test_triton_backend.py", "test_distributed.py", "test_compile.py", "test_manylinux_wheel.py",
+              "test_wheel.py", "test_examples.py", "test_device_headers.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    slow = pytest.mark.slow
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.path.name in SLOW_FILES or params.get("backend") == "triton":
+            item.add_marker(slow)

@@ -167,6 +167,9 @@ class Adai(FusedOptimizer):
         each one."""
         if batch.backend not in _KEEPS_V_SUM or batch.shard_group is not None:
             return None
+        # (a compiled step keeps no record: dynamo traces no id() of a dict, and it guards on
+        # what it traced anyway; there a sum is trusted as a .data edit would leave it)
+        compiling = torch.compiler.is_compiling()
         sums = []
         for state in states:
             total = state.get(V_SUM)
@@ -174,7 +177,8 @@ class Adai(FusedOptimizer):
                                           and total.dim() == 0 and total.is_cpu):
                 raise ValueError(f"Adai: state {V_SUM!r} must be a 0-dim float64 CPU tensor, the sum of exp_avg_sq "
                                  f"(got {total!r}); delete it to have it read from exp_avg_sq")
-            if total is None or self._v_sum_of.get(id(state)) != _identity(state["exp_avg_sq"]):
+            stale = not compiling and self._v_sum_of.get(id(state)) != _identity(state["exp_avg_sq"])
+            if total is None or stale:
                 total = torch.full((), math.nan, dtype=torch.float64)
             sums.append(total)
         return sums
@@ -185,11 +189,11 @@ class Adai(FusedOptimizer):
         if v_sums is None:
             for state in states:
                 state.pop(V_SUM, None)
-                self._v_sum_of.pop(id(state), None)
         else:
             for state, total in zip(states, v_sums):
                 state[V_SUM] = total
-                self._v_sum_of[id(state)] = _identity(state["exp_avg_sq"])
+                if not torch.compiler.is_compiling():
+                    self._v_sum_of[id(state)] = _identity(state["exp_avg_sq"])
 
 
 def _identity(v: torch.Tensor) -> tuple:
