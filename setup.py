@@ -1,4 +1,4 @@
-"""Builds fused_optim and its torch-independent native module.
+"""Builds fused_optim and its torch-independent native modules.
 
 fused_optim._cpu: g++ with OpenMP and SIMD (runtime ISA dispatch, see csrc/include/fused_optim/
 platform.h), bound with pybind11 and taking raw addresses, so it links no libtorch and one
@@ -8,25 +8,41 @@ fused_optim._cuda: the CUDA kernels (csrc/cuda/*.cu, compiled by nvcc) and their
 bindings (compiled by the host compiler, no CUDA headers), with the CUDA runtime linked
 statically: like _cpu it links no libtorch, and it builds on a machine without a GPU.
 setuptools cannot compile .cu files, so build_ext below runs nvcc itself and links the objects.
+By default it is built only where it can run (an NVIDIA GPU is visible, see gpu_visible(), and
+nvcc is found): nvcc takes several minutes for it. FUSED_OPTIM_CUDA=1 builds it anyway, e.g. a
+wheel for a GPU cluster on a build machine without a GPU; the build says on stderr which it does
+and why (cuda_choice()).
+
+Objects are kept between builds, also those of `pip install -e` (which builds in a fresh
+temporary directory each time): an object is recompiled only when its source or a header it
+includes (the compiler's dependency file) is newer, under a folder named by everything else
+that goes into it (flags, compiler, pybind11, Python). An editable install keeps them in
+build/objects/.
 
 Environment: MAX_JOBS (parallel compile jobs), FUSED_OPTIM_CPU_DEBUG=1 (-O0 -g, for gdb),
 FUSED_OPTIM_VERSION_LABEL (the local version label, see version()),
-FUSED_OPTIM_CUDA (unset: build _cuda when nvcc is found; 1: require it; 0: skip it),
-CUDA_HOME (the toolkit; else /usr/local/cuda or nvcc's location),
+FUSED_OPTIM_CUDA (unset: build _cuda where a GPU is visible and nvcc is found; 1: require it;
+0: skip it), CUDA_HOME (the toolkit; else /usr/local/cuda or nvcc's location),
 TORCH_CUDA_ARCH_LIST (e.g. "8.0;9.0+PTX"; default sm_80, sm_90 and compute_90 PTX).
 """
+import glob
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from concurrent.futures import ThreadPoolExecutor
 
+import pybind11
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# the compiler writes the headers an object includes next to it (foo.o -> foo.d), which
+# stale_object() reads: no list of headers to keep up to date by hand
+DEPFILE = ["-MMD"]
 
 
 def version(cuda_major=None) -> str:
@@ -39,6 +55,14 @@ def version(cuda_major=None) -> str:
     default = f"cu{cuda_major}" if cuda_major is not None else "cpu"
     label = os.environ.get("FUSED_OPTIM_VERSION_LABEL", default)
     return f"{base}+{label}" if label else base
+
+
+def tree_files(*folders):
+    """Every file under folders (relative to the source tree): an extension's `depends`, with
+    which setuptools relinks a module whose file in build/ is older than one of them (which
+    objects to recompile, stale_object() decides)."""
+    return [os.path.join(dirpath, f) for folder in folders
+            for dirpath, _, files in sorted(os.walk(os.path.join(ROOT, folder))) for f in sorted(files)]
 
 
 def cpu_extension():
@@ -58,13 +82,14 @@ def cpu_extension():
         # rounds each operation as the torch reference does
         "-ffp-contract=off",
         "-Wall",
-    ]
+    ] + DEPFILE
     return Pybind11Extension(
         "fused_optim._cpu",
         sources,
         include_dirs=["csrc/include", "csrc"],
         extra_compile_args=flags,
         extra_link_args=["-fopenmp"],
+        depends=tree_files("csrc/cpu", "csrc/include"),
         cxx_std=17,
     )
 
@@ -82,9 +107,111 @@ def find_cuda():
     return nvcc, home
 
 
+def nvcc_version(nvcc) -> str:
+    return subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+
+
 def cuda_major(nvcc) -> int:
-    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"release (\d+)\.", out).group(1))
+    return int(re.search(r"release (\d+)\.", nvcc_version(nvcc)).group(1))
+
+
+def gpu_visible() -> bool:
+    """Whether CUDA code could run here: an NVIDIA device node (/dev/nvidia0, ...: a container
+    has only those of the GPUs it was given) or WSL2's GPU device beside its libcuda.
+    /proc/driver/nvidia would say yes in a container given no GPU on a GPU host (the driver is
+    the host's), and nvidia-smi is missing from many CUDA containers and costs a subprocess on
+    every run of this file."""
+    if glob.glob("/dev/nvidia[0-9]*"):
+        return True
+    return os.path.exists("/dev/dxg") and os.path.exists("/usr/lib/wsl/lib/libcuda.so.1")
+
+
+def cuda_choice():
+    """(cuda or None, why): the toolkit to build fused_optim._cuda with (find_cuda()) or None
+    to leave it out, from FUSED_OPTIM_CUDA, and the line that tells the user."""
+    mode = os.environ.get("FUSED_OPTIM_CUDA", "").strip()
+    if mode not in ("", "0", "1"):
+        raise SystemExit(f"fused_optim: FUSED_OPTIM_CUDA must be 0, 1 or unset, got {mode!r}")
+    if mode == "0":
+        return None, "fused_optim: FUSED_OPTIM_CUDA=0: building without the CUDA module"
+    cuda = find_cuda()
+    if mode == "1":
+        if cuda is None:
+            raise SystemExit("fused_optim: FUSED_OPTIM_CUDA=1 but no nvcc was found (set CUDA_HOME or put nvcc on PATH)")
+        return cuda, f"fused_optim: FUSED_OPTIM_CUDA=1: building the CUDA module with {cuda[0]} (nvcc takes minutes)"
+    gpu = gpu_visible()
+    if cuda is not None and gpu:
+        return cuda, (f"fused_optim: NVIDIA GPU found: building the CUDA module with {cuda[0]} (nvcc takes "
+                      "minutes; FUSED_OPTIM_CUDA=0 skips it)")
+    if cuda is not None:
+        return None, (f"fused_optim: no NVIDIA GPU here, so the CUDA module is not built although {cuda[0]} is "
+                      "present; FUSED_OPTIM_CUDA=1 builds it anyway (e.g. a wheel for GPU machines)")
+    if gpu:
+        return None, ("fused_optim: NVIDIA GPU found but no nvcc: building without the CUDA module "
+                      "(set CUDA_HOME or put nvcc on PATH; FUSED_OPTIM_CUDA=1 makes this an error)")
+    return None, "fused_optim: no NVIDIA GPU and no nvcc here: building without the CUDA module"
+
+
+def tell(line: str) -> None:
+    """Prints line on stderr, which the build log keeps. pip shows a build's output only with
+    -v or when it fails (a build of minutes would look stuck), so the line also goes to the
+    terminal pip runs in, when there is one and we are in its foreground (with pip -v it then
+    shows twice)."""
+    print(line, file=sys.stderr, flush=True)
+    if sys.stderr.isatty():
+        return  # run directly: the user saw it
+    try:
+        with open("/dev/tty", "w") as tty:
+            # a background job writing to its terminal may be stopped (stty tostop)
+            if os.tcgetpgrp(tty.fileno()) == os.getpgrp():
+                tty.write("\n" + line + "\n")
+    except OSError:
+        pass  # no terminal (CI, a pipe): the log has it
+
+
+def dependencies(obj):
+    """The files under the source tree that obj was compiled from (its source and the headers
+    it includes), from the compiler's dependency file, or None without one. Files outside the
+    tree (pybind11, Python, CUDA headers) are left out: object_key() stands for them, and an
+    isolated build's copy of pybind11 is gone after the build."""
+    depfile = os.path.splitext(obj)[0] + ".d"
+    try:
+        with open(depfile) as f:
+            text = f.read().replace("\\\n", " ")
+    except OSError:
+        return None
+    names = [n.replace("\\ ", " ") for n in re.split(r"(?<!\\)\s+", text.split(":", 1)[-1]) if n]
+    paths = [os.path.normpath(os.path.join(ROOT, n)) for n in names]
+    return [p for p in paths if p.startswith(ROOT + os.sep)]
+
+
+def stale_object(obj, source) -> bool:
+    """Whether obj must be compiled (again): no dependency file, or a file it lists is newer
+    than obj or gone. The flags are not looked at: object_key() names obj's folder. (source:
+    the signature of pybind11's ParallelCompile hook; the dependency file lists it.)"""
+    deps = dependencies(obj)
+    if not os.path.exists(obj) or not deps:
+        return True
+    built = os.path.getmtime(obj)
+    return any(not os.path.exists(p) or os.path.getmtime(p) > built for p in deps)
+
+
+def object_key(ext, compiler) -> str:
+    """A name for everything besides source and headers that goes into ext's objects: flags,
+    compilers and their versions, pybind11's version, the Python they are built for. Include
+    folders outside the source tree are left out (pip's isolated build puts pybind11 in a new
+    temporary one each time; its version stands for it)."""
+    parts = [ext.name, ext.extra_compile_args, ext.define_macros, ext.undef_macros,
+             [d for d in ext.include_dirs if not os.path.isabs(d)], getattr(ext, "cxx_std", None),
+             pybind11.__version__, sys.version, sysconfig.get_config_var("EXT_SUFFIX"),
+             sysconfig.get_paths()["include"], getattr(ext, "nvcc_flags", None)]
+    for command in (compiler.compiler_so, getattr(compiler, "compiler_so_cxx", None)):
+        if command:
+            parts.append(command)
+            parts.append(subprocess.run([command[0], "--version"], capture_output=True, text=True).stdout)
+    if getattr(ext, "nvcc", None):
+        parts += [ext.nvcc, nvcc_version(ext.nvcc)]
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
 
 
 def cuda_archs():
@@ -120,20 +247,18 @@ def cuda_extension(cuda):
         raise SystemExit(f"fused_optim: libcudart_static.a not found under {home}")
     gencode, names = cuda_archs()
     cu_dir = os.path.join(ROOT, "csrc", "cuda")
-    include_dir = os.path.join(ROOT, "csrc", "include", "fused_optim")
     ext = Pybind11Extension(
         "fused_optim._cuda",
         ["csrc/bindings_cuda.cpp"],
         include_dirs=["csrc/include", "csrc"],
         define_macros=[("FO_CUDA_ARCHS", '"' + ";".join(names) + '"')],
+        extra_compile_args=DEPFILE,
         # the static runtime needs these system libraries (the CUDA docs' static-link recipe)
         extra_link_args=[f"-L{lib_dirs[0]}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"],
         cxx_std=17,
     )
     ext.cuda_sources = sorted(os.path.join("csrc/cuda", f) for f in os.listdir(cu_dir) if f.endswith(".cu"))
-    ext.depends = [os.path.join("csrc/cuda", f) for f in sorted(os.listdir(cu_dir))] + [
-        os.path.join(dirpath, f) for dirpath, _, files in os.walk(include_dir) for f in sorted(files)
-    ]
+    ext.depends = tree_files("csrc/cuda", "csrc/include")
     ext.nvcc = nvcc
     ext.nvcc_flags = [
         "-std=c++17",
@@ -152,9 +277,23 @@ def cuda_extension(cuda):
 
 class CudaBuildExt(build_ext):
     """pybind11's build_ext, plus nvcc for an extension that carries cuda_sources: compiles
-    them (MAX_JOBS in parallel, -fPIC) into objects that the host linker adds to the module."""
+    them (MAX_JOBS in parallel, -fPIC) into objects that the host linker adds to the module.
+    Objects go to a folder per extension and object_key(), and are reused while
+    stale_object() says so."""
+
+    note = ""  # cuda_choice()'s line, said when the build starts
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.editable_mode:
+            # setuptools gives an editable build a new temporary directory each time, which
+            # would compile every object again on each `pip install -e`
+            build_base = self.get_finalized_command("build").build_base
+            self.build_temp = os.path.join(os.path.abspath(build_base), "objects")
 
     def run(self):
+        if self.note:
+            tell(self.note)
         # a build without the CUDA module must not ship one an earlier build left in build/
         # (bdist_wheel packs the whole build directory): `FUSED_OPTIM_CUDA=0 pip wheel .` after
         # a CUDA build would otherwise make a "+cpu" wheel that carries _cuda
@@ -167,50 +306,41 @@ class CudaBuildExt(build_ext):
         super().run()
 
     def build_extension(self, ext):
-        sources = getattr(ext, "cuda_sources", None)
-        if sources:
-            # objects live under a directory named by the nvcc flags (archs included): a build
-            # for another TORCH_CUDA_ARCH_LIST never links objects compiled for the old one
-            flags = hashlib.sha1(" ".join([ext.nvcc] + ext.nvcc_flags).encode()).hexdigest()[:12]
-            folder = os.path.join(self.build_temp, f"cuda-{flags}")
-            objects = [os.path.join(folder, os.path.basename(s) + ".o") for s in sources]
-            # an object is rebuilt when older than its source or any header (no dependency scan)
-            newest_header = max(os.path.getmtime(p) for p in ext.depends)
-            stale = [(s, o) for s, o in zip(sources, objects)
-                     if self.force or not os.path.exists(o)
-                     or os.path.getmtime(o) < max(os.path.getmtime(s), newest_header)]
-            os.makedirs(folder, exist_ok=True)
-            jobs = max(1, int(os.environ.get("MAX_JOBS", "2") or 2))
-            with ThreadPoolExecutor(jobs) as pool:
-                list(pool.map(lambda so: self._nvcc(ext, *so), stale))
-            ext.extra_objects = objects
-            ext.depends = list(ext.depends) + objects  # relink when an object changed
-        super().build_extension(ext)
+        build_temp = self.build_temp
+        self.build_temp = os.path.join(build_temp, f"{ext.name}-{object_key(ext, self.compiler)}")
+        if self.force:  # build_ext --force: nothing is reused
+            shutil.rmtree(self.build_temp, ignore_errors=True)
+        try:
+            sources = getattr(ext, "cuda_sources", None)
+            if sources:
+                objects = [os.path.join(self.build_temp, s + ".o") for s in sources]
+                stale = [(s, o) for s, o in zip(sources, objects) if stale_object(o, s)]
+                jobs = max(1, int(os.environ.get("MAX_JOBS", "2") or 2))
+                with ThreadPoolExecutor(jobs) as pool:
+                    list(pool.map(lambda so: self._nvcc(ext, *so), stale))
+                ext.extra_objects = objects
+                ext.depends = list(ext.depends) + objects  # relink when an object changed
+            super().build_extension(ext)
+        finally:
+            self.build_temp = build_temp
 
     @staticmethod
     def _nvcc(ext, source, obj):
-        cmd = [ext.nvcc] + ext.nvcc_flags + ["-c", source, "-o", obj]
+        os.makedirs(os.path.dirname(obj), exist_ok=True)
+        cmd = [ext.nvcc] + ext.nvcc_flags + ["-MMD", "-MF", os.path.splitext(obj)[0] + ".d", "-c", source, "-o", obj]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
 
 
-ParallelCompile("MAX_JOBS", default=2).install()
+ParallelCompile("MAX_JOBS", default=2, needs_recompile=stale_object).install()
 
 CUDA_MAJOR = None
 if sys.platform == "linux":
     ext_modules = [cpu_extension()]
-    cuda_mode = os.environ.get("FUSED_OPTIM_CUDA", "").strip()
-    if cuda_mode not in ("", "0", "1"):
-        raise SystemExit(f"fused_optim: FUSED_OPTIM_CUDA must be 0, 1 or unset, got {cuda_mode!r}")
-    if cuda_mode != "0":
-        cuda = find_cuda()
-        if cuda is not None:
-            ext_modules.append(cuda_extension(cuda))
-            CUDA_MAJOR = cuda_major(cuda[0])
-        elif cuda_mode == "1":
-            raise SystemExit("fused_optim: FUSED_OPTIM_CUDA=1 but no nvcc was found (set CUDA_HOME or put nvcc on PATH)")
-        else:
-            print("fused_optim: nvcc not found; building without the CUDA module", file=sys.stderr)
+    cuda, CudaBuildExt.note = cuda_choice()
+    if cuda is not None:
+        ext_modules.append(cuda_extension(cuda))
+        CUDA_MAJOR = cuda_major(cuda[0])
 else:
     # the flags above are g++/GNU OpenMP ones; elsewhere the package installs without the
     # native module and backends.py reports the cpu backend as unavailable (torch still works)

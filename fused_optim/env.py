@@ -1,7 +1,13 @@
 """`python -m fused_optim.env [--json]`: what this install can do on this machine, for bug
-reports: versions, CPU, which backends work here (and why the others do not), threads, CUDA."""
+reports: versions, CPU, which backends work here (and why the others do not), threads, CUDA.
+
+Importing this module loads nothing beyond the package itself: the backend modules, the native
+ones and triton are loaded by collect(), each only where the report needs it (triton's version
+comes from its installed metadata), so the report takes not much more than `import fused_optim`."""
 import argparse
 import importlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -41,11 +47,25 @@ def _cuda_archs():
     return ([archs] if isinstance(archs, str) else [str(a) for a in archs]), ""
 
 
+# the distributions that install the `triton` module (torch's nightlies and ROCm builds ship
+# their own)
+TRITON_DISTRIBUTIONS = ("triton", "pytorch-triton", "pytorch-triton-rocm")
+
+
 def _triton_version():
+    # read without importing triton where its distribution is known (importing it takes a
+    # quarter of a second or more); whether it imports and serves is the triton backend's line
+    if importlib.util.find_spec("triton") is None:
+        return None
+    for name in TRITON_DISTRIBUTIONS:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     try:
         import triton
-    except ImportError:
-        return None
+    except ImportError as err:
+        return f"installed, does not import ({err})"
     return triton.__version__
 
 

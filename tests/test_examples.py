@@ -1,4 +1,5 @@
-"""The examples run end to end (with a few steps) and write their plots."""
+"""The examples run end to end (with a few steps) and write their plots: to --out, else to
+./fused_optim_examples_out, never over the committed ones in examples/plots."""
 import importlib.util
 import subprocess
 import sys
@@ -32,3 +33,16 @@ def test_example_runs_and_plots(name, args, needs, tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
     else:
         assert "pip install matplotlib" in proc.stdout
+
+
+def test_default_output_is_the_current_directory_not_the_committed_plots(tmp_path):
+    committed = EXAMPLES / "plots" / "adamomentum_toy_functions.png"
+    before = committed.stat().st_mtime_ns, committed.read_bytes()
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "adamomentum_toy_functions.py"), "--steps", "5"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (committed.stat().st_mtime_ns, committed.read_bytes()) == before
+    if HAS_MATPLOTLIB:
+        written = tmp_path / "fused_optim_examples_out" / "adamomentum_toy_functions.png"
+        assert written.stat().st_size > 0
+        assert f"plot: {written.resolve()}" in proc.stdout

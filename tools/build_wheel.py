@@ -3,8 +3,10 @@
 
     python tools/build_wheel.py [--out wheelhouse] [--cuda 0|1] [--arch-list "8.0;9.0+PTX"]
 
-Without --cuda, setup.py decides (the CUDA module is built when nvcc is found; no GPU is
-needed); --cuda and --arch-list set FUSED_OPTIM_CUDA and TORCH_CUDA_ARCH_LIST for the build,
+Without --cuda, setup.py decides: the CUDA module is built where an NVIDIA GPU is visible
+and nvcc is found. A build machine without a GPU making a wheel for a GPU cluster needs
+--cuda 1 (nvcc alone is enough then); --cuda and --arch-list set FUSED_OPTIM_CUDA and
+TORCH_CUDA_ARCH_LIST for the build,
 and any other build variable (MAX_JOBS, ...) passes through from the environment. The wheel
 keeps its local version label (+cpu, +cu13) and gets e.g. a manylinux_2_34_x86_64 tag.
 
@@ -93,10 +95,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="fused_optim_wheel_") as tmp:
         tmp = Path(tmp)
-        # A fresh build directory (setuptools reads DIST_EXTRA_CONFIG): the source tree's
-        # build/ may hold a _cuda module from an earlier CUDA build, which would ride along
-        # into a +cpu wheel, and objects compiled for another TORCH_CUDA_ARCH_LIST, which
-        # setup.py's mtime check would reuse.
+        # A fresh build directory (setuptools reads DIST_EXTRA_CONFIG): a wheel to ship is
+        # compiled from scratch, not from objects setup.py would reuse from the source tree's
+        # build/ (it judges them by file times), nor with a _cuda module an earlier build left
+        # there.
         (tmp / "build.cfg").write_text(f"[build]\nbuild_base = {tmp / 'build'}\n")
         env["DIST_EXTRA_CONFIG"] = str(tmp / "build.cfg")
         # --no-build-isolation: this environment's setuptools and pybind11, no download (a

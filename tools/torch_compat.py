@@ -6,9 +6,10 @@ fused_optim promises any torch >= 2.4 (pyproject.toml pins none: the native modu
 libtorch). This is how that promise is checked before a release: it makes (or reuses)
 DIR/venv with torch==VERSION and the test requirements, copies the sources (the working tree
 as git sees it: tracked files and new ones it does not ignore) into a fresh DIR/src, installs
-them there in development mode (as CI does: the CUDA module too where nvcc is found, unless
---no-cuda, after which its tests fail, as they expect the module) and runs `python -m pytest
--q` in it, with the log in DIR/pytest.log. The exit status is pytest's.
+them there in development mode (as CI does: with FUSED_OPTIM_CUDA=1, the CUDA module
+required, so nvcc must be found; --no-cuda leaves it out, after which its tests fail where nvcc
+is, as they expect the module) and runs `python -m pytest -q` in it, with the log in
+DIR/pytest.log. The exit status is pytest's.
 
 The triton that the torch release pins comes along with it (torch 2.4 -> triton 3.0, 2.6 ->
 3.2): the triton backend says itself whether that one is new enough. torch comes from PyPI, so
@@ -59,7 +60,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("torch_version", help="a torch release on PyPI, e.g. 2.4.1")
     parser.add_argument("--workdir", type=Path, help="default: <tmp>/fused_optim_torch<VERSION>")
-    parser.add_argument("--no-cuda", action="store_true", help="leave the CUDA module out (a faster build)")
+    parser.add_argument("--no-cuda", action="store_true",
+                        help="leave the CUDA module out (a faster build; needed where there is no nvcc)")
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: passed to pytest")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.gettempdir()) / f"fused_optim_torch{args.torch_version}"
@@ -67,7 +69,8 @@ def main() -> int:
 
     python = ensure_venv(workdir / "venv", args.torch_version)
     src = fresh_sources(workdir / "src")
-    env = dict(os.environ, **({"FUSED_OPTIM_CUDA": "0"} if args.no_cuda else {}))
+    # for the tests too: those that build (the wheel, setup.py --version) build as CI does
+    env = dict(os.environ, FUSED_OPTIM_CUDA="0" if args.no_cuda else "1")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "-e", "."],
                    cwd=src, env=env, check=True)
     versions = subprocess.run(
