@@ -127,9 +127,17 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-# torch.compile calls this at trace time and keeps the answer (a backend name) as a constant:
-# what it looks at (imports, the environment) is not traceable and does not change in a run
-@torch.compiler.assume_constant_result
+def trace_choice_as_constant() -> None:
+    """torch.compile calls choose() at trace time and keeps the answer (a backend name) as a
+    constant: what it looks at (imports, the environment) is not traceable and does not change
+    in a run. Marked when the first optimizer is made, not at import: the mark imports
+    torch._dynamo (and with it triton and sympy, ~2 s), which constructing any torch.optim
+    optimizer imports anyway, but `import fused_optim` and `python -m fused_optim.env` need not."""
+    if not getattr(choose, "_marked_constant", False):
+        torch.compiler.assume_constant_result(choose)
+        choose._marked_constant = True
+
+
 def choose(backend: str, device: torch.device, state_dtype=None, capturable: bool = False) -> str:
     """The backend that will update a group on `device` (backend from requested_backend)."""
     if backend != "auto":

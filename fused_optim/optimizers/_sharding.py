@@ -8,27 +8,32 @@ norm of max_grad_norm, which global_norm() completes likewise, and for a clipped
 both at once (global_clip_sums(): still one collective).
 """
 import math
+import sys
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
 try:
     import torch.distributed as dist
-    from torch.distributed.tensor import DTensor, Shard
-except ImportError:  # torch < 2.5 keeps it private; builds without distributed have neither
-    try:
-        import torch.distributed as dist
-        from torch.distributed._tensor import DTensor, Shard
-    except ImportError:
-        dist = DTensor = Shard = None
+except ImportError:  # builds without distributed
+    dist = None
 
 
 # the types most tensors have: tested first, a step asks this several times per param
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+def _dtensor_module():
+    """torch's DTensor module if it is loaded, else None. Not imported here: it takes ~2 s, and
+    a process that holds a DTensor has loaded it already (torch < 2.5 keeps it private)."""
+    return sys.modules.get("torch.distributed.tensor") or sys.modules.get("torch.distributed._tensor")
+
+
 def is_distributed_tensor(t: torch.Tensor) -> bool:
-    return type(t) not in _PLAIN and DTensor is not None and isinstance(t, DTensor)
+    if type(t) in _PLAIN:
+        return False
+    module = _dtensor_module()
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -44,7 +49,8 @@ def shard_group(p: torch.Tensor):
     holds all of them (a plain tensor, DDP's replicas, a Replicate DTensor)."""
     if not is_distributed_tensor(p):
         return None
-    dims = [i for i, placement in enumerate(p.placements) if isinstance(placement, Shard)]
+    shard = _dtensor_module().Shard
+    dims = [i for i, placement in enumerate(p.placements) if isinstance(placement, shard)]
     if not dims:
         return None
     if len(dims) > 1:

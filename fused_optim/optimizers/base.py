@@ -94,6 +94,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                  error_if_nonfinite: bool = False, *, master_weights: bool = False,
                  param_remainders: bool = False, stochastic_rounding: bool = False, seed: int = 0):
         self._backend_request = backends.requested_backend(backend)
+        backends.trace_choice_as_constant()
         # the dtype of the tensor states of fp32/bf16/fp16 params (None: fp32); per group
         state_dtype_for(torch.float32, state_dtype)
         # capturable: step counters live on the params' device and nothing in step() reads a
