@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-FAMILIES = ("large", "llama", "small", "resnet")
+from .names import FAMILIES
+
 Shape = Tuple[int, ...]
 
 LLAMA_7B = dict(d=4096, f=11008, vocab=32000, layers=32)
@@ -106,8 +107,9 @@ def _sizes_for(device: torch.device, quick: bool, max_numel: int) -> List[int]:
 def build(device: torch.device, quick: bool, families: Sequence[str], max_numel: int,
           sizes: Optional[Sequence[int]] = None) -> List[Case]:
     """The cases for this device. max_numel: the most elements one case may have (from the
-    free memory on a GPU; see __main__.max_case_numel). CPU defaults are sized so the default
-    run takes under 5 minutes on 2 cores; GPU ones go up to 1G elements where memory allows."""
+    free memory on a GPU; see plan.max_case_numel). CPU defaults are sized so that the whole
+    plan fits the default --time-limit on 2 idle cores; GPU ones go up to 1G elements where
+    memory allows."""
     cpu = device.type == "cpu"
     cases: List[Case] = []
     for family in families:

@@ -30,10 +30,9 @@ from fused_optim.reference import authors
 from fused_optim.reference._common import math_dtype
 from fused_optim.registry import OPTIMIZERS as REGISTRY
 
-OUR_BACKENDS = ("cpu", "cuda", "triton", "torch")
-PEERS = ("fused", "foreach", "compiled", "authors", "pytorch_optimizer", "te")
+from .names import PRECISION_MODES
+
 TORCH_PEERS = ("fused", "foreach")
-RATIO_PEER = "AdamW"  # torch.optim's AdamW is the peer of every optimizer but Adam
 FIXED_STEP = 10  # the compiled reference step runs at this step count (one compile per case)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -128,14 +127,11 @@ class Impl:
     extra_bytes: int = 0
 
 
-# --precision: how our classes keep bf16/fp16 params (row suffix, constructor option). Bytes per
-# element each adds to the plain in-place step (whose param is read and written in its dtype):
-# masters: the fp32 master is read instead of the param and written besides it, (4 - s) + 4 for
-# params of s bytes; remainders: the int16 remainder is read and written, 4; stochastic
-# rounding: nothing (a hash per element instead of memory)
-PRECISION_MODES = {"master_weights": "+mw", "param_remainders": "+rem", "stochastic_rounding": "+sr"}
-
-
+# --precision (names.PRECISION_MODES): bytes per element each mode adds to the plain in-place
+# step (whose param is read and written in its dtype): masters: the fp32 master is read instead
+# of the param and written besides it, (4 - s) + 4 for params of s bytes; remainders: the int16
+# remainder is read and written, 4; stochastic rounding: nothing (a hash per element instead of
+# memory)
 def precision_bytes(option: str, param_dtype: torch.dtype) -> int:
     if option == "master_weights":
         return 8 - param_dtype.itemsize

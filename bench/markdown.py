@@ -1,4 +1,5 @@
-"""The README's results tables from results.json files: python -m bench.markdown FILE... [--all-sizes]
+"""The README's results tables from results.json files (or the results.jsonl a killed run left):
+python -m bench.markdown FILE... [--all-sizes]
 
 Per file (one run on one device): for our native backend on that device (cuda, triton or cpu;
 the torch backend where there is none), one row per case, dtype configuration and
@@ -6,9 +7,10 @@ optimizer: median step time, % of the bandwidth yardstick, and the speed-up over
 measured in the same run (with cuda, the triton backend's time beside it); then the size sweep as time and % of the yardstick per size.
 """
 import argparse
-import json
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from .record import load
 
 NATIVE = ("ours:cuda", "ours:triton", "ours:cpu", "ours:torch")
 PEERS = (("fused", "torch.optim fused"), ("foreach", "torch.optim foreach"),
@@ -29,13 +31,21 @@ def header(doc: Dict) -> str:
     env = doc["environment"]
     busy = env["other_cpus_busy"]["during_run"]
     rev = (env["git_revision"] or "unknown")[:10] + ("+dirty" if env["git_dirty"] else "")
-    return (f"{env['device_name']} ({env['device']}), {env['threads']} threads, torch {env['versions']['torch']}, "
+    text = (f"{env['device_name']} ({env['device']}), {env['threads']} threads, torch {env['versions']['torch']}, "
             f"fused_optim {env['versions']['fused_optim']} at {rev}, {env['date']}; run took "
-            f"{env['wall_s']:.0f} s, other processes kept {busy:.2f} CPUs busy during it.")
+            f"{env['wall_s']:.0f} s, other processes kept "
+            + ("an unknown number of" if busy is None else f"{busy:.2f}") + " CPUs busy during it.")
+    if doc.get("interrupted"):
+        text += f" Interrupted: {doc['interrupted']}."
+    if doc.get("cut"):
+        text += f" {len(doc['cut'])} of {doc['settings']['groups']} groups were not measured (results.json: cut)."
+    return text
 
 
 def table(doc: Dict, all_sizes: bool = False) -> str:
     rows = doc["rows"]
+    if not any(r["impl"] in NATIVE for r in rows):
+        return "No row of our backends was measured."
     ours = _ours(rows)
     sweep = [c["name"] for c in doc["cases"] if c["family"] == "large"]
     shown = [c["name"] for c in doc["cases"] if c["family"] != "large" or all_sizes or c["name"] == sweep[-1]]
@@ -92,7 +102,7 @@ def main(argv=None) -> None:
     parser.add_argument("--all-sizes", action="store_true", help="every size of the sweep in the main table")
     args = parser.parse_args(argv)
     for i, path in enumerate(args.files):
-        doc = json.loads(path.read_text())
+        doc = load(path)
         if i:
             print()
         print(header(doc) + "\n")

@@ -1,8 +1,7 @@
-"""Timings to report rows (GB/s, % of the yardstick, speed-ups over the peers), the terminal
-table, the environment record and results.json (schema: bench/README.md)."""
+"""Timings to report rows (GB/s, % of the yardstick, speed-ups over the peers), the detailed
+terminal table (--details) and the environment record."""
 import datetime
 import importlib
-import json
 import os
 import platform
 import statistics
@@ -16,10 +15,10 @@ import torch
 import fused_optim
 from fused_optim.env import cpu_model
 
-from .impls import DTYPE_NAMES, RATIO_PEER, Impl, OptimizerCase, bytes_per_element
+from .impls import DTYPE_NAMES, Impl, OptimizerCase, bytes_per_element
+from .names import RATIO_PEER
 from .timing import GPU_BURST, Timing
 
-SCHEMA = "fused_optim.bench/2"
 LABELS = {
     "ours:cpu": "fused_optim cpu",
     "ours:cuda": "fused_optim cuda",
@@ -74,18 +73,24 @@ def add_speedups(rows: List[Dict]) -> None:
     same case and dtype configuration: torch.optim fused/foreach from the AdamW group (Adam's
     own for Adam), the others from the row's own group. None where the peer did not run.
     A clip row ("...+clip") is compared with the clip rows of its peers (clip_grad_norm_ +
-    torch.optim fused/foreach, our torch backend with clipping) only."""
-    medians = {(r["case"], r["param_dtype"], r["state_dtype"], r["optimizer"], r["impl"]): r["median_s"] for r in rows}
+    torch.optim fused/foreach, our torch backend with clipping) only. iqr_apart[peer]: the two
+    rows' interquartile ranges do not overlap (the summary calls a ratio a difference only then)."""
+    by_key = {(r["case"], r["param_dtype"], r["state_dtype"], r["optimizer"], r["impl"]): r for r in rows}
     for r in rows:
         where = (r["case"], r["param_dtype"], r["state_dtype"])
-        out = {}
+        out, apart = {}, {}
         clipped = r["impl"].endswith("+clip")
         for peer in SPEEDUP_PEERS:
             group = ("Adam" if r["optimizer"] == "Adam" else RATIO_PEER) if peer in ("fused", "foreach") else r["optimizer"]
             key = peer + "+clip" if clipped else peer
-            base = medians.get((*where, group, key))
-            out[peer] = None if base is None or (group, key) == (r["optimizer"], r["impl"]) else base / r["median_s"]
+            base = by_key.get((*where, group, key))
+            if base is None or (group, key) == (r["optimizer"], r["impl"]):
+                out[peer] = apart[peer] = None
+            else:
+                out[peer] = base["median_s"] / r["median_s"]
+                apart[peer] = r["q3_s"] < base["q1_s"] or base["q3_s"] < r["q1_s"]
         r["speedup_over"] = out
+        r["iqr_apart"] = apart
 
 
 def _x(v: Optional[float]) -> str:
@@ -93,8 +98,8 @@ def _x(v: Optional[float]) -> str:
 
 
 def table(cases: List[Dict], rows: List[Dict]) -> str:
-    header = (f"{'optimizer':<12} {'implementation':<36} {'median ms':>10} {'IQR ms':>15} {'B/el':>5} "
-              f"{'GB/s':>7} {'% yard':>7} {'x fused':>8} {'x foreach':>9} {'x compile':>9} {'x authors':>9}"
+    header = (f"{'optimizer':<12} {'implementation':<36} {'median ms':>10} {'IQR ms':>15} {'bytes':>5} "
+              f"{'GB/s':>7} {'% yardstick':>11} {'x fused':>8} {'x foreach':>9} {'x compile':>9} {'x authors':>9}"
               + (f" {'host ms':>8}" if any(r.get("host_median_s") is not None for r in rows) else ""))
     lines = []
     for c in cases:
@@ -112,15 +117,15 @@ def table(cases: List[Dict], rows: List[Dict]) -> str:
                 if r["optimizer"] != group:
                     group, g = r["optimizer"], r["yardstick"]
                     lines.append(f"{group:<12} {'yardstick':<36} {g['median_s'] * 1e3:>10.3f} "
-                                 f"{_iqr(g):>15} {g['bytes_per_element']:>5} {g['gbps']:>7.1f} {100:>6}%")
+                                 f"{_iqr(g):>15} {g['bytes_per_element']:>5} {g['gbps']:>7.1f} {100:>10}%")
                 s = r["speedup_over"]
                 label = r["label"] + ("" if r["impl_state_dtype"] == r["state_dtype"] else f" ({r['impl_state_dtype']} states)")
                 lines.append(f"{r['optimizer']:<12} {label:<36} {r['median_s'] * 1e3:>10.3f} {_iqr(r):>15} "
-                             f"{r['bytes_per_element']:>5} {r['gbps']:>7.1f} {r['pct_yardstick']:>6.0f}% "
+                             f"{r['bytes_per_element']:>5} {r['gbps']:>7.1f} {r['pct_yardstick']:>10.0f}% "
                              f"{_x(s['fused']):>8} {_x(s['foreach']):>9} {_x(s['compiled']):>9} {_x(s['authors']):>9}"
                              + ("" if r.get("host_median_s") is None else f" {r['host_median_s'] * 1e3:>8.3f}"))
     lines += ["", "Each optimizer's rows and its yardstick row were timed interleaved, step by step.",
-              "B/el: bytes one step moves per element with that row's param/state dtypes; GB/s and % yard use it.",
+              "bytes: what one step moves per element with that row's param/state dtypes; GB/s and % yardstick use it.",
               "x peer: the peer's median time / this row's in the same case and dtypes (> 1: faster than the peer);",
               "fused/foreach: torch.optim AdamW (Adam for Adam); compile: torch.compile of our reference step."]
     if any(r.get("host_median_s") is not None for r in rows):
@@ -208,9 +213,3 @@ def environment(device: torch.device, other_before: float, other_during: float, 
         "other_cpus_busy": {"before_run": other_before, "during_run": other_during},
         "wall_s": wall_s,
     }
-
-
-def write_json(path: Path, doc: Dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"schema": SCHEMA, **doc}, indent=1) + "\n")
-    return path

@@ -1,18 +1,18 @@
 """Interleaved timing of a group's implementations and the bandwidth yardstick.
 
 The memory bandwidth of a shared host drifts by tens of percent within a minute; timing rows
-one after another turned that drift into differences between implementations (Adam and
-AdamW, the same native kernel, measured 16 and 28 ms in two consecutive rows). So a group is
-timed in rounds of one call of each implementation and of the yardstick: the same drift hits
-every row, and their ratios and % of the yardstick hold.
+one after another turns that drift into differences between implementations (Adam and AdamW,
+the same native kernel, can measure 16 and 28 ms in two consecutive rows). So a group is timed
+in rounds of one call of each implementation and of the yardstick: the same drift hits every
+row, and their ratios and % of the yardstick hold.
 
 On a GPU a sample is a burst of GPU_BURST back-to-back calls, as in training, where the host
-queues the next step while the device runs this one: a first run timed single calls from an
-idle GPU, so the host's per-step work before the first kernel sat inside every sample (the
-LLaMA list's 84 tensors: ~1 ms of a 4.9 ms sample, H200, 2026-11-27). The burst starts behind
-a short device-side sleep, so the host has queued the first call when the start event fires.
-Where the host is slower than the device, the burst runs at the host's rate, which is then the
-honest steady-state rate. The host's own time per call is kept beside it (host_median_s).
+queues the next step while the device runs this one: timing single calls from an idle GPU
+would put the host's per-step work before the first kernel inside every sample (about a fifth
+of the LLaMA list's step on an H200). The burst starts behind a short device-side sleep, so
+the host has queued the first call when the start event fires. Where the host is slower than
+the device, the burst runs at the host's rate, which is then the honest steady-state rate. The
+host's own time per call is kept beside it (host_median_s).
 """
 import statistics
 import time
@@ -78,9 +78,13 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], Tuple[float
 
 
 def time_interleaved(calls: Dict[str, Callable[[], object]], device: torch.device, repeats: int,
-                     budget_s: float) -> Dict[str, Timing]:
+                     budget_s: float, stop_at: Optional[float] = None,
+                     give_up_at: Optional[float] = None) -> Tuple[Dict[str, Timing], bool]:
     """WARMUP more untimed calls of each, then rounds of one timed call of each until every one is
-    done (`repeats` samples, or at least MIN_REPEATS and budget_s of timed work)."""
+    done (`repeats` samples, or at least MIN_REPEATS and budget_s of timed work), or until
+    time.perf_counter() passes stop_at once every one has MIN_REPEATS samples, or passes
+    give_up_at (then with fewer, maybe). Returns the timings and whether a time cut the rounds
+    short."""
     for fn in calls.values():
         for _ in range(WARMUP):
             fn()
@@ -96,14 +100,21 @@ def time_interleaved(calls: Dict[str, Callable[[], object]], device: torch.devic
             if host_s is not None:
                 timings[name].host_samples_s.append(host_s)
         active = [name for name in active if not timings[name].done(repeats, budget_s)]
-    return timings
+        if not active:
+            break
+        now = time.perf_counter()
+        if give_up_at is not None and now >= give_up_at:
+            return timings, True
+        if stop_at is not None and now >= stop_at and all(len(t.samples_s) >= MIN_REPEATS for t in timings.values()):
+            return timings, True
+    return timings, False
 
 
 @dataclass(frozen=True)
 class Yardstick:
     """The bandwidth an optimizer step is compared with, on the same device, in the same run.
     CPU: dst.add_(src) on fp32, 12 B/element, all real: a copy_ counts 8 but moves 12 on x86,
-    each store reading its line first (read-for-ownership; shared/design.md). GPU: a
+    each store reading its line first (read-for-ownership). GPU: a
     device-to-device copy_, read + write = 8 B/element."""
     op: str
     bytes_per_element: int
