@@ -125,7 +125,9 @@ def test_clipping_outside_the_step_under_a_scaler_equals_the_unscaled_run(name):
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_lightning_clips_under_mixed_precision(precision):
     """Lightning with mixed precision and gradient_clip_val: it refused at the first step while
-    every instance set _step_supports_amp_scaling."""
+    every instance set _step_supports_amp_scaling. (On a CPU Lightning runs "16-mixed" as
+    "bf16-mixed", without a GradScaler; on a GPU it takes the scaler's path, which
+    test_clipping_outside_the_step_under_a_scaler_equals_the_unscaled_run covers here.)"""
     lightning = pytest.importorskip("lightning")
 
     class Module(lightning.LightningModule):
