@@ -2,9 +2,9 @@
 
 The cuda and triton backends define each native call as a torch.library custom op, so that
 torch.compile and fake-tensor tracing see one opaque operator with declared mutations. In
-eager mode the dispatcher adds little but cost: converting every tensor of every list argument
-and bumping each mutated tensor's version counter from Python took ~170 us per call for 84
-tensors x 4 lists on the CI machine's CPU, 44% of a step's host time (cProfile, 2026-11-27).
+eager mode the dispatcher adds little but cost: it converts every tensor of every list argument
+and bumps each mutated tensor's version counter from Python, a large share of a step's host
+time for a model of many tensors (bench/NOTES.md has the profile).
 `call` runs the op's function directly there and bumps the versions in one call; under
 torch.compile or any dispatch mode (fake tensors, functionalization, make_fx) it calls the op.
 """
