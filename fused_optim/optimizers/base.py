@@ -61,7 +61,7 @@ class Batch:
     # extra keyword arguments of every backend call: how a fusing backend keeps bf16/fp16
     # params (param_mode, param_extras, seed, tensor_indices; _mixed_precision.MasterStep)
     precision: Dict[str, Any] = field(default_factory=dict)
-    # the params' states, all made before the first kernel of the step runs (_prepare)
+    # the params' states, all made by step() before the first kernel runs
     states: Optional[List[Dict[str, Any]]] = None
     # set once the batch's update and its step counters are both written (_batch_done)
     done: bool = False
