@@ -369,3 +369,17 @@ def test_adai_grad_whose_square_overflows_gives_the_references_nan():
     for key, expected in ref.state[q].items():
         torch.testing.assert_close(opt.state[p][key], expected, rtol=FP32_ADAI_RTOL, atol=0, equal_nan=True,
                                    msg=lambda m, key=key: f"state {key}: {m}")
+
+
+def test_adai_records_sums_only_of_its_own_states():
+    """A strided param is staged through a stand-in state each step: its sum is read again
+    next step, and the optimizer keeps no record of the stand-ins (which would pile up)."""
+    strided = (torch.randn(16, 24, generator=torch.Generator().manual_seed(3)) * 0.05)[:, ::3].requires_grad_()
+    params = [strided] + make_params("7", torch.float32, seed=4)
+    twins = _fp64_twins(params)
+    opt = fused_optim.Adai(params, lr=0.5, backend="cpu")
+    ref = fused_optim.Adai(twins, lr=0.5, backend="torch")
+    for step in range(1, 5):
+        _step_pair(opt, params, ref, twins, grads_for(params, step))
+    assert len(opt._v_sum_of) <= len(params)
+    _assert_matches_reference(opt, params, ref, twins)

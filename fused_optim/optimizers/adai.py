@@ -89,7 +89,7 @@ class Adai(FusedOptimizer):
                 self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper, **scaling, v_sums=v_sums,
                 **b.precision,
             )
-            self._keep_sums(states, v_sums)
+            self._keep_sums(b.keys, states, v_sums)
             self._commit_steps(b, states)
 
     def _load_state_dict(self, state_dict):
@@ -112,7 +112,7 @@ class Adai(FusedOptimizer):
                 total, summed = sums.get(param_id, (None, None))
                 v = self.state[p].get("exp_avg_sq") if total is not None else None
                 if v is not None and torch.is_tensor(summed) and summed.dtype == v.dtype:
-                    self._keep_sums([self.state[p]], [total])
+                    self._keep_sums([p], [self.state[p]], [total])
 
     def _mean_vhat(self, work):
         """Pass 1 over every batch of every group: the mean of vhat over every element of every
@@ -183,16 +183,18 @@ class Adai(FusedOptimizer):
             sums.append(total)
         return sums
 
-    def _keep_sums(self, states, v_sums) -> None:
+    def _keep_sums(self, keys, states, v_sums) -> None:
         """Right after a batch's update: the sums it wrote are state; a backend that keeps none
-        has changed exp_avg_sq without them, so any are dropped."""
+        has changed exp_avg_sq without them, so any are dropped. Only a param's own state is
+        recorded in _v_sum_of: the stand-in of a staged param (base._stage) lives for one
+        step, its exp_avg_sq is a copy, and its sum is read again next step."""
         if v_sums is None:
             for state in states:
                 state.pop(V_SUM, None)
         else:
-            for state, total in zip(states, v_sums):
+            for key, state, total in zip(keys, states, v_sums):
                 state[V_SUM] = total
-                if not torch.compiler.is_compiling():
+                if not torch.compiler.is_compiling() and self.state.get(key) is state:
                     self._v_sum_of[id(state)] = _identity(state["exp_avg_sq"])
 
 
