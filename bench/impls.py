@@ -26,10 +26,12 @@ import torch
 
 import fused_optim
 from fused_optim.backends import serves
+from fused_optim.dtypes import math_dtype
+from fused_optim.operations import OPERATIONS, state_key
 from fused_optim.reference import authors
-from fused_optim.reference._common import math_dtype
 from fused_optim.registry import OPTIMIZERS as REGISTRY
 
+from .names import OPTIMIZERS as NAMES
 from .names import PRECISION_MODES
 
 TORCH_PEERS = ("fused", "foreach")
@@ -49,20 +51,13 @@ class OptimizerCase:
     pytorch_optimizer: Optional[Tuple[str, Dict]] = None
 
 
-# Decoupled or zero weight decay: Adai's coupled L2 also reads p in pass 1. Adai: lr 0.1, the
-# authors' CIFAR setting; DualAdam's default switch_rate 0.01 keeps its blend (the more
-# expensive path) active for every measured step.
-OPTIMIZERS = (
-    OptimizerCase("AdamW", fused_optim.AdamW, {}, peer=torch.optim.AdamW),
-    OptimizerCase("Adam", fused_optim.Adam, {}, peer=torch.optim.Adam),
-    OptimizerCase("Adai", fused_optim.Adai, dict(lr=0.1), authors.AuthorsAdai,
-                  pytorch_optimizer=("Adai", dict(lr=0.1))),
-    OptimizerCase("AdaiW", fused_optim.AdaiW, dict(lr=0.1, weight_decay=5e-4), authors.AuthorsAdaiW,
-                  pytorch_optimizer=("Adai", dict(lr=0.1, weight_decay=5e-4, weight_decouple=True))),
-    OptimizerCase("AdaMomentum", fused_optim.AdaMomentum, {}, authors.AuthorsAdaMomentum),
-    OptimizerCase("InvAdam", fused_optim.InvAdam, {}, authors.AuthorsInvAdam),
-    OptimizerCase("DualAdam", fused_optim.DualAdam, {}, authors.AuthorsDualAdam,
-                  pytorch_optimizer=("DualAdam", {})),
+# Every optimizer of the registry in the command line's order (names.OPTIMIZERS), with its
+# benchmark group (bench_kwargs: decoupled or zero weight decay, as Adai's coupled L2 also
+# reads p in pass 1).
+OPTIMIZERS = tuple(
+    OptimizerCase(name, spec.cls, spec.bench_kwargs, getattr(authors, spec.authors) if spec.authors else None,
+                  spec.torch_peer, spec.pytorch_optimizer)
+    for name in NAMES for spec in [REGISTRY[name]]
 )
 BY_NAME = {o.name: o for o in OPTIMIZERS}
 
@@ -175,14 +170,16 @@ def reference_step(case: OptimizerCase, params, grads, state_dtype: torch.dtype)
              for k in spec.state_names}
     steps = [float(FIXED_STEP)] * len(params)
     ref = fused_optim.reference
-    if case.name in ("Adam", "AdamW"):
-        return lambda: ref.adam_step(params, grads, state["exp_avg"], state["exp_avg_sq"], None, steps, **hyper)
-    if case.name == "AdaMomentum":
-        return lambda: ref.adamomentum_step(params, grads, state["exp_avg"], state["exp_avg_sq"], None,
-                                            steps, **hyper)
-    if case.name in ("DualAdam", "InvAdam"):
-        return lambda: ref.dualadam_step(params, grads, state["exp_avg"], state["exp_avg_sq"],
-                                         global_step=FIXED_STEP, **hyper)
+    declaration = OPERATIONS.get(case.ours.operation or "")
+    if declaration is not None:  # one pass: its reference function, with the lists it declares
+        lists = [params, grads] + [state.get(state_key(name)) for name in declaration.state_lists()]
+        keywords = dict(hyper)
+        if "steps" in declaration.lists:
+            lists.append(steps)
+        if "global_step" in declaration.scalars:
+            keywords["global_step"] = FIXED_STEP
+        function = declaration.reference_function()
+        return lambda: function(*lists, **keywords)
     count = sum(p.numel() for p in params)
 
     def adai():

@@ -2,7 +2,7 @@
 mistyped flag answer before torch is imported; bench/impls.py and bench/cases.py build their
 tables from these same tuples (tests/test_bench.py checks that they agree)."""
 
-OPTIMIZERS = ("AdamW", "Adam", "Adai", "AdaiW", "AdaMomentum", "InvAdam", "DualAdam")
+OPTIMIZERS = ("AdamW", "Adam", "Adai", "AdaiW", "AdaMomentum", "InvAdam", "DualAdam", "Lion")
 OUR_BACKENDS = ("cpu", "cuda", "triton", "torch")
 PEERS = ("fused", "foreach", "compiled", "authors", "pytorch_optimizer", "te")
 DTYPES = ("fp32", "bf16", "fp16")

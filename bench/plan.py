@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from fused_optim.backends import serves
-from fused_optim.reference._common import math_dtype
+from fused_optim.dtypes import math_dtype
 
 from . import impls
 from .cases import Case

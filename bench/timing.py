@@ -8,8 +8,8 @@ row, and their ratios and % of the yardstick hold.
 
 On a GPU a sample is a burst of GPU_BURST back-to-back calls, as in training, where the host
 queues the next step while the device runs this one: timing single calls from an idle GPU
-would put the host's per-step work before the first kernel inside every sample (about a fifth
-of the LLaMA list's step on an H200). The burst starts behind a short device-side sleep, so
+would put the host's per-step work before the first kernel inside every sample (a large share
+of a many-tensor step: bench/NOTES.md). The burst starts behind a short device-side sleep, so
 the host has queued the first call when the start event fires. Where the host is slower than
 the device, the burst runs at the host's rate, which is then the honest steady-state rate. The
 host's own time per call is kept beside it (host_median_s).
@@ -26,7 +26,7 @@ WARMUP = 1  # untimed calls here, after the one each implementation made when it
 MIN_REPEATS = 3
 YARDSTICK = "yardstick"
 GPU_BURST = 5  # calls per GPU sample
-GPU_LEAD_CYCLES = 10_000_000  # the device-side sleep before a burst: ~5 ms at H100/H200 clocks
+GPU_LEAD_CYCLES = 10_000_000  # the device-side sleep before a burst: milliseconds at datacenter GPU clocks
 
 
 @dataclass

@@ -8,21 +8,8 @@ __version__ = "0.1.0"
 
 import torch  # noqa: F401  (loads torch's OpenMP runtime before the native module)
 
-from . import reference
+from . import optimizers, reference
 from .backends import BACKENDS, BackendUnavailable, availability
-from .optimizers import Adai, AdaiW, AdaMomentum, Adam, AdamW, DualAdam, FusedOptimizer, InvAdam
+from .optimizers import *  # noqa: F401,F403  (the optimizer classes, optimizers.__all__)
 
-__all__ = [
-    "BACKENDS",
-    "BackendUnavailable",
-    "Adai",
-    "AdaiW",
-    "AdaMomentum",
-    "Adam",
-    "AdamW",
-    "DualAdam",
-    "FusedOptimizer",
-    "InvAdam",
-    "availability",
-    "reference",
-]
+__all__ = ["BACKENDS", "BackendUnavailable", "availability", "reference", *optimizers.__all__]

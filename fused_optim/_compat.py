@@ -3,7 +3,7 @@
 Checked with tools/torch_compat.py (the whole suite in a virtual environment per release):
 - torch.compile of step(): from torch 2.6 the step traces into one graph. torch 2.4 cannot
   functionalize custom operators that mutate tensor lists (every backend call is one:
-  _ops.py), so there dynamo runs step() eagerly instead (a graph break; fullgraph=True
+  operations.py), so there dynamo runs step() eagerly instead (a graph break; fullgraph=True
   raises), which gives the same result. torch 2.5 is not checked and is treated as 2.4.
 - the triton backend needs triton >= 3.2 (triton_kernels/__init__.py), the one torch 2.6
   pins; torch 2.4 and 2.5 pin triton 3.0 and 3.1.

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import torch
 
-from .reference._common import math_dtype
+from .dtypes import math_dtype
 
 
 def skipped(found_inf: Optional[torch.Tensor]) -> bool:

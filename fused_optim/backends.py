@@ -7,35 +7,8 @@ module fused_optim._cpu), "cuda" (the native module fused_optim._cuda) and "trit
 warns once when it has to fall back. FUSED_OPTIM_BACKEND in the environment replaces "auto".
 An explicitly requested backend that cannot serve raises an error that says why.
 
-The contract every backend module implements (all tensors of one call on one device, the
-params of one dtype; lists may be long and tensors zero-size or non-contiguous):
-
-    adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, lr, beta1, beta2,
-              eps, weight_decay, decoupled, amsgrad, maximize, grad_scale=None, found_inf=None)
-    adamomentum_step(... the same, with rectify in place of maximize ...)
-    dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta1, beta2, eps,
-                  weight_decay, switch_rate, grad_scale=None, found_inf=None)
-    adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
-                       grad_scale=None, found_inf=None, v_sums=None) -> 0-dim float64 tensor: sum of vhat
-    adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2,
-                eps, weight_decay, decoupled, vbar, grad_scale=None, found_inf=None, v_sums=None)
-    adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
-                   norm_type, grad_scale=None, v_sums=None) -> float64 tensor of 4: [norm part, c0, c1, c2]
-                   (reference.adai_clip_sums: Adai's pass 1 when max_grad_norm is set)
-
-- steps: each param's counter, a 0-dim float32 tensor holding the count BEFORE this step
-  (the update uses t = step + 1); global_step: DualAdam's one counter, 0-dim float64, the
-  same way. Backends only read them; the optimizer advances them once every call succeeded.
-- vbar: 0-dim float64 tensor, Adai's global mean of vhat over every param with a grad.
-- grad_scale / found_inf: a GradScaler's scale (grads are divided by it) and its inf flag
-  (nonzero: the step changes nothing).
-- Adai's pass 1 (adai_second_moment, or adai_clip_sums when the grads are clipped) writes
-  nothing; adai_update does the whole element update, v included.
-- v_sums: None, or Adai's carried sums (optimizers/adai.py), one 0-dim float64 CPU tensor per
-  param holding sum(exp_avg_sq) as this backend's last update left it, NaN where not known.
-  Only a backend that keeps them gets them (cpu: its pass 1 then reads g alone); its pass 1
-  reads them (exp_avg_sq where NaN) and its adai_update leaves each holding sum(exp_avg_sq),
-  a step skipped by found_inf too. The other backends take the argument and ignore it.
+What a backend computes is declared once in fused_optim.operations (the contract); each
+backend module registers its functions there, and implementation() hands them to the optimizers.
 """
 import importlib
 import os
@@ -45,9 +18,9 @@ from typing import Any, Dict, Tuple
 
 import torch
 
+from . import operations
+
 BACKENDS = ("auto", "torch", "cpu", "cuda", "triton")
-# Parameter dtypes every backend serves: fp32/fp64 natively, bf16/fp16 with fp32 math.
-SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 class BackendUnavailable(RuntimeError):
@@ -168,13 +141,15 @@ def _triton_interpreted() -> bool:
 
 
 _implementations: Dict[str, Any] = {}
-_operators: Dict[str, Any] = {}
 
 
 def implementation(backend: str):
-    """The module with the step functions of a backend (the contract in this module's doc)."""
-    module = _implementations.get(backend)
-    if module is None:
+    """The operations of a backend (fused_optim.operations.BackendOperations): each runs the
+    backend's function in eager mode and its torch.library operator while torch.compile
+    traces a step. The operators are defined here, on first use in eager mode, so that a
+    compiled step only looks them up."""
+    ops = _implementations.get(backend)
+    if ops is None:
         if backend == "torch":
             from . import torch_backend as module
         elif backend == "cpu":
@@ -183,22 +158,9 @@ def implementation(backend: str):
             module = importlib.import_module(f"{__package__}.{backend}_backend")
         else:
             raise BackendUnavailable(f"backend={backend!r}: {availability(backend)[1]}")
-        _implementations[backend] = module
-    return module
-
-
-def operators(backend: str):
-    """The same functions as torch.library operators (fused_optim._ops), for torch.compile.
-    Both lookups are dictionary reads once FusedOptimizer registered the backend in eager
-    mode, so torch.compile traces them without a break."""
-    ops = _operators.get(backend)
-    if ops is None:
-        module = implementation(backend)
-        if backend in ("cuda", "triton"):
-            ops = module  # their functions already are thin wrappers around their operators
-        else:
-            from . import _ops
-
-            ops = _ops.operators(backend, module)
-        _operators[backend] = ops
+        extras = {"advance_steps": module.advance_steps} if hasattr(module, "advance_steps") else {}
+        ops = operations.BackendOperations(backend, extras)
+        for name in operations.implementations(backend):
+            operations.operator(backend, name)
+        _implementations[backend] = ops
     return ops

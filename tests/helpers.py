@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fused_optim import _compat, backends
-from fused_optim.reference._common import LOW_PRECISION
+from fused_optim.dtypes import LOW_PRECISION
 
 STEPS = 6  # >= 5 steps; 6 also carries AdaMomentum's rectify case across rho_t = 5
 

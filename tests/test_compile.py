@@ -7,7 +7,7 @@ import torch
 import torch._dynamo
 import torch._dynamo.testing
 
-from fused_optim import _compat, _ops, backends
+from fused_optim import _compat, backends, operations
 from fused_optim.registry import OPTIMIZERS
 
 from .helpers import CPU_BACKENDS, grads_for, make_params, needs_compiled_step
@@ -145,42 +145,55 @@ def test_training_step_with_inductor_has_no_graph_break(name):
     assert losses[-1] < losses[0]  # it trains
 
 
+# example values of the arguments that no optimizer's hyper() gives
+_SCALARS = {"global_step": (3.0, torch.float64), "vbar": (0.015, torch.float64), "grad_scale": (4.0, torch.float32),
+            "found_inf": (0.0, torch.float32)}
+_EXTRA_HYPER = {"norm_type": 2.0}
+
+
+def _user_of(function):
+    """An optimizer of the registry that runs this operation, with its last (least default) case."""
+    for spec in OPTIMIZERS.values():
+        if spec.cls.operation == function or (spec.cls.operation is None and function.startswith(spec.name.lower())):
+            return spec.cls, list(spec.cases.values())[-1]
+    raise AssertionError(f"no optimizer of the registry runs {function}")
+
+
 def _op_arguments(function, dtype):
+    """The operation's arguments as its declaration lists them: per-param lists over a
+    transposed and a misaligned param, the hyperparameters as the optimizer that runs it
+    resolves them, GradScaler's scalars."""
+    declaration = operations.OPERATIONS[function]
     params = make_params("views", dtype)
     grads = grads_for(params, 1)
     params = [p.detach() for p in params]  # opcheck calls the op outside no_grad
-    like = lambda fill: [torch.full_like(p, fill, dtype=torch.float32 if dtype != torch.float64 else dtype)
-                         for p in params]
-    steps = [torch.tensor(2.0) for _ in params]
-    moments = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
-    scaling = dict(grad_scale=torch.tensor(4.0), found_inf=torch.tensor(0.0))
-    if function == "adam_step":
-        return (params, grads, like(0.01), like(0.02), like(0.03), steps), dict(
-            **moments, decoupled=True, amsgrad=True, maximize=False, **scaling)
-    if function == "adamomentum_step":
-        return (params, grads, like(0.01), like(0.02), [], steps), dict(
-            **moments, decoupled=False, amsgrad=False, rectify=True, **scaling)
-    if function == "dualadam_step":
-        return (params, grads, like(0.01), like(0.02)), dict(
-            global_step=torch.tensor(3.0, dtype=torch.float64), **moments, switch_rate=0.1, **scaling)
-    if function == "adai_second_moment":
-        return (params, grads, like(0.02), steps), dict(beta2=0.99, weight_decay=0.01, decoupled=False, **scaling)
-    if function == "adai_clip_sums":
-        return (params, grads, like(0.02), steps), dict(beta2=0.99, weight_decay=0.01, decoupled=False,
-                                                        norm_type=2.0, grad_scale=scaling["grad_scale"])
-    if function == "adai_update":
-        return (params, grads, like(0.01), like(0.02), like(1.0), steps), dict(
-            lr=0.1, beta0=0.1, beta2=0.99, eps=1e-3, weight_decay=0.01, decoupled=True,
-            vbar=torch.tensor(0.015, dtype=torch.float64), **scaling)
-    raise AssertionError(function)
+    state_dtype = torch.float32 if dtype != torch.float64 else dtype
+    lists = []
+    for k, name in enumerate(declaration.lists):
+        if name == "params":
+            lists.append(params)
+        elif name == "grads":
+            lists.append(grads)
+        elif name == "steps":
+            lists.append([torch.tensor(2.0) for _ in params])
+        else:
+            lists.append([torch.full_like(p, 0.01 * k, dtype=state_dtype) for p in params])
+    cls, case = _user_of(function)
+    optimizer = cls([torch.nn.Parameter(torch.zeros(1))], **case, backend="torch")
+    hyper = optimizer.hyper(optimizer.param_groups[0], 0)
+    kwargs = {name: hyper.get(name, _EXTRA_HYPER.get(name)) for name in declaration.hyperparameters}
+    for name in declaration.scalars:
+        value, scalar_dtype = _SCALARS[name]
+        kwargs[name] = torch.tensor(value, dtype=scalar_dtype)
+    return lists, kwargs
 
 
 @needs_compiled_step
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("torch", "cpu")])  # triton: its own file
-@pytest.mark.parametrize("function", list(_ops.SCHEMAS))
+@pytest.mark.parametrize("function", list(operations.OPERATIONS))
 def test_opcheck(function, backend, dtype):
-    backends.operators(backend)  # registered (first, so that the test also runs alone)
+    backends.implementation(backend)  # the operators are defined (first, so that the test also runs alone)
     op = getattr(torch.ops.fused_optim, f"{backend}_{function}")
     args, kwargs = _op_arguments(function, dtype)
     torch.library.opcheck(op.default, args, kwargs)
@@ -188,10 +201,12 @@ def test_opcheck(function, backend, dtype):
 
 def test_operators_run_the_backend_functions():
     """The compiled path calls the operator, the eager path the function: same result."""
+    backend = "cpu" if "cpu" in BACKENDS else "torch"
     args, kwargs = _op_arguments("adam_step", torch.float32)
     twin_args, twin_kwargs = _op_arguments("adam_step", torch.float32)
-    backends.operators("cpu" if "cpu" in BACKENDS else "torch").adam_step(*args, **kwargs)
-    backends.implementation("cpu" if "cpu" in BACKENDS else "torch").adam_step(*twin_args, **twin_kwargs)
+    backends.implementation(backend)
+    torch.ops.fused_optim.__getattr__(f"{backend}_adam_step")(*args, **kwargs)
+    backends.implementation(backend).adam_step(*twin_args, **twin_kwargs)
     for a, b in zip(args, twin_args):
         if isinstance(a, list):
             assert all(torch.equal(x, y) for x, y in zip(a, b))

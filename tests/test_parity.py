@@ -34,8 +34,7 @@ def test_parity_with_fp64_reference(name, case, backend, dtype, layout):
         lambda ps: spec.cls(ps, **kwargs, backend="torch"),
     )
     for p, q in zip(params, oracle_params):
-        rtol, atol = tolerances.param_tolerance(name, dtype, q.detach())
-        torch.testing.assert_close(p.detach().double(), q.detach(), rtol=rtol, atol=atol)
+        tolerances.assert_param_close(name, dtype, p, q, opt.param_groups[0]["lr"])
     for p, q in zip(params, oracle_params):
         _, param_atol = tolerances.param_tolerance(name, dtype, q.detach())
         srtol, satol = tolerances.state_tolerance(name, dtype, kwargs.get("weight_decay", 0.0), param_atol)

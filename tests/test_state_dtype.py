@@ -31,7 +31,8 @@ def test_bf16_states_against_fp64_reference(name, case, backend, dtype, layout):
     )
     for p, q, p0 in zip(params, oracle_params, initial):
         rtol, atol = tolerances.bf16_state_param_tolerance(name, dtype, q.detach(), p0)
-        torch.testing.assert_close(p.detach().double(), q.detach(), rtol=rtol, atol=atol)
+        tolerances.assert_param_close(name, dtype, p, q, opt.param_groups[0]["lr"], rtol, atol,
+                                      flip_share=tolerances.LION_BF16_STATE_FLIP_SHARE)
         for key, value in opt.state[p].items():
             if key == "step":
                 continue

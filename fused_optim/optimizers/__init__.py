@@ -4,5 +4,6 @@ from .adam import Adam, AdamW
 from .adamomentum import AdaMomentum
 from .base import FusedOptimizer
 from .dualadam import DualAdam, InvAdam
+from .lion import Lion
 
-__all__ = ["Adai", "AdaiW", "AdaMomentum", "Adam", "AdamW", "DualAdam", "FusedOptimizer", "InvAdam"]
+__all__ = ["Adai", "AdaiW", "AdaMomentum", "Adam", "AdamW", "DualAdam", "FusedOptimizer", "InvAdam", "Lion"]

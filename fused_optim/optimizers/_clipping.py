@@ -4,10 +4,11 @@ without its rescale pass over the grads.
 The total norm is taken the way clip_grad_norm_ takes it (torch._foreach_norm per tensor, then
 the norm of those norms), on the device, with no host sync. The clip coefficient
 min(1, max_norm / (norm + 1e-6)) then joins the GradScaler scale the backends already divide
-every grad by inside their update: grad_scale' = grad_scale / coefficient. The cuda and triton
-kernels read it on the device, so clipping costs them the norm's read of the grads (4 B/element
-for fp32) instead of clip_grad_norm_'s read + rescale (12 B/element); the torch and cpu backends
-divide on the host side (a copy of the grads, as for a GradScaler).
+every grad by inside their update: grad_scale' = grad_scale / coefficient. The cpu, cuda and
+triton kernels divide each grad by it in their loop (the cpu backend gets it as a host number,
+the GPU kernels read it on the device), so clipping costs them the norm's read of the grads
+(4 B/element for fp32) instead of clip_grad_norm_'s read + rescale (12 B/element); the torch
+backend divides a copy of the grads (as it does for a GradScaler).
 """
 import math
 from typing import List, Optional, Tuple

@@ -20,7 +20,7 @@ value in 65536, and its rounding error is the same half ulp either way.
 
 How the step runs: the cpu, cuda and triton kernels keep the params in each mode themselves,
 in their one pass over the elements (csrc/cpu/param_access.h, csrc/cuda/param_access.cuh,
-triton_kernels/param_modes.py: they read the master, or param and remainder, and write
+triton_kernels/param_storage.py: they read the master, or param and remainder, and write
 master/remainder and the rounded param; stochastic rounding hashes each element's index with a
 key of seed, tensor and step). For the torch backend (and under torch.compile) each
 batch is handed fp32 masters (the state, the param joined with its remainder, or a widened
@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from .._param_storage import OPTION_MODES, ParamStorage, pcg
 from ._sharding import local
 
 MASTER = "master_param"
@@ -168,31 +169,15 @@ def _splitted(master: torch.Tensor):
     return _split_op(master) if torch.compiler.is_compiling() else split(master)
 
 
-def _pcg(x: torch.Tensor) -> torch.Tensor:
-    """PCG's output permutation as a 32-bit hash (Jarzynski and Olano, "Hash Functions for GPU
-    Rendering", 2020), on int64 tensors holding 32-bit values."""
-    state = (x * 747796405 + 2891336453) & _MASK32
-    word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & _MASK32
-    return ((word >> 22) ^ word) & _MASK32
-
-
 def random_increments(seed: int, step: torch.Tensor, tensor_index: int, numel: int,
                       device: torch.device) -> torch.Tensor:
     """16 random bits per element, a function of (seed, step, tensor, element) only."""
-    key = _pcg(torch.tensor((seed & _MASK32) ^ (tensor_index * 0x9E3779B9 & _MASK32), dtype=torch.int64,
+    key = pcg(torch.tensor((seed & _MASK32) ^ (tensor_index * 0x9E3779B9 & _MASK32), dtype=torch.int64,
                             device=device))
-    key = _pcg(key ^ (step.to(device=device, dtype=torch.int64) & _MASK32))
+    key = pcg(key ^ (step.to(device=device, dtype=torch.int64) & _MASK32))
     index = torch.arange(numel, dtype=torch.int64, device=device)
-    high = _pcg(key ^ (index >> 32))
-    return _pcg(high ^ (index & _MASK32)) >> 16
-
-
-def base_keys(seed: int, tensor_indices: List[int]) -> List[int]:
-    """Per tensor, the first hash of random_increments' key, hash(seed ^ index * golden ratio):
-    the part that does not change from step to step (the triton kernels join the step on the
-    device, so a captured graph follows it)."""
-    index = torch.tensor([i * 0x9E3779B9 & _MASK32 for i in tensor_indices], dtype=torch.int64)
-    return _pcg((seed & _MASK32) ^ index).tolist()
+    high = pcg(key ^ (index >> 32))
+    return pcg(high ^ (index & _MASK32)) >> 16
 
 
 def round_stochastic(value: torch.Tensor, seed: int, step: torch.Tensor, tensor_index: int) -> torch.Tensor:
@@ -204,18 +189,16 @@ def round_stochastic(value: torch.Tensor, seed: int, step: torch.Tensor, tensor_
 # ----- the step --------------------------------------------------------------------------------
 
 # Backends whose kernels keep the params in each mode themselves, in their one pass
-# (csrc/cpu/param_access.h, csrc/cuda/param_access.cuh, triton_kernels/param_modes.py): they get the masters/remainders, or the seed and each param's
-# index for stochastic rounding, as extra arguments (param_mode, param_extras, seed,
-# tensor_indices) instead of fp32 copies.
+# (csrc/cpu/param_access.h, csrc/cuda/param_access.cuh, triton_kernels/param_storage.py): they
+# get the masters/remainders, or the seed and each param's index for stochastic rounding, as a
+# ParamStorage (fused_optim/_param_storage.py) instead of fp32 copies.
 FUSED_BACKENDS = ("cpu", "cuda", "triton")
-# the param_mode codes of the native kernels (math/rounding.h)
-PARAM_MODES = {"master_weights": 1, "param_remainders": 2, "stochastic_rounding": 3}
 
 
-class MasterStep:
+class ParamStorageStep:
     """Prepares the bf16/fp16 params of batches whose group uses an option. Backends that fuse
     the modes (FUSED_BACKENDS, in eager mode, contiguous params) get the master/remainder
-    states or the rounding seed and param indices as extra arguments (batch.precision): one
+    states or the rounding seed and param indices as a ParamStorage (batch.storage): one
     pass reads and writes everything. For the others the params are swapped for fp32 masters (and their
     grads for fp32 copies) before the update, and written back after it (finish)."""
 
@@ -225,15 +208,15 @@ class MasterStep:
         self.replaced: List[tuple] = []
         self.index: Dict[int, int] = {}  # id(param) -> its place among all params: stochastic rounding's key
         for batch in batches:
-            option = mode(batch.group, batch.params[0].dtype) if batch.params else None
+            option = mode(batch.group, batch.tensors[0].dtype) if batch.tensors else None
             if option is None:
                 continue
             if (batch.backend in FUSED_BACKENDS and not torch.compiler.is_compiling()
-                    and all(p.is_contiguous() for p in batch.params)):
+                    and all(p.is_contiguous() for p in batch.tensors)):
                 self._fuse(optimizer, batch, option)
                 continue
             masters, steps = [], []
-            for key, p in zip(batch.keys, batch.params):
+            for key, p in zip(batch.params, batch.tensors):
                 state = optimizer.state[key]
                 if option == "master_weights":
                     masters.append(local(self._master(state, key)))
@@ -243,22 +226,21 @@ class MasterStep:
                     masters.append(p.to(torch.float32))
                     steps.append(optimizer.step_number(state))
                     self._index_params(optimizer)
-            self.jobs.append((batch, option, list(batch.params), masters, steps))
-            batch.params = masters
+            self.jobs.append((batch, option, list(batch.tensors), masters, steps))
+            batch.tensors = masters
             batch.grads = [g.to(torch.float32) for g in batch.grads]
 
     def _fuse(self, optimizer, batch, option: str) -> None:
         extras: Optional[List[torch.Tensor]] = None
         indices: Optional[List[int]] = None
         if option == "master_weights":
-            extras = [local(self._master(optimizer.state[key], key)) for key in batch.keys]
+            extras = [local(self._master(optimizer.state[key], key)) for key in batch.params]
         elif option == "param_remainders":
-            extras = [local(self._remainder(optimizer.state[key], key, p)) for key, p in zip(batch.keys, batch.params)]
+            extras = [local(self._remainder(optimizer.state[key], key, p)) for key, p in zip(batch.params, batch.tensors)]
         else:  # the kernels hash (seed, index, the step each tensor takes, element) themselves
             self._index_params(optimizer)
-            indices = [self.index[id(key)] for key in batch.keys]
-        batch.precision = {"param_mode": PARAM_MODES[option], "param_extras": extras,
-                           "seed": batch.group.get("seed", 0), "tensor_indices": indices}
+            indices = [self.index[id(key)] for key in batch.params]
+        batch.storage = ParamStorage(OPTION_MODES[option], extras, int(batch.group.get("seed", 0)), indices)
 
     def _master(self, state: Dict[str, Any], key: torch.Tensor) -> torch.Tensor:
         if MASTER not in state:  # first step, or a checkpoint saved without masters
@@ -301,7 +283,7 @@ class MasterStep:
             if batch is not updated:
                 continue
             with torch.no_grad():
-                for i, (key, p, master) in enumerate(zip(batch.keys, params, masters)):
+                for i, (key, p, master) in enumerate(zip(batch.params, params, masters)):
                     if option == "master_weights":
                         p.copy_(round_nearest(master, p.dtype))
                     elif option == "param_remainders":

@@ -4,9 +4,11 @@ where the mean runs over every element of every param with a grad, in all groups
 import math
 
 import torch
+from typing_extensions import Unpack
 
 from . import _validation as check
 from ._clipping import NORM_EPS, clip_settings
+from ._options import FusedOptions
 from ._sharding import global_clip_sums, global_mean
 from .base import FusedOptimizer
 
@@ -42,15 +44,10 @@ class Adai(FusedOptimizer):
     hidden_from_schedulers = ("betas",)
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=False,
-                 *, backend="auto", state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
-                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
+                 **options: Unpack[FusedOptions]):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
         self.hyper(defaults, None)
-        super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
-                         error_if_nonfinite,
-                         master_weights=master_weights, param_remainders=param_remainders,
-                         stochastic_rounding=stochastic_rounding, seed=seed)
+        super().__init__(params, defaults, **options)
 
     def hyper(self, group, index):
         beta0, beta2 = check.betas_pair(group["betas"], index)
@@ -85,11 +82,11 @@ class Adai(FusedOptimizer):
         scaling = self.scaling()
         for b, states, steps, v_sums in work:
             b.impl.adai_update(
-                b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
+                b.tensors, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
                 self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper, **scaling, v_sums=v_sums,
-                **b.precision,
+                storage=b.storage,
             )
-            self._keep_sums(b.keys, states, v_sums)
+            self._keep_sums(b.params, states, v_sums)
             self._commit_steps(b, states)
 
     def _load_state_dict(self, state_dict):
@@ -121,11 +118,11 @@ class Adai(FusedOptimizer):
         for b, states, steps, v_sums in work:
             h = b.hyper
             part = b.impl.adai_second_moment(
-                b.params, b.grads, self._column(states, "exp_avg_sq"), steps,
+                b.tensors, b.grads, self._column(states, "exp_avg_sq"), steps,
                 beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"], **self.scaling(),
-                v_sums=v_sums, **b.precision,
+                v_sums=v_sums, storage=b.storage,
             )
-            parts.append((b.shard_group, part, sum(p.numel() for p in b.params)))
+            parts.append((b.shard_group, part, sum(p.numel() for p in b.tensors)))
         return global_mean(parts)
 
     def _clipped_mean_vhat(self, work, norm_type):
@@ -142,15 +139,15 @@ class Adai(FusedOptimizer):
         for b, states, steps, v_sums in work:
             h = b.hyper
             sums = b.impl.adai_clip_sums(
-                b.params, b.grads, self._column(states, "exp_avg_sq"), steps, beta2=h["beta2"],
+                b.tensors, b.grads, self._column(states, "exp_avg_sq"), steps, beta2=h["beta2"],
                 weight_decay=h["weight_decay"], decoupled=h["decoupled"], norm_type=norm_type, grad_scale=grad_scale,
-                v_sums=v_sums, **b.precision,
+                v_sums=v_sums, storage=b.storage,
             )
-            parts.append((b.shard_group, sums, sum(p.numel() for p in b.params)))
+            parts.append((b.shard_group, sums, sum(p.numel() for p in b.tensors)))
         totals, count = global_clip_sums(parts, norm_type)
         norm = totals[0] if math.isinf(norm_type) else totals[0].pow(1.0 / norm_type)
         # the dtype clip_grad_norm_'s norm has (torch._foreach_norm's: fp32 unless grads are fp64)
-        fp64 = any(b.params and b.grads[0].dtype == torch.float64 for b, *_ in work)
+        fp64 = any(b.tensors and b.grads[0].dtype == torch.float64 for b, *_ in work)
         norm = norm.to(torch.float64 if fp64 else torch.float32)
         self._this_step["scaling"] = self._clipped_scaling(norm, [b for b, *_ in work])
         max_norm = clip_settings(self.param_groups, type(self).__name__)[0]
@@ -214,11 +211,5 @@ class AdaiW(Adai):
     """Adai with decoupled weight decay (decoupled=True by default)."""
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=True,
-                 *, backend="auto", state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
-                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
-        super().__init__(params, lr, betas, eps, weight_decay, decoupled, backend=backend,
-                         state_dtype=state_dtype, capturable=capturable,
-                         max_grad_norm=max_grad_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite,
-                         master_weights=master_weights, param_remainders=param_remainders,
-                         stochastic_rounding=stochastic_rounding, seed=seed)
+                 **options: Unpack[FusedOptions]):
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled, **options)

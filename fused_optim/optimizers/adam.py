@@ -1,5 +1,8 @@
 """Adam and AdamW with torch.optim's semantics, on the fused backends."""
+from typing_extensions import Unpack
+
 from . import _validation as check
+from ._options import FusedOptions
 from .base import FusedOptimizer
 
 
@@ -16,13 +19,12 @@ class Adam(FusedOptimizer):
     `differentiable=True` is refused: the kernels update params in place outside autograd."""
 
     decoupled = False
+    operation = "adam_step"
     state_initial_values = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=None, backend="auto", state_dtype=None,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
-                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
+                 *, foreach=None, maximize=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=None, **options: Unpack[FusedOptions]):
         if differentiable:
             raise ValueError(f"{type(self).__name__}(differentiable=True) is not supported: the fused kernels write "
                              "params and states in place, outside autograd, so no gradient can flow through a "
@@ -36,10 +38,7 @@ class Adam(FusedOptimizer):
                         foreach=foreach, fused=fused, differentiable=False,
                         decoupled_weight_decay=decoupled_weight_decay)
         self.hyper(defaults, None)
-        super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
-                         error_if_nonfinite,
-                         master_weights=master_weights, param_remainders=param_remainders,
-                         stochastic_rounding=stochastic_rounding, seed=seed)
+        super().__init__(params, defaults, **options)
 
     def hyper(self, group, index):
         if group.get("differentiable"):
@@ -53,16 +52,6 @@ class Adam(FusedOptimizer):
                                  index),
         )
 
-    def _update(self, batches):
-        for b in batches:
-            states = self._states(b)
-            b.impl.adam_step(
-                b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
-                self._column(states, "max_exp_avg_sq") if b.hyper["amsgrad"] else [],
-                self._column(states, "step"), **b.hyper, **self.scaling(), **b.precision,
-            )
-            self._commit_steps(b, states)
-
 
 class AdamW(Adam):
     """torch.optim.AdamW: decoupled weight decay, p *= 1 - lr wd, default 1e-2."""
@@ -70,12 +59,6 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
-                 *, foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 backend="auto", state_dtype=None, max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
-                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
+                 *, foreach=None, maximize=False, differentiable=False, fused=None, **options: Unpack[FusedOptions]):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
-                         capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, backend=backend, state_dtype=state_dtype,
-                         max_grad_norm=max_grad_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite,
-                         master_weights=master_weights, param_remainders=param_remainders,
-                         stochastic_rounding=stochastic_rounding, seed=seed)
+                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True, **options)

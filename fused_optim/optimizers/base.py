@@ -10,15 +10,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
+from typing_extensions import Unpack
 
-from .. import backends
+from .. import backends, operations
 from .._compat import eager_under_compile_before_2_6
 from .._grad_scaling import skipped
 from .._staging import shares_one_dense_layout
-from ..reference._common import state_dtype_for
+from .. import dtypes
+from ..dtypes import state_dtype_for
 from . import _mixed_precision as mixed
 from . import _validation as check
 from ._clipping import clip_settings, clipped_scale, total_norm
+from ._options import FusedOptions, spell_out_signature
+from ._options import resolve as resolve_options
 from ._overlap import check_params as check_no_shared_memory
 from ._sharding import local, shard_group
 from ._uninterrupted import HeldInterrupts
@@ -51,16 +55,17 @@ class Batch:
     group: Dict[str, Any]
     hyper: Dict[str, Any]  # the group's validated hyperparameters
     backend: str
-    # the backend's step functions (the contract in backends.py): the module itself in eager
-    # mode, its torch.library operators while torch.compile traces the step
+    # the backend's operations (fused_optim.operations.BackendOperations)
     impl: Any
-    params: List[torch.Tensor]  # what the kernels update: the local shards of DTensor params
+    # what the kernels update: the params, the local shards of DTensor params, or fp32 masters
+    # (_mixed_precision.ParamStorageStep)
+    tensors: List[torch.Tensor]
     grads: List[torch.Tensor]
-    keys: List[torch.Tensor]  # the params themselves, the keys of their state
+    params: List[torch.Tensor]  # the params themselves, the keys of their state
     shard_group: Any = None  # process group the params are sharded over (None: not sharded)
-    # extra keyword arguments of every backend call: how a fusing backend keeps bf16/fp16
-    # params (param_mode, param_extras, seed, tensor_indices; _mixed_precision.MasterStep)
-    precision: Dict[str, Any] = field(default_factory=dict)
+    # how a fusing backend keeps the bf16/fp16 params (_param_storage.ParamStorage; None:
+    # plain, or kept by _mixed_precision.ParamStorageStep around the call)
+    storage: Any = None
     # the params' states, all made by step() before the first kernel runs
     states: Optional[List[Dict[str, Any]]] = None
     # set once the batch's update and its step counters are both written (_batch_done)
@@ -89,10 +94,18 @@ class FusedOptimizer(torch.optim.Optimizer):
     # hyperparameters that schedulers must not cycle as a momentum (see __init__)
     hidden_from_schedulers: tuple = ()
 
-    def __init__(self, params, defaults: Dict[str, Any], backend: str = "auto", state_dtype=None,
-                 capturable: bool = False, max_grad_norm: Optional[float] = None, norm_type: float = 2.0,
-                 error_if_nonfinite: bool = False, *, master_weights: bool = False,
-                 param_remainders: bool = False, stochastic_rounding: bool = False, seed: int = 0):
+    # the operation of fused_optim.operations one step runs per batch, for optimizers whose step
+    # is one pass (_update); Adai, whose step is two, runs its own
+    operation: Optional[str] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            spell_out_signature(cls.__init__)
+
+    def __init__(self, params, defaults: Dict[str, Any], **options: Unpack[FusedOptions]):
+        options = resolve_options(type(self).__name__, options)
+        backend, state_dtype, capturable = options["backend"], options["state_dtype"], options["capturable"]
         self._backend_request = backends.requested_backend(backend)
         backends.trace_choice_as_constant()
         # the dtype of the tensor states of fp32/bf16/fp16 params (None: fp32); per group
@@ -100,14 +113,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         # capturable: step counters live on the params' device and nothing in step() reads a
         # device value on the host, so a CUDA graph can capture the step (cuda/triton backends)
         check.flag("capturable", capturable)
-        # max_grad_norm: clip_grad_norm_ fused into the step (see _clipping.py); in the groups,
-        # so a schedule can change it like lr, but the same in all of them
-        defaults = {**defaults, "state_dtype": state_dtype, "capturable": capturable, "max_grad_norm": max_grad_norm,
-                    "norm_type": norm_type, "error_if_nonfinite": error_if_nonfinite}
+        # the options live in the groups (master_weights and the other param storage options per
+        # group, like lr; max_grad_norm there too, so a schedule can change it, but the same in
+        # all of them): every one but the backend, which the optimizer keeps
+        defaults = {**defaults, **{key: value for key, value in options.items() if key != "backend"}}
         clip_settings([defaults], type(self).__name__)
-        # bf16/fp16 params without lost updates (_mixed_precision.py); per group, like lr
-        defaults.update(master_weights=master_weights, param_remainders=param_remainders,
-                        stochastic_rounding=stochastic_rounding, seed=seed)
         mixed.check_group(defaults, type(self).__name__)
         # kept out of `defaults`, filled into each group by add_param_group: torch's OneCycleLR
         # and CyclicLR (cycle_momentum=True) rewrite betas[0] of any optimizer whose defaults
@@ -117,7 +127,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         # fp64, NaN before the first such step, written in place. One 1-element tensor shared by
         # every param group: torch.compile carries in-place writes to such a tensor out of a
         # compiled step; to an optimizer attribute, or to a 0-dim tensor once the optimizer has
-        # state, it did not (torch 2.13, aot_eager and inductor: only the first call wrote it)
+        # state, it did not (only the first compiled call wrote it)
         defaults["last_grad_norm"] = torch.full((1,), math.nan, dtype=torch.float64)
         self._init_transient()
         super().__init__(params, defaults)
@@ -129,8 +139,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     _pickled_attributes = ("_backend_request", "_hidden_defaults")
 
     def _init_transient(self) -> None:
-        # what one step works out for its backend calls (the scaling): a dict, as torch 2.6's
-        # dynamo traced no attribute assignment on an optimizer inside a compiled step
+        # what one step works out for its backend calls (the scaling): a dict, as dynamo (before
+        # torch 2.6) traces no attribute assignment on an optimizer inside a compiled step
         self._this_step: Dict[str, Any] = {}
         # id(state dict) -> what _check_state last accepted for it
         self._checked_states: Dict[int, tuple] = {}
@@ -176,8 +186,35 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # Subclasses define:
     #   hyper(group, index) -> dict: the group's hyperparameters as plain numbers and flags,
-    #       validated (ValueError naming the value and the group);
-    #   _update(batches): hand the validated batches of one step to the backends.
+    #       validated (ValueError naming the value and the group): the keyword hyperparameters
+    #       of their operation;
+    #   operation (one pass per step), or _update(batches) (Adai's two passes).
+
+    def _update(self, batches: List["Batch"]) -> None:
+        """One pass: the operation over each batch, then its counters."""
+        for b in batches:
+            states = self._states(b)
+            self._run(b, states)
+            self._commit_steps(b, states)
+
+    def _run(self, batch: "Batch", states: List[Dict[str, Any]], **keywords: Any) -> Any:
+        """The batch's call of the operation: the per-param lists its declaration names, from
+        the params, grads and states (a state this group's layout leaves out, as
+        max_exp_avg_sq without amsgrad, is an empty list), the group's hyperparameters, the
+        step's scaling and the param storage."""
+        declaration = operations.OPERATIONS[self.operation]
+        layout = self.state_layout(batch.hyper)
+        lists = []
+        for name in declaration.lists:
+            if name == "params":
+                lists.append(batch.tensors)
+            elif name == "grads":
+                lists.append(batch.grads)
+            else:
+                key = operations.state_key(name)
+                lists.append(self._column(states, key) if key == "step" or key in layout else [])
+        return getattr(batch.impl, self.operation)(*lists, **batch.hyper, **self.scaling(), **keywords,
+                                                   storage=batch.storage)
 
     def state_layout(self, hyper: Dict[str, Any]) -> Dict[str, float]:
         """The tensor states a param of a group with these hyperparameters needs."""
@@ -213,10 +250,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         for p in params:
             if p.is_complex():
                 raise ValueError(f"{type(self).__name__} does not support complex parameters (got {p.dtype})")
-            if p.dtype not in backends.SUPPORTED_DTYPES:
+            if p.dtype not in dtypes.SUPPORTED:
                 raise ValueError(
                     f"{type(self).__name__} supports parameter dtypes "
-                    f"{[str(d) for d in backends.SUPPORTED_DTYPES]}, got {p.dtype}"
+                    f"{[str(d) for d in dtypes.SUPPORTED]}, got {p.dtype}"
                 )
             if p.device != device:
                 raise ValueError(
@@ -228,7 +265,6 @@ class FusedOptimizer(torch.optim.Optimizer):
             # prepared now, in eager mode (torch.compile traces the step as dictionary reads)
             backend = backends.choose(self._backend_request, device, state_dtype, capturable)
             backends.implementation(backend)
-            backends.operators(backend)
 
     # ----- step ------------------------------------------------------------------------------
     @eager_under_compile_before_2_6
@@ -246,8 +282,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         batches = self._collect()
         self._this_step["scaling"] = self._scaling_for(batches)
-        fresh = [key for b in batches for key in b.keys if not self.state.get(key)]
-        masters = mixed.MasterStep(self, batches)
+        fresh = [key for b in batches for key in b.params if not self.state.get(key)]
+        masters = mixed.ParamStorageStep(self, batches)
         self._this_step["masters"] = masters
         updated = False
         try:
@@ -269,7 +305,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _undo_unfinished(self, batches: List[Batch], fresh: List[torch.Tensor], masters) -> None:
         """After an error: the states this step made or converted for batches it did not
         finish are removed or restored; finished batches keep theirs."""
-        finished = {id(key) for b in batches if b.done for key in b.keys}
+        finished = {id(key) for b in batches if b.done for key in b.params}
         masters.undo(keep=finished)
         for key in fresh:
             if id(key) not in finished:
@@ -307,14 +343,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         # is nothing to stage; a state tensor given another layout by hand is still staged, by
         # the backend, inside the update)
         for i in batch.strided:
-            p, g, state = batch.params[i], batch.grads[i], batch.states[i]
+            p, g, state = batch.tensors[i], batch.grads[i], batch.states[i]
             tensors = {key: local(value) for key, value in state.items()
                        if key in self._elementwise_states and torch.is_tensor(value)}
             if shares_one_dense_layout([p, g, *tensors.values()]):
                 continue
-            batch.params[i] = p.contiguous()
+            batch.tensors[i] = p.contiguous()
             batch.grads[i] = g.contiguous()
-            batch.staged.append((p, batch.params[i]))
+            batch.staged.append((p, batch.tensors[i]))
             stand_in = dict(state)
             for key, value in tensors.items():
                 stand_in[key] = value.contiguous()
@@ -358,7 +394,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         batches: List[Batch] = []
         device = None
         name = type(self).__name__
-        supported = backends.SUPPORTED_DTYPES
+        supported = dtypes.SUPPORTED
         for index, group in enumerate(self.param_groups):
             hyper = self.hyper(group, index)
             mixed.check_group(group, name, index)
@@ -401,9 +437,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                 continue
             backend = backends.choose(self._backend_request, device, group.get("state_dtype"),
                                       group.get("capturable", False))
-            impl = backends.operators(backend) if torch.compiler.is_compiling() else backends.implementation(backend)
-            for (_, group_of_shards), (params, grads, keys, strided) in by_kind.items():
-                batch = Batch(group, hyper, backend, impl, params, grads, keys, group_of_shards)
+            impl = backends.implementation(backend)
+            for (_, group_of_shards), (tensors, grads, params, strided) in by_kind.items():
+                batch = Batch(group, hyper, backend, impl, tensors, grads, params, group_of_shards)
                 batch.strided = strided
                 batches.append(batch)
         return batches
@@ -464,7 +500,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         capturable = batch.group.get("capturable", False)
         cpu = torch.device("cpu")
         states = []
-        for p in batch.keys:
+        for p in batch.params:
             state = self.state[p]
             if self.per_param_step:
                 step = state.get("step")

@@ -1,10 +1,12 @@
-"""InvAdam and DualAdam (seed 004): InvAdam multiplies the momentum by the adaptive term
+"""InvAdam and DualAdam: InvAdam multiplies the momentum by the adaptive term
 instead of dividing; DualAdam blends from InvAdam to Adam as alpha = max(0, 1 - t xi) decays."""
 import warnings
 
 import torch
+from typing_extensions import Unpack
 
 from . import _validation as check
+from ._options import FusedOptions
 from .base import FusedOptimizer
 
 
@@ -13,24 +15,20 @@ class DualAdam(FusedOptimizer):
     (authors' code), saved in state_dict as "global_step" (OURS: the authors do not save it).
     The counter advances on every step() call, even when no param has a grad."""
 
+    operation = "dualadam_step"
     state_initial_values = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
     state_aliases = {"m": "exp_avg", "v": "exp_avg_sq"}
     per_param_step = False
     _pickled_attributes = FusedOptimizer._pickled_attributes + ("_global_step",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, switch_rate=0.01, weight_decay=0.0,
-                 *, backend="auto", state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
-                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
+                 **options: Unpack[FusedOptions]):
         defaults = dict(lr=lr, betas=betas, eps=eps, switch_rate=switch_rate, weight_decay=weight_decay)
         self.hyper(defaults, None)
         # a tensor, not an int: torch.compile would otherwise guard on its value and recompile
         # the step every call; float64 holds every count exactly and feeds the fp64 blend rule
         self._global_step = torch.zeros((), dtype=torch.float64)
-        super().__init__(params, defaults, backend, state_dtype, capturable, max_grad_norm, norm_type,
-                         error_if_nonfinite,
-                         master_weights=master_weights, param_remainders=param_remainders,
-                         stochastic_rounding=stochastic_rounding, seed=seed)
+        super().__init__(params, defaults, **options)
 
     @property
     def global_step(self) -> int:
@@ -48,15 +46,11 @@ class DualAdam(FusedOptimizer):
         )
 
     def _update(self, batches):
-        if batches and batches[0].group.get("capturable") and self._global_step.device != batches[0].params[0].device:
+        if batches and batches[0].group.get("capturable") and self._global_step.device != batches[0].tensors[0].device:
             # capturable: the counter lives with the params (kernels read it there, no sync)
-            self._global_step = self._global_step.to(batches[0].params[0].device)
+            self._global_step = self._global_step.to(batches[0].tensors[0].device)
         for b in batches:
-            states = self._states(b)
-            b.impl.dualadam_step(
-                b.params, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
-                global_step=self._global_step, **b.hyper, **self.scaling(), **b.precision,
-            )
+            self._run(b, self._states(b), global_step=self._global_step)
             self._batch_done(b)
         # the global step advances on every call (also without grads), once all went well
         self._advance([self._global_step])
@@ -103,12 +97,6 @@ class DualAdam(FusedOptimizer):
 class InvAdam(DualAdam):
     """InvAdam = DualAdam with switch_rate 0: p -= lr mhat (sqrt(vhat) + eps), forever."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, backend="auto",
-                 state_dtype=None, capturable=False,
-                 max_grad_norm=None, norm_type=2.0, error_if_nonfinite=False,
-                 master_weights=False, param_remainders=False, stochastic_rounding=False, seed=0):
-        super().__init__(params, lr, betas, eps, 0.0, weight_decay, backend=backend, state_dtype=state_dtype,
-                         capturable=capturable, max_grad_norm=max_grad_norm, norm_type=norm_type,
-                         error_if_nonfinite=error_if_nonfinite,
-                         master_weights=master_weights, param_remainders=param_remainders,
-                         stochastic_rounding=stochastic_rounding, seed=seed)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 **options: Unpack[FusedOptions]):
+        super().__init__(params, lr, betas, eps, 0.0, weight_decay, **options)

@@ -1,32 +1,9 @@
-"""What the reference implementations share: the register dtype of the math and write-back.
-
-bf16/fp16 parameters are updated in fp32 (the native kernels do the same) and rounded back
-once per step; fp32 and fp64 parameters are updated in place in their own dtype.
+"""What the reference implementations share: the update on a math-dtype copy and its write-back
+(the dtype policy itself is fused_optim.dtypes).
 """
 import torch
 
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def math_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the update math runs in, and the default state dtype, for a param dtype."""
-    return torch.float32 if dtype in LOW_PRECISION else dtype
-
-
-# State dtypes a user may choose instead of the default (the math dtype): bf16 halves the
-# state memory of fp32/bf16/fp16 params; the math still runs in fp32.
-STATE_DTYPES = (torch.bfloat16,)
-
-
-def state_dtype_for(param_dtype: torch.dtype, state_dtype) -> torch.dtype:
-    """The dtype of a param's states: the math dtype, or the chosen one (None = default)."""
-    if state_dtype is None:
-        return math_dtype(param_dtype)
-    if state_dtype not in STATE_DTYPES:
-        raise ValueError(f"state_dtype must be None or one of {[str(d) for d in STATE_DTYPES]}, got {state_dtype!r}")
-    if param_dtype == torch.float64:
-        raise ValueError(f"state_dtype={state_dtype} is for fp32/bf16/fp16 params; fp64 params keep fp64 states")
-    return state_dtype
+from ..dtypes import LOW_PRECISION
 
 
 def as_math(param: torch.Tensor) -> torch.Tensor:
