@@ -15,10 +15,12 @@ from .helpers import CPU_BACKENDS, assert_unchanged, grads_for, make_params, set
 
 BACKENDS = [b for b in CPU_BACKENDS if b != "triton"]  # the Python layer is what is tested
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # (torch < 2.5)
-# the backend function whose second call (group 2's batch) fails in the tests below
-UPDATE_FUNCTION = {"Adam": "adam_step", "AdamW": "adam_step", "AdaMomentum": "adamomentum_step",
-                   "DualAdam": "dualadam_step", "InvAdam": "dualadam_step", "Adai": "adai_update",
-                   "AdaiW": "adai_update"}
+
+
+def _update_function(name):
+    """The operation whose second call (group 2's batch) fails in the tests below: the one a
+    one-pass optimizer runs, Adai's update pass."""
+    return OPTIMIZERS[name].cls.operation or "adai_update"
 
 
 def _two_groups(name, backend, seed=0):
@@ -67,7 +69,7 @@ def test_an_error_in_the_second_batch_leaves_the_first_stepped_with_its_counters
     reference, twins = _two_groups(name, backend)
     set_grads(params, grads_for(params, 1))
     with monkeypatch.context() as patch:
-        _fail_on_call(patch, backend, UPDATE_FUNCTION[name], 2, _raise_before)
+        _fail_on_call(patch, backend, _update_function(name), 2, _raise_before)
         with pytest.raises(RuntimeError, match="injected"):
             opt.step()
     grads = grads_for(twins, 1)
@@ -116,7 +118,7 @@ def test_a_ctrl_c_during_the_step_arrives_after_a_complete_step(name, backend, c
             opt.step()
             continue
         with monkeypatch.context() as patch:
-            _fail_on_call(patch, backend, UPDATE_FUNCTION[name], call, _interrupt_after)
+            _fail_on_call(patch, backend, _update_function(name), call, _interrupt_after)
             with pytest.raises(KeyboardInterrupt):
                 opt.step()
     _assert_states_equal(opt, reference, params, twins)

@@ -37,8 +37,7 @@ def test_optimizer_on_cuda_matches_fp64_reference(name, case, backend, dtype, la
         lambda ps: spec.cls(ps, **kwargs, backend=backend), params, lambda ps: spec.cls(ps, **kwargs, backend="torch"),
     )
     for p, q in zip(params, oracle_params):
-        rtol, atol = tolerances.param_tolerance(name, dtype, q.detach())
-        torch.testing.assert_close(p.detach().double(), q.detach(), rtol=rtol, atol=atol)
+        tolerances.assert_param_close(name, dtype, p, q, opt.param_groups[0]["lr"])
         _, param_atol = tolerances.param_tolerance(name, dtype, q.detach())
         srtol, satol = tolerances.state_tolerance(name, dtype, kwargs.get("weight_decay", 0.0), param_atol)
         for key, value in opt.state[p].items():
@@ -59,7 +58,8 @@ def test_bf16_states_on_cuda(name, backend):
     )
     for p, q, p0 in zip(params, oracle_params, initial):
         rtol, atol = tolerances.bf16_state_param_tolerance(name, torch.float32, q.detach(), p0)
-        torch.testing.assert_close(p.detach().double(), q.detach(), rtol=rtol, atol=atol)
+        tolerances.assert_param_close(name, torch.float32, p, q, opt.param_groups[0]["lr"], rtol, atol,
+                                      flip_share=tolerances.LION_BF16_STATE_FLIP_SHARE)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -212,7 +212,7 @@ def _bf16_on_gpu(seed=0):
 
 @pytest.mark.parametrize("option", PARAM_MODES)
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-@pytest.mark.parametrize("name", ["AdamW", "AdaMomentum", "DualAdam", "Adai"])
+@pytest.mark.parametrize("name", ["AdamW", "AdaMomentum", "DualAdam", "Adai", "Lion"])
 def test_param_modes_on_cuda_equal_the_unfused_path(name, backend, option, monkeypatch):
     """The fused pass of the cuda/triton kernels gives the bits of the unfused path (fp32
     copies through the same kernels, params written back by torch ops), params and states."""

@@ -306,7 +306,7 @@ def test_an_option_changed_in_a_group_is_checked_before_the_step_changes_anythin
 
 OPTIONS = ("master_weights", "param_remainders", "stochastic_rounding")
 FUSED_CASES = ([("cpu", name, option) for name in NAMES for option in OPTIONS] if "cpu" in CPU_BACKENDS else []) + \
-    ([("triton", name, option) for name in ("AdamW", "AdaMomentum", "DualAdam", "Adai") for option in OPTIONS]
+    ([("triton", name, option) for name in ("AdamW", "AdaMomentum", "DualAdam", "Adai", "Lion") for option in OPTIONS]
      if "triton" in CPU_BACKENDS else [])
 
 
@@ -317,7 +317,8 @@ def test_fused_pass_equals_the_unfused_path(backend, name, option, clip, monkeyp
     (the cuda kernels: tests/test_cuda_backend.py); they give the bits the unfused path gives
     (fp32 copies through the same kernels, params written back after), params and every state,
     with L2 for Adai (its pass 1 reads the master's p)."""
-    from fused_optim import _param_modes, cpu_backend
+    from fused_optim import operations
+    from fused_optim._param_storage import OPTION_MODES, PLAIN
 
     kwargs = dict(OPTIMIZERS[name].cases.get("l2", OPTIMIZERS[name].cases["default"]), backend=backend,
                   max_grad_norm=clip, **{option: True})
@@ -325,20 +326,20 @@ def test_fused_pass_equals_the_unfused_path(backend, name, option, clip, monkeyp
     fused = OPTIMIZERS[name].cls(fused_params, **kwargs)
     plain = OPTIMIZERS[name].cls(plain_params, **kwargs)
     modes = []
-    if backend == "cpu":
-        storage = cpu_backend._storage
-        monkeypatch.setattr(cpu_backend, "_storage",
-                            lambda mode, seed, indices: modes.append(mode) or storage(mode, seed, indices))
-    else:
-        original = _param_modes.mixed_from
-        monkeypatch.setattr(_param_modes, "mixed_from", lambda **k: modes.append(k["param_mode"]) or original(**k))
+    call = operations._Call.__call__
+
+    def recording(self, *args, storage=None, **kwargs):
+        modes.append(PLAIN if storage is None else storage.mode)
+        return call(self, *args, storage=storage, **kwargs)
+
+    monkeypatch.setattr(operations._Call, "__call__", recording)
     steps = 6 if backend == "cpu" else 3
     _train(fused, fused_params, steps)
-    assert modes and set(modes) == {mixed.PARAM_MODES[option]}  # the fused pass served every call
+    assert modes and set(modes) == {OPTION_MODES[option]}  # the fused pass served every call
     monkeypatch.setattr(mixed, "FUSED_BACKENDS", ())
     modes.clear()
     _train(plain, plain_params, steps)
-    assert set(modes) <= {0}
+    assert set(modes) == {PLAIN}
     for p, q in zip(fused_params, plain_params):
         assert _bits_equal(p.detach(), q.detach())
         for key, value in fused.state[p].items():

@@ -18,7 +18,7 @@ are bitwise identical.
 import triton
 import triton.language as tl
 
-from .param_modes import load_param, stochastic_high_key, store_param
+from .param_storage import load_param, rounding_key, store_param
 from .multi_tensor import (as_stored, block_coords, column_ptr, div, active_numel, load_math, pow_int,
                            step_of, store_rounded, unscaled)
 
@@ -81,7 +81,7 @@ def _fp64_sum(x):
 
 @triton.jit
 def _adai_partial(table_ptr, row, offs, mask, grad_scale_ptr, beta2, one_minus_beta2, weight_decay, bc2,
-                  NCOLS: tl.constexpr, MODE: tl.constexpr, EXTRA: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
+                  NCOLS: tl.constexpr, STORAGE: tl.constexpr, EXTRA: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
                   MATH: tl.constexpr, APPLY_L2: tl.constexpr,
                   HAS_GRAD_SCALE: tl.constexpr, ALIGNED: tl.constexpr, FULL: tl.constexpr):
     """This block's fp64 sum of vhat_new."""
@@ -90,7 +90,7 @@ def _adai_partial(table_ptr, row, offs, mask, grad_scale_ptr, beta2, one_minus_b
     g = unscaled(load_math(g_ptr, offs, mask, FULL, MATH), grad_scale_ptr, HAS_GRAD_SCALE, MATH)
     v = load_math(v_ptr, offs, mask, FULL, MATH)
     if APPLY_L2:
-        p = load_param(table_ptr, row, offs, mask, NCOLS, EXTRA, P, MATH, MODE, ALIGNED, FULL)
+        p = load_param(table_ptr, row, offs, mask, NCOLS, EXTRA, P, MATH, STORAGE, ALIGNED, FULL)
     else:
         p = g  # unused: no L2 term, and p is not read (4 B/element saved)
     v, vhat = adai_vhat(p, g, v, beta2, one_minus_beta2, weight_decay, bc2, S, MATH, APPLY_L2)
@@ -100,7 +100,7 @@ def _adai_partial(table_ptr, row, offs, mask, grad_scale_ptr, beta2, one_minus_b
 @triton.jit
 def adai_second_moment_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_ptr, beta2: tl.float64,
                               one_minus_beta2: tl.float64, weight_decay: tl.float64, NCOLS: tl.constexpr,
-                              MODE: tl.constexpr, EXTRA: tl.constexpr,
+                              STORAGE: tl.constexpr, EXTRA: tl.constexpr,
                               P: tl.constexpr, S: tl.constexpr, MATH: tl.constexpr, APPLY_L2: tl.constexpr,
                               HAS_GRAD_SCALE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     """Pass 1. Table row: p, g, v, [master/remainder], step, numel. Writes this block's fp64 sum of vhat."""
@@ -112,12 +112,12 @@ def adai_second_moment_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_pt
     mask = offs < numel
     if start + BLOCK <= numel:
         partial = _adai_partial(table_ptr, row, offs, mask, grad_scale_ptr, beta2.to(MATH), one_minus_beta2.to(MATH),
-                                weight_decay.to(MATH), bc2, NCOLS, MODE, EXTRA, P, S, MATH, APPLY_L2, HAS_GRAD_SCALE,
+                                weight_decay.to(MATH), bc2, NCOLS, STORAGE, EXTRA, P, S, MATH, APPLY_L2, HAS_GRAD_SCALE,
                                 ALIGNED,
                                 True)
     else:
         partial = _adai_partial(table_ptr, row, offs, mask, grad_scale_ptr, beta2.to(MATH), one_minus_beta2.to(MATH),
-                                weight_decay.to(MATH), bc2, NCOLS, MODE, EXTRA, P, S, MATH, APPLY_L2, HAS_GRAD_SCALE,
+                                weight_decay.to(MATH), bc2, NCOLS, STORAGE, EXTRA, P, S, MATH, APPLY_L2, HAS_GRAD_SCALE,
                                 ALIGNED,
                                 False)
     tl.store(partials_ptr + tl.program_id(0), partial)
@@ -143,8 +143,8 @@ def sum_partials_kernel(partials_ptr, n, out_ptr, RBLOCK: tl.constexpr):
 
 
 @triton.jit
-def _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, lr, beta0, beta2, one_minus_beta2,
-                one_minus_eps, weight_decay, decay, bc2, vbar, NCOLS: tl.constexpr, MODE: tl.constexpr,
+def _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, key, lr, beta0, beta2, one_minus_beta2,
+                one_minus_eps, weight_decay, decay, bc2, vbar, NCOLS: tl.constexpr, STORAGE: tl.constexpr,
                 EXTRA: tl.constexpr, P: tl.constexpr, S: tl.constexpr,
                 B: tl.constexpr, MATH: tl.constexpr, APPLY_DECAY: tl.constexpr, APPLY_L2: tl.constexpr,
                 HAS_GRAD_SCALE: tl.constexpr, ALIGNED: tl.constexpr, FULL: tl.constexpr):
@@ -152,14 +152,14 @@ def _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, lr, beta0,
     m_ptr = column_ptr(table_ptr, row, 2, NCOLS, S, ALIGNED)
     v_ptr = column_ptr(table_ptr, row, 3, NCOLS, S, ALIGNED)
     b_ptr = column_ptr(table_ptr, row, 4, NCOLS, B, ALIGNED)
-    p = load_param(table_ptr, row, offs, mask, NCOLS, EXTRA, P, MATH, MODE, ALIGNED, FULL)
+    p = load_param(table_ptr, row, offs, mask, NCOLS, EXTRA, P, MATH, STORAGE, ALIGNED, FULL)
     g = unscaled(load_math(g_ptr, offs, mask, FULL, MATH), grad_scale_ptr, HAS_GRAD_SCALE, MATH)
     m = load_math(m_ptr, offs, mask, FULL, MATH)
     v = load_math(v_ptr, offs, mask, FULL, MATH)
     beta1_prod = load_math(b_ptr, offs, mask, FULL, MATH)
     p, m, v, beta1_prod = adai_math(p, g, m, v, beta1_prod, lr, beta0, beta2, one_minus_beta2, one_minus_eps,
                                     weight_decay, decay, bc2, vbar, S, B, MATH, APPLY_DECAY, APPLY_L2)
-    store_param(table_ptr, row, offs, p, mask, high_key, NCOLS, EXTRA, P, MODE, ALIGNED, FULL)
+    store_param(table_ptr, row, offs, p, mask, key, NCOLS, EXTRA, P, STORAGE, ALIGNED, FULL)
     store_rounded(m_ptr, offs, m, mask, FULL, S)
     store_rounded(v_ptr, offs, v, mask, FULL, S)
     store_rounded(b_ptr, offs, beta1_prod, mask, FULL, B)
@@ -169,7 +169,7 @@ def _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, lr, beta0,
 def adai_update_kernel(table_ptr, blocks_ptr, vbar_ptr, grad_scale_ptr, found_inf_ptr, lr: tl.float64,
                        beta0: tl.float64, beta2: tl.float64, one_minus_beta2: tl.float64,
                        one_minus_eps: tl.float64, weight_decay: tl.float64, decay: tl.float64,
-                       NCOLS: tl.constexpr, MODE: tl.constexpr, EXTRA: tl.constexpr, P: tl.constexpr,
+                       NCOLS: tl.constexpr, STORAGE: tl.constexpr, EXTRA: tl.constexpr, P: tl.constexpr,
                        S: tl.constexpr, B: tl.constexpr,
                        MATH: tl.constexpr, APPLY_DECAY: tl.constexpr, APPLY_L2: tl.constexpr,
                        HAS_GRAD_SCALE: tl.constexpr,
@@ -184,17 +184,14 @@ def adai_update_kernel(table_ptr, blocks_ptr, vbar_ptr, grad_scale_ptr, found_in
     bc2 = (1.0 - pow_int(beta2, t)).to(MATH)  # reference: adai_bias_correction2
     vbar = tl.load(vbar_ptr).to(MATH)  # reference: vbar.to(vhat.dtype)
     numel = active_numel(numel, found_inf_ptr, HAS_FOUND_INF)
-    if MODE == 3:  # stochastic rounding's key of this block (param_modes.py)
-        high_key = stochastic_high_key(table_ptr, row, start, t, EXTRA, NCOLS)
-    else:
-        high_key = tl.full((), 0, tl.uint32)
+    key = rounding_key(table_ptr, row, start, t, STORAGE, EXTRA, NCOLS)
     offs = start + tl.arange(0, BLOCK)
     mask = offs < numel
     if start + BLOCK <= numel:
-        _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, lr.to(MATH), beta0.to(MATH), beta2.to(MATH),
+        _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, key, lr.to(MATH), beta0.to(MATH), beta2.to(MATH),
                     one_minus_beta2.to(MATH), one_minus_eps.to(MATH), weight_decay.to(MATH), decay.to(MATH), bc2,
-                    vbar, NCOLS, MODE, EXTRA, P, S, B, MATH, APPLY_DECAY, APPLY_L2, HAS_GRAD_SCALE, ALIGNED, True)
+                    vbar, NCOLS, STORAGE, EXTRA, P, S, B, MATH, APPLY_DECAY, APPLY_L2, HAS_GRAD_SCALE, ALIGNED, True)
     else:
-        _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, high_key, lr.to(MATH), beta0.to(MATH), beta2.to(MATH),
+        _adai_block(table_ptr, row, offs, mask, grad_scale_ptr, key, lr.to(MATH), beta0.to(MATH), beta2.to(MATH),
                     one_minus_beta2.to(MATH), one_minus_eps.to(MATH), weight_decay.to(MATH), decay.to(MATH), bc2,
-                    vbar, NCOLS, MODE, EXTRA, P, S, B, MATH, APPLY_DECAY, APPLY_L2, HAS_GRAD_SCALE, ALIGNED, False)
+                    vbar, NCOLS, STORAGE, EXTRA, P, S, B, MATH, APPLY_DECAY, APPLY_L2, HAS_GRAD_SCALE, ALIGNED, False)

@@ -11,28 +11,35 @@ import triton.language as tl
 
 from .adai import _fp64_sum, fixed_order_sum
 from .multi_tensor import block_coords, column_ptr, load_math, pow_int, step_of, unscaled
-from .param_modes import load_param
+from .param_storage import load_param
 
-# How an element enters the norm part (same codes as math/clip.h's NormKind)
-NORM_TWO, NORM_ONE, NORM_POWER, NORM_MAX, NORM_MIN = 0, 1, 2, 3, 4
+# How an element enters the norm part: the NORM constexpr (same codes as math/clip.h's NormKind)
+NORM_TWO = tl.constexpr(0)
+NORM_ONE = tl.constexpr(1)
+NORM_POWER = tl.constexpr(2)
+NORM_MAX = tl.constexpr(3)
+NORM_MIN = tl.constexpr(4)
 
 
 def norm_kind(norm_type: float) -> int:
+    """The NORM constexpr of a norm type, as a plain int."""
     if norm_type == 2.0:
-        return NORM_TWO
-    if norm_type == 1.0:
-        return NORM_ONE
-    if norm_type == float("inf"):
-        return NORM_MAX
-    if norm_type == float("-inf"):
-        return NORM_MIN
-    return NORM_POWER
+        kind = NORM_TWO
+    elif norm_type == 1.0:
+        kind = NORM_ONE
+    elif norm_type == float("inf"):
+        kind = NORM_MAX
+    elif norm_type == float("-inf"):
+        kind = NORM_MIN
+    else:
+        kind = NORM_POWER
+    return kind.value
 
 
 @triton.jit
 def _extremum(a, b, NORM: tl.constexpr):
     """max (NORM_MAX) or min of two parts; a NaN wins, as torch's max/min propagate it."""
-    if NORM == 3:
+    if NORM == NORM_MAX:
         e = tl.where(a > b, a, b)
     else:
         e = tl.where(a < b, a, b)
@@ -41,33 +48,33 @@ def _extremum(a, b, NORM: tl.constexpr):
 
 @triton.jit
 def _max_combine(a, b):
-    return _extremum(a, b, 3)
+    return _extremum(a, b, NORM_MAX)
 
 
 @triton.jit
 def _min_combine(a, b):
-    return _extremum(a, b, 4)
+    return _extremum(a, b, NORM_MIN)
 
 
 @triton.jit
 def _norm_part(g, mask, q, NORM: tl.constexpr):
     """This block's part of the norm from its fp64 grads (masked lanes add nothing)."""
     a = tl.abs(g)
-    if NORM == 0:
+    if NORM == NORM_TWO:
         return _fp64_sum(tl.where(mask, g * g, 0.0))
-    elif NORM == 1:
+    elif NORM == NORM_ONE:
         return _fp64_sum(tl.where(mask, a, 0.0))
-    elif NORM == 2:
+    elif NORM == NORM_POWER:
         # |g|^q as 2^(q log2 |g|): no fp64 pow the interpreter runs; |g| = 0 gives 2^-inf = 0
         return _fp64_sum(tl.where(mask, tl.exp2(q * tl.log2(a)), 0.0))
-    elif NORM == 3:
+    elif NORM == NORM_MAX:
         return tl.reduce(tl.where(mask, a, 0.0), 0, _max_combine)
     else:
         return tl.reduce(tl.where(mask, a, float("inf")), 0, _min_combine)
 
 
 @triton.jit
-def _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS: tl.constexpr, MODE: tl.constexpr,
+def _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS: tl.constexpr, STORAGE: tl.constexpr,
                 EXTRA: tl.constexpr, P: tl.constexpr,
                 S: tl.constexpr, MATH: tl.constexpr, APPLY_L2: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                 ALIGNED: tl.constexpr, FULL: tl.constexpr):
@@ -78,7 +85,7 @@ def _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS: tl.constexpr,
     v = load_math(column_ptr(table_ptr, row, 2, NCOLS, S, ALIGNED), offs, mask, FULL, MATH).to(tl.float64)
     v_sum = _fp64_sum(tl.where(mask, v, 0.0))
     if APPLY_L2:
-        p = load_param(table_ptr, row, offs, mask, NCOLS, EXTRA, P, MATH, MODE, ALIGNED, FULL).to(tl.float64)
+        p = load_param(table_ptr, row, offs, mask, NCOLS, EXTRA, P, MATH, STORAGE, ALIGNED, FULL).to(tl.float64)
         gp = _fp64_sum(tl.where(mask, g * p, 0.0))
         pp = _fp64_sum(tl.where(mask, p * p, 0.0))
     else:
@@ -90,7 +97,7 @@ def _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS: tl.constexpr,
 @triton.jit
 def adai_clip_sums_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_ptr, beta2: tl.float64,
                           l2_weight_decay: tl.float64, norm_type: tl.float64, NCOLS: tl.constexpr,
-                          MODE: tl.constexpr, EXTRA: tl.constexpr,
+                          STORAGE: tl.constexpr, EXTRA: tl.constexpr,
                           P: tl.constexpr, S: tl.constexpr, MATH: tl.constexpr, NORM: tl.constexpr,
                           APPLY_L2: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, ALIGNED: tl.constexpr,
                           BLOCK: tl.constexpr):
@@ -103,11 +110,11 @@ def adai_clip_sums_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_ptr, b
     offs = start + tl.arange(0, BLOCK)
     mask = offs < numel
     if start + BLOCK <= numel:
-        g, v_sum, gp, pp = _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS, MODE, EXTRA, P, S, MATH,
+        g, v_sum, gp, pp = _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS, STORAGE, EXTRA, P, S, MATH,
                                        APPLY_L2,
                                        HAS_GRAD_SCALE, ALIGNED, True)
     else:
-        g, v_sum, gp, pp = _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS, MODE, EXTRA, P, S, MATH,
+        g, v_sum, gp, pp = _clip_block(table_ptr, row, offs, mask, grad_scale_ptr, NCOLS, STORAGE, EXTRA, P, S, MATH,
                                        APPLY_L2,
                                        HAS_GRAD_SCALE, ALIGNED, False)
     gg = _fp64_sum(tl.where(mask, g * g, 0.0))
@@ -123,19 +130,19 @@ def adai_clip_sums_kernel(table_ptr, blocks_ptr, partials_ptr, grad_scale_ptr, b
 @triton.jit
 def _extremum_total(base, n, NORM: tl.constexpr, RBLOCK: tl.constexpr):
     """The max (NORM_MAX) or min of slots [0, n) of base."""
-    if NORM == 3:
+    if NORM == NORM_MAX:
         lanes = tl.full((RBLOCK,), 0.0, tl.float64)
     else:
         lanes = tl.full((RBLOCK,), float("inf"), tl.float64)
     first = n * 0
     while first < n:
         offs = first + tl.arange(0, RBLOCK)
-        if NORM == 3:
+        if NORM == NORM_MAX:
             lanes = _extremum(lanes, tl.load(base + offs, mask=offs < n, other=0.0), NORM)
         else:
             lanes = _extremum(lanes, tl.load(base + offs, mask=offs < n, other=float("inf")), NORM)
         first += RBLOCK
-    if NORM == 3:
+    if NORM == NORM_MAX:
         return tl.reduce(lanes, 0, _max_combine)
     else:
         return tl.reduce(lanes, 0, _min_combine)
@@ -147,7 +154,7 @@ def clip_totals_kernel(partials_ptr, n, out_ptr, NORM: tl.constexpr, RBLOCK: tl.
     of the inf norms (a max or min). The order depends only on n."""
     k = tl.program_id(0)
     base = partials_ptr + k * n
-    if NORM >= 3:
+    if NORM == NORM_MAX or NORM == NORM_MIN:
         if k == 0:
             total = _extremum_total(base, n, NORM, RBLOCK)
         else:

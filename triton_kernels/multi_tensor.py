@@ -17,10 +17,6 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-# the staging of non-dense tensors, shared with the native backends (its .columns are what the
-# kernels walk)
-from .._staging import Staged  # noqa: F401  (used as multi_tensor.Staged)
-
 # -------------------------------------------------------------------------------------------
 # Device-side helpers
 # -------------------------------------------------------------------------------------------
@@ -234,7 +230,7 @@ class Plan:
                 continue  # nothing to load; the table never points at an empty tensor
             addresses = [c[i].data_ptr() for c in columns]
             aligned = aligned and all(a % 16 == 0 for a in addresses)
-            if tags is not None:  # a number per tensor after the addresses (param_modes.py's key)
+            if tags is not None:  # a number per tensor after the addresses (param_storage.py's key)
                 addresses.append(tags[i])
             if steps is not None:
                 if host_steps:
@@ -263,10 +259,9 @@ class Plan:
 
 def to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A CPU tensor on `device` without stalling the host. A copy from pageable memory makes
-    the host wait until the stream has drained: on an H200 that put the whole previous step
-    inside every step's host time (8.2 ms of a 9 ms step, 1G elements, bench burst). From
-    pinned memory the copy is queued like a kernel; torch's pinned-memory cache keeps the
-    block until the copy has run."""
+    the host wait until the stream has drained, which puts the whole previous step inside
+    every step's host time; from pinned memory the copy is queued like a kernel, and torch's
+    pinned-memory cache keeps the block until the copy has run."""
     if host.device == device:
         return host
     if device.type != "cuda":
@@ -316,11 +311,12 @@ class PlanCache:
 PLANS = PlanCache()
 
 
-def launch_options(plan: Plan) -> Dict[str, object]:
+def launch_options(num_warps: int) -> Dict[str, object]:
     """Compile options of a launch. enable_fp_fusion=False: the kernels mirror the reference's
-    separately rounded torch ops statement by statement; a contracted a*b+c would differ in
-    the last bit and, for DualAdam's 1 - t*xi >= xi, flip the switching step (spec)."""
-    return {"num_warps": plan.num_warps, "enable_fp_fusion": False}
+    separately rounded operations statement by statement, in fp64 too (1 - lr wd, 1 - beta1
+    formed on the device round as python rounds them); a contracted a*b+c would differ in the
+    last bit and, for DualAdam's 1 - t*xi >= xi, flip the switching step (spec)."""
+    return {"num_warps": num_warps, "enable_fp_fusion": False}
 
 
 _DUMMIES: Dict[str, torch.Tensor] = {}
@@ -335,51 +331,18 @@ def dummy(device: torch.device) -> torch.Tensor:
     return _DUMMIES[key]
 
 
-def _arg_key(value) -> object:
-    """How triton's JIT specializes one runtime argument (runtime/jit.py, specialize_impl):
-    a tensor by dtype and 16-byte alignment, an int by == 1 and divisibility by 16, a float
-    annotated tl.float64 not at all."""
-    if isinstance(value, torch.Tensor):
-        return ("*" + str(value.dtype), value.data_ptr() % 16 == 0)
-    if isinstance(value, bool):
-        return ("u1", value)
-    if isinstance(value, int):
-        return ("i", value == 1, value % 16 == 0)
-    return ("fp64",)
+def launch(kernel, grid: Tuple[int, ...], args: Sequence[object], constexprs: Dict[str, object],
+           num_warps: int = 4) -> None:
+    """Every kernel launch of the backend goes through here (tests record them by replacing
+    it). Python floats among the runtime arguments are hyperparameters: fp64 (hyper)."""
+    runtime = [hyper(a) if isinstance(a, float) else a for a in args]
+    kernel[grid](*runtime, **constexprs, **launch_options(num_warps))
 
 
-class VariantLog:
-    """The compile-cache key of every launch, computed as triton's JIT computes it: the
-    constexprs' values, the launch options and each runtime argument's specialization. The
-    interpreter compiles nothing, so this is how the CPU tests check that a new lr or beta
-    does not make a new kernel; on a GPU the tests also count the JIT's own cache."""
-
-    def __init__(self):
-        self.keys = set()
-        self.launches = 0  # every launch, to count launches per call
-
-    def record(self, kernel, args: Sequence[object], constexprs: Dict[str, object],
-               options: Dict[str, object]) -> None:
-        name = getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel))
-        key = (name, tuple(_arg_key(a) for a in args),
-               tuple(sorted((k, str(v)) for k, v in constexprs.items())),
-               tuple(sorted((k, str(v)) for k, v in options.items())))
-        self.keys.add(key)
-        self.launches += 1
-
-    def count(self, name: str) -> int:
-        return sum(1 for key in self.keys if key[0] == name)
-
-
-VARIANTS = VariantLog()
-
-
-def launch(kernel, plan: Plan, args: Sequence[object], constexprs: Dict[str, object]) -> None:
-    """One launch over the plan's blocks (none for a list of empty tensors)."""
+def launch_plan(kernel, plan: Plan, args: Sequence[object], constexprs: Dict[str, object]) -> None:
+    """One launch over the plan's blocks (none for a list of empty tensors); the table's
+    layout and the block size join the constexprs."""
     if plan.grid[0] == 0:
         return
-    options = launch_options(plan)
-    constexprs = dict(constexprs, NCOLS=plan.ncols, ALIGNED=plan.aligned, BLOCK=plan.block)
-    VARIANTS.record(kernel, args, constexprs, options)
-    runtime = [hyper(a) if isinstance(a, float) else a for a in args]
-    kernel[plan.grid](*runtime, **constexprs, **options)
+    launch(kernel, plan.grid, args, dict(constexprs, NCOLS=plan.ncols, ALIGNED=plan.aligned, BLOCK=plan.block),
+           plan.num_warps)
