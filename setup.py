@@ -5,8 +5,8 @@ platform.h), bound with pybind11 and taking raw addresses, so it links no libtor
 build serves every torch version.
 
 fused_optim._cuda: the CUDA kernels (csrc/cuda/*.cu, compiled by nvcc) and their pybind11
-bindings (compiled by the host compiler, no CUDA headers), with the CUDA runtime linked
-statically: like _cpu it links no libtorch, and it builds on a machine without a GPU.
+bindings and shared host code (csrc/host, compiled by the host compiler, no CUDA headers), with
+the CUDA runtime linked statically: like _cpu it links no libtorch, and it builds on a machine without a GPU.
 setuptools cannot compile .cu files, so build_ext below runs nvcc itself and links the objects.
 By default it is built only where it can run (an NVIDIA GPU is visible, see gpu_visible(), and
 nvcc is found): nvcc takes several minutes for it. FUSED_OPTIM_CUDA=1 builds it anyway, e.g. a
@@ -65,10 +65,20 @@ def tree_files(*folders):
             for dirpath, _, files in sorted(os.walk(os.path.join(ROOT, folder))) for f in sorted(files)]
 
 
+def sources_in(folder, suffix):
+    """The files of one folder of the source tree ending in suffix, relative to it, sorted."""
+    return sorted(os.path.join(folder, f) for f in os.listdir(os.path.join(ROOT, folder)) if f.endswith(suffix))
+
+
+# Host code both modules link (the argument checks and the registry of csrc/include/fused_optim/
+# call.h and checks.h), compiled by the host compiler into each; csrc/bindings.h is the binding
+# code both share.
+HOST_SOURCES = sources_in("csrc/host", ".cpp")
+SHARED_DEPENDS = tree_files("csrc/include", "csrc/host") + [os.path.join(ROOT, "csrc", "bindings.h")]
+
+
 def cpu_extension():
-    sources = ["csrc/bindings_cpu.cpp"] + sorted(
-        os.path.join("csrc/cpu", f) for f in os.listdir(os.path.join(ROOT, "csrc/cpu")) if f.endswith(".cpp")
-    )
+    sources = ["csrc/bindings_cpu.cpp"] + sources_in("csrc/cpu", ".cpp") + HOST_SOURCES
     debug = os.environ.get("FUSED_OPTIM_CPU_DEBUG") == "1"
     flags = ["-O0", "-g"] if debug else ["-O3"]
     flags += [
@@ -89,7 +99,7 @@ def cpu_extension():
         include_dirs=["csrc/include", "csrc"],
         extra_compile_args=flags,
         extra_link_args=["-fopenmp"],
-        depends=tree_files("csrc/cpu", "csrc/include"),
+        depends=tree_files("csrc/cpu") + SHARED_DEPENDS,
         cxx_std=17,
     )
 
@@ -246,10 +256,9 @@ def cuda_extension(cuda):
     if not lib_dirs:
         raise SystemExit(f"fused_optim: libcudart_static.a not found under {home}")
     gencode, names = cuda_archs()
-    cu_dir = os.path.join(ROOT, "csrc", "cuda")
     ext = Pybind11Extension(
         "fused_optim._cuda",
-        ["csrc/bindings_cuda.cpp"],
+        ["csrc/bindings_cuda.cpp"] + HOST_SOURCES,
         include_dirs=["csrc/include", "csrc"],
         define_macros=[("FO_CUDA_ARCHS", '"' + ";".join(names) + '"')],
         extra_compile_args=DEPFILE,
@@ -257,8 +266,8 @@ def cuda_extension(cuda):
         extra_link_args=[f"-L{lib_dirs[0]}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"],
         cxx_std=17,
     )
-    ext.cuda_sources = sorted(os.path.join("csrc/cuda", f) for f in os.listdir(cu_dir) if f.endswith(".cu"))
-    ext.depends = tree_files("csrc/cuda", "csrc/include")
+    ext.cuda_sources = sources_in("csrc/cuda", ".cu")
+    ext.depends = tree_files("csrc/cuda") + SHARED_DEPENDS
     ext.nvcc = nvcc
     ext.nvcc_flags = [
         "-std=c++17",

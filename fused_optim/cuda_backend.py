@@ -1,34 +1,34 @@
-"""The "cuda" backend: the optimizers' step functions, computed by the native module
-fused_optim._cuda (torch-independent: it gets raw addresses, dtype codes and a stream handle).
+"""The "cuda" backend: the native module fused_optim._cuda behind the contract
+(fused_optim.operations). The module is torch-independent: it gets raw addresses, dtype codes
+and a stream handle, and checks everything it can before it launches anything.
 
-Each function hands the whole tensor list of a group to ONE native call per pass, which
-launches one kernel over all tensors (several when the list outgrows a launch's argument
-table). Differences from the reference's signatures, all so that a step can run without a
-host sync and be captured in a CUDA graph:
-- `steps` are the 0-dim float32 step tensors holding each param's count BEFORE this step (the
-  kernels use t = step + 1 and never write them: the optimizer advances them afterwards).
-  CPU tensors are read on the host; CUDA tensors are read by the kernels (capturable).
-- DualAdam's `global_step` is the count before this step, a 0-dim float64 tensor (CPU or
-  CUDA) or a number.
+Each operation hands a group's whole tensor lists to ONE native call per pass, which launches
+one kernel over all tensors (several when the list outgrows a launch's argument table). So
+that a step runs without a host sync and can be captured in a CUDA graph, the kernels read on
+the device what lives there:
+- steps: CPU counters are read on the host, counters on the params' device by the kernels
+  (capturable); DualAdam's global_step likewise (a 0-dim float64 tensor, or a number).
+- grad_scale (g is divided by it) and found_inf (nonzero: the step changes nothing): 0-dim
+  float32 tensors on the params' device, read by the kernels.
 - Adai's pass 1 returns the sum of the new vhat as a 0-dim float64 tensor on the device, and
-  pass 2 reads `vbar` (a 0-dim float64 CUDA tensor) from device memory.
-- grad_scale (g is divided by it) and found_inf (nonzero: the step changes nothing) are
-  optional 0-dim float32 CUDA tensors, read by the kernels (GradScaler without a sync).
+  its update pass reads vbar (0-dim float64, on the device) there.
 States are float32 (float64 for float64 params) or, for non-float64 params, bfloat16: the
 kernels load them to fp32 and store them rounded to nearest even.
 
-Every native call is a torch.library custom op (fused_optim::cuda_*) with a fake kernel, so
-torch.compile sees one opaque op per call.
+Every declared operation the module has an entry point for is served by one generic function
+(_single_pass), which reads what it needs from the declaration; Adai's passes have their own.
+The device type served is the module's (fused_optim._cuda.device_type): "cuda", or "cpu" for
+the build of tests/test_cuda_backend.py that runs the kernels as host code.
 """
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import _dispatch, _param_modes
-from ._param_modes import Mixed
-
+from ._param_storage import ParamStorage, checked_extras, native_indices
 from ._staging import Staged
+from .dtypes import NATIVE_CODES
+from .operations import OPERATIONS, Operation, implementations, implements
 
 try:
     from . import _cuda
@@ -38,14 +38,8 @@ except ImportError as _err:  # built without nvcc, or a broken build: available(
 else:
     _IMPORT_ERROR = None
 
+BACKEND = "cuda"
 Tensor = torch.Tensor
-
-# The device the tensors live on. tests/test_cuda_backend.py sets "cpu" to run this module on
-# host memory against fused_optim._cuda's kernels compiled as host code (tests/cuda_emulation).
-_DEVICE_TYPE = "cuda"
-
-# The codes of csrc/include/fused_optim/dtypes.h.
-_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 
 
 def available() -> Tuple[bool, str]:
@@ -58,61 +52,84 @@ def available() -> Tuple[bool, str]:
     return True, f"native module fused_optim._cuda (archs {', '.join(_cuda.compiled_archs())})"
 
 
-def _check(op: str, roles: Sequence[Sequence[Tensor]], names: Sequence[str], state_from: int):
+def _module():
+    if _cuda is None:
+        raise RuntimeError(available()[1])
+    return _cuda
+
+
+def _where(name: str) -> str:
+    return f"fused_optim.cuda_backend.{name}"
+
+
+def _check(name: str, roles: Sequence[Sequence[Tensor]], names: Sequence[str], device_type: str):
     """(device, param dtype code, state dtype code) after checking what the native side cannot
-    see: one CUDA device, params and grads of one dtype, the states of one dtype. Raises
-    ValueError before anything is modified."""
+    see: one device of the module's type, params and grads of one dtype, the states (roles 2
+    on) of one dtype, one shape per param. Raises ValueError before anything is modified."""
+    where = _where(name)
     params = roles[0]
-    if not params:
-        raise ValueError(f"fused_optim.cuda_backend.{op}: empty parameter list")
     device, dtype = params[0].device, params[0].dtype
-    if device.type != _DEVICE_TYPE:
-        raise ValueError(f"fused_optim.cuda_backend.{op}: params must be CUDA tensors, got {device}")
-    if dtype not in _DTYPE_CODES:
-        raise ValueError(f"fused_optim.cuda_backend.{op}: unsupported param dtype {dtype}")
-    state_dtype = roles[state_from][0].dtype if len(roles) > state_from else dtype
-    if state_dtype not in _DTYPE_CODES:
-        raise ValueError(f"fused_optim.cuda_backend.{op}: unsupported state dtype {state_dtype}")
-    for k, (role, name) in enumerate(zip(roles, names)):
+    if device.type != device_type:
+        raise ValueError(f"{where}: params must be CUDA tensors, got {device}")
+    if dtype not in NATIVE_CODES:
+        raise ValueError(f"{where}: unsupported param dtype {dtype}")
+    state_dtype = roles[2][0].dtype if len(roles) > 2 else dtype
+    if state_dtype not in NATIVE_CODES:
+        raise ValueError(f"{where}: unsupported state dtype {state_dtype}")
+    for k, (role, role_name) in enumerate(zip(roles, names)):
         if len(role) != len(params):
-            raise ValueError(f"fused_optim.cuda_backend.{op}: {len(role)} {name} for {len(params)} params")
-        want = dtype if k < state_from else state_dtype
+            raise ValueError(f"{where}: {len(role)} {role_name} for {len(params)} params")
+        want = dtype if k < 2 else state_dtype
         for p, t in zip(params, role):
             if t.device != device:
-                raise ValueError(f"fused_optim.cuda_backend.{op}: {name} on {t.device}, params on {device}")
+                raise ValueError(f"{where}: {role_name} on {t.device}, params on {device}")
             if t.dtype != want:
-                raise ValueError(f"fused_optim.cuda_backend.{op}: {name} of dtype {t.dtype}, expected {want}")
+                raise ValueError(f"{where}: {role_name} of dtype {t.dtype}, expected {want}")
             if t.shape != p.shape:
-                raise ValueError(f"fused_optim.cuda_backend.{op}: a {name} tensor has shape {tuple(t.shape)}, "
-                                 f"its param {tuple(p.shape)}")
-    return device, _DTYPE_CODES[dtype], _DTYPE_CODES[state_dtype]
+                raise ValueError(f"{where}: a {role_name} tensor has shape {tuple(t.shape)}, its param "
+                                 f"{tuple(p.shape)}")
+    return device, NATIVE_CODES[dtype], NATIVE_CODES[state_dtype]
 
 
-def _steps(op: str, steps: Sequence[Tensor], count: int, device: torch.device):
-    """(host values, device addresses) of the per-param step tensors: one list is filled."""
+def _steps(name: str, steps: Sequence[Tensor], count: int, device: torch.device, device_type: str) -> Dict[str, Any]:
+    """The Call fields of the per-param step counters: host values, or device addresses."""
+    where = _where(name)
     if len(steps) != count:
-        raise ValueError(f"fused_optim.cuda_backend.{op}: {len(steps)} steps for {count} params")
+        raise ValueError(f"{where}: {len(steps)} steps for {count} params")
     if not steps:
-        return [], []
-    on_device = steps[0].device.type == _DEVICE_TYPE
+        return {}
+    on_device = steps[0].device.type == device_type
     for s in steps:
-        if s.dim() != 0 or s.dtype != torch.float32 or (s.device.type == _DEVICE_TYPE) != on_device:
-            raise ValueError(f"fused_optim.cuda_backend.{op}: steps must be 0-dim float32 tensors, "
-                             "all on the CPU or all on the params' device")
+        if s.dim() != 0 or s.dtype != torch.float32 or (s.device.type == device_type) != on_device:
+            raise ValueError(f"{where}: steps must be 0-dim float32 tensors, all on the CPU or all on the params' "
+                             "device")
         if on_device and s.device != device:
-            raise ValueError(f"fused_optim.cuda_backend.{op}: a step is on {s.device}, params on {device}")
+            raise ValueError(f"{where}: a step is on {s.device}, params on {device}")
     if on_device:
-        return [], [s.data_ptr() for s in steps]
-    return [float(s) for s in steps], []
+        return dict(step_addresses=[s.data_ptr() for s in steps])
+    return dict(steps=[float(s) for s in steps])
 
 
-def _scalar(op: str, name: str, t: Optional[Tensor], dtype: torch.dtype, device: torch.device) -> int:
+def _global_step(name: str, global_step, device: torch.device, device_type: str) -> Dict[str, Any]:
+    """The Call fields of DualAdam's global counter (a 0-dim float64 tensor, or a number)."""
+    if not torch.is_tensor(global_step):
+        return dict(global_step=float(global_step))
+    if global_step.dim() != 0 or global_step.dtype != torch.float64:
+        raise ValueError(f"{_where(name)}: global_step must be a 0-dim float64 tensor")
+    if global_step.device.type == device_type:
+        if global_step.device != device:
+            raise ValueError(f"{_where(name)}: global_step on {global_step.device}, params on {device}")
+        return dict(global_step_address=global_step.data_ptr())
+    return dict(global_step=float(global_step))
+
+
+def _scalar(name: str, what: str, t: Optional[Tensor], dtype: torch.dtype, device: torch.device) -> int:
     """Device address of an optional 0-dim scalar the kernels read (0 when absent)."""
     if t is None:
         return 0
     if t.dim() != 0 or t.dtype != dtype or t.device != device:
-        raise ValueError(f"fused_optim.cuda_backend.{op}: {name} must be a 0-dim {dtype} tensor on {device}, "
-                         f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+        raise ValueError(f"{_where(name)}: {what} must be a 0-dim {dtype} tensor on {device}, got "
+                         f"{tuple(t.shape)} {t.dtype} on {t.device}")
     return t.data_ptr()
 
 
@@ -120,338 +137,147 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
-def _staged(op: str, roles, writable, mixed: Optional[Mixed]) -> Staged:
-    """The call's address lists: its roles, then the masters/remainders of those modes (written
-    when the call writes the params)."""
-    extras = _param_modes.checked_extras(f"fused_optim.cuda_backend.{op}", roles[0], mixed)
+def _staged(name: str, roles, writable, storage: Optional[ParamStorage]) -> Staged:
+    """The call's address lists: its roles, then the masters/remainders of the storage modes
+    that keep them (written when the call writes the params)."""
+    extras = checked_extras(_where(name), roles[0], storage)
     if extras is not None:
-        roles, writable = list(roles) + [extras], list(writable[:len(roles)]) + [writable[0]]
+        roles, writable = list(roles) + [extras], list(writable) + [writable[0]]
     return Staged(roles, writable)
 
 
-def _mode_args(mixed: Optional[Mixed], with_seed: bool) -> dict:
-    """The native call's param-mode arguments (none for plain params)."""
-    if mixed is None:
+def _storage_fields(storage: Optional[ParamStorage]) -> Dict[str, Any]:
+    if storage is None:
         return {}
-    args = {"param_mode": mixed.param_mode,
-            "tensor_indices": [int(i) & 0xFFFFFFFF for i in (mixed.tensor_indices or [])]}
-    if with_seed:
-        args["seed"] = mixed.seed & 0xFFFFFFFF
-    return args
+    return dict(storage_mode=int(storage.mode), seed=int(storage.seed) & 0xFFFFFFFF,
+                tensor_indices=native_indices(storage))
 
 
-# ---- native calls, each a custom op (the mixed-precision modes call the functions themselves:
-# eager steps only, see _mixed_precision.MasterStep) ----
-
-def _adam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-             max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float, eps: float,
-             weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool, grad_scale: Optional[Tensor],
-             found_inf: Optional[Tensor], mixed: Optional["Mixed"] = None) -> None:
-    op = "adam_step"
-    roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], 2)
-    values, addresses = _steps(op, steps, len(params), device)
-    staged = _staged(op, roles, [True, False, True, True, True], mixed)
-    _cuda.adam_step(
-        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2,
-        eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
-        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
-        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, True),
-    )
-    staged.finish()
+def _call(module, staged: Staged, device: torch.device, dtype: int, state_dtype: int,
+          storage: Optional[ParamStorage], **fields: Any):
+    """The native Call of one pass: lists, dtypes, device and stream, param storage."""
+    return module.Call(lists=staged.addresses, numels=staged.numels, dtype=dtype, state_dtype=state_dtype,
+                       device=device.index or 0, stream=_stream(device), **_storage_fields(storage), **fields)
 
 
-@_dispatch.custom_op("fused_optim::cuda_adam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs",
-                                                                  "max_exp_avg_sqs"))
-def _adam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-             max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float, eps: float,
-             weight_decay: float, decoupled: bool, amsgrad: bool, maximize: bool, grad_scale: Optional[Tensor],
-             found_inf: Optional[Tensor]) -> None:
-    _adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay, decoupled,
-          amsgrad, maximize, grad_scale, found_inf)
+def _amp(name: str, grad_scale, found_inf, device: torch.device) -> Dict[str, int]:
+    return dict(grad_scale=_scalar(name, "grad_scale", grad_scale, torch.float32, device),
+                found_inf=_scalar(name, "found_inf", found_inf, torch.float32, device))
 
 
-@_adam_op.register_fake
-def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
-      decoupled, amsgrad, maximize, grad_scale, found_inf) -> None:
-    return None
+# ---- the single-pass operations, from their declarations ----------------------------------------
+
+def _single_pass(operation: Operation):
+    """One launch (per table) of a declared operation: every per-param list but the steps, in
+    the declaration's order, each staged and written back when the declaration says the call
+    writes it (a list the call leaves empty, max_exp_avg_sqs without amsgrad, keeps its place
+    as an empty address list); steps per param or the global step; the hyperparameters by name
+    (the native entry point checks them against its own)."""
+    name = operation.name
+    roles = [n for n in operation.lists if n != "steps"]
+    per_param_steps = "steps" in operation.lists
+
+    def run(*lists: List[Tensor], grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+            global_step=None, storage: Optional[ParamStorage] = None, **hyper: Any) -> None:
+        module = _module()
+        named = dict(zip(operation.lists, lists))
+        params = named["params"]
+        if not params:
+            return
+        present = [n for n in roles if len(named[n]) or n in ("params", "grads")]
+        tensors = [list(named[n]) for n in present]
+        device_type = module.device_type
+        device, dtype, state_dtype = _check(name, tensors, present, device_type)
+        if per_param_steps:
+            steps = _steps(name, named["steps"], len(params), device, device_type)
+        else:
+            steps = _global_step(name, global_step, device, device_type)
+        amp = _amp(name, grad_scale, found_inf, device)
+        staged = _staged(name, tensors, [n in operation.mutated for n in present], storage)
+        given = iter(staged.addresses)
+        addresses = [next(given) if n in present else [] for n in roles] + list(given)
+        call = module.Call(lists=addresses, numels=staged.numels, dtype=dtype, state_dtype=state_dtype,
+                           device=device.index or 0, stream=_stream(device), **_storage_fields(storage), **steps,
+                           **amp)
+        module.step(name, call, hyper)
+        staged.finish()
+
+    run.__name__ = name
+    run.__doc__ = operation.doc
+    return run
 
 
-def _adamomentum(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-                    max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float,
-                    eps: float, weight_decay: float, decoupled: bool, amsgrad: bool, rectify: bool,
-                    grad_scale: Optional[Tensor], found_inf: Optional[Tensor], mixed: Optional["Mixed"] = None) -> None:
-    op = "adamomentum_step"
-    roles = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"], 2)
-    values, addresses = _steps(op, steps, len(params), device)
-    staged = _staged(op, roles, [True, False, True, True, True], mixed)
-    _cuda.adamomentum_step(
-        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2,
-        eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, rectify=rectify,
-        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
-        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, True),
-    )
-    staged.finish()
+# ---- Adai ---------------------------------------------------------------------------------------
+# v_sums (Adai's carried sums of exp_avg_sq, operations.py) are not kept by this backend: its
+# pass 1 reads v itself, and Adai drops the sums after its update.
 
-
-@_dispatch.custom_op("fused_optim::cuda_adamomentum_step",
-                         mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"))
-def _adamomentum_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-                    max_exp_avg_sqs: List[Tensor], steps: List[Tensor], lr: float, beta1: float, beta2: float,
-                    eps: float, weight_decay: float, decoupled: bool, amsgrad: bool, rectify: bool,
-                    grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
-    _adamomentum(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
-                 decoupled, amsgrad, rectify, grad_scale, found_inf)
-
-
-@_adamomentum_op.register_fake
-def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, weight_decay,
-      decoupled, amsgrad, rectify, grad_scale, found_inf) -> None:
-    return None
-
-
-def _dualadam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-                 global_step: Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                 switch_rate: float, grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
-                 mixed: Optional["Mixed"] = None) -> None:
-    op = "dualadam_step"
-    roles = [params, grads, exp_avgs, exp_avg_sqs]
-    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs"], 2)
-    if global_step.dim() != 0 or global_step.dtype != torch.float64:
-        raise ValueError(f"fused_optim.cuda_backend.{op}: global_step must be a 0-dim float64 tensor")
-    if global_step.device.type == _DEVICE_TYPE:
-        if global_step.device != device:
-            raise ValueError(f"fused_optim.cuda_backend.{op}: global_step on {global_step.device}, params on {device}")
-        step_value, step_address = 0.0, global_step.data_ptr()
-    else:
-        step_value, step_address = float(global_step), 0
-    staged = _staged(op, roles, [True, False, True, True], mixed)
-    _cuda.dualadam_step(
-        staged.addresses, staged.numels, dtype, state_dtype, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-        weight_decay=weight_decay, switch_rate=switch_rate, global_step=step_value,
-        global_step_address=step_address,
-        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
-        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, True),
-    )
-    staged.finish()
-
-
-@_dispatch.custom_op("fused_optim::cuda_dualadam_step", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
-def _dualadam_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-                 global_step: Tensor, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                 switch_rate: float, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
-    _dualadam(params, grads, exp_avgs, exp_avg_sqs, global_step, lr, beta1, beta2, eps, weight_decay, switch_rate,
-              grad_scale, found_inf)
-
-
-@_dualadam_op.register_fake
-def _(params, grads, exp_avgs, exp_avg_sqs, global_step, lr, beta1, beta2, eps, weight_decay, switch_rate,
-      grad_scale, found_inf) -> None:
-    return None
-
-
-def _adai_second_moment(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
-                           beta2: float, weight_decay: float, decoupled: bool,
-                           grad_scale: Optional[Tensor], mixed: Optional["Mixed"] = None) -> Tensor:
-    op = "adai_second_moment"
-    roles = [params, grads, exp_avg_sqs]
-    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avg_sqs"], 2)
-    values, addresses = _steps(op, steps, len(params), device)
-    staged = _staged(op, roles, [False, False, False], mixed)
-    chunks = _cuda.chunk_count(staged.numels)
-    partials = torch.empty(max(chunks, 1), dtype=torch.float64, device=device)
-    out = torch.empty((), dtype=torch.float64, device=device)
-    _cuda.adai_vhat_sum(
-        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, beta2=beta2,
-        weight_decay=weight_decay, decoupled=decoupled,
-        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
-        partials=partials.data_ptr(), partials_len=partials.numel(), out=out.data_ptr(),
-        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, False),
-    )
+def _adai_pass1(name: str, params, grads, exp_avg_sqs, steps, grad_scale, storage, hyper, results: int) -> Tensor:
+    """Adai's pass 1 in either form: reads g, v (and p with L2) and writes nothing but its
+    result, `results` float64 values on the device (pass 2 updates v, so found_inf needs no
+    check here: pass 2 skips). Deterministic: fixed reduction trees, no atomics."""
+    module = _module()
+    roles = [list(params), list(grads), list(exp_avg_sqs)]
+    device_type = module.device_type
+    device, dtype, state_dtype = _check(name, roles, ["params", "grads", "exp_avg_sqs"], device_type)
+    steps = _steps(name, steps, len(params), device, device_type)
+    scale = _scalar(name, "grad_scale", grad_scale, torch.float32, device)
+    staged = _staged(name, roles, [False, False, False], storage)
+    chunks = module.chunk_count(staged.numels)
+    partials = torch.empty(max(results * chunks, 1), dtype=torch.float64, device=device)
+    out = torch.empty(results if results > 1 else (), dtype=torch.float64, device=device)
+    call = _call(module, staged, device, dtype, state_dtype, storage, grad_scale=scale, partials=partials.data_ptr(),
+                 partials_len=partials.numel(), out=out.data_ptr(), **steps)
+    module.step(name, call, hyper)
     return out
 
 
-@_dispatch.custom_op("fused_optim::cuda_adai_second_moment", mutates_args=())
-def _adai_second_moment_op(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
-                           beta2: float, weight_decay: float, decoupled: bool,
-                           grad_scale: Optional[Tensor]) -> Tensor:
-    return _adai_second_moment(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, grad_scale)
-
-
-@_adai_second_moment_op.register_fake
-def _(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, grad_scale):
-    return params[0].new_empty((), dtype=torch.float64)
-
-
-def _adai_clip_sums(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
-                       beta2: float, weight_decay: float, decoupled: bool, norm_type: float,
-                       grad_scale: Optional[Tensor], mixed: Optional["Mixed"] = None) -> Tensor:
-    op = "adai_clip_sums"
-    roles = [params, grads, exp_avg_sqs]
-    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avg_sqs"], 2)
-    values, addresses = _steps(op, steps, len(params), device)
-    staged = _staged(op, roles, [False, False, False], mixed)
-    chunks = _cuda.chunk_count(staged.numels)
-    partials = torch.empty(max(4 * chunks, 1), dtype=torch.float64, device=device)
-    out = torch.empty(4, dtype=torch.float64, device=device)
-    _cuda.adai_clip_sums(
-        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, beta2=beta2,
-        weight_decay=weight_decay, decoupled=decoupled, norm_type=norm_type,
-        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
-        partials=partials.data_ptr(), partials_len=partials.numel(), out=out.data_ptr(),
-        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, False),
-    )
-    return out
-
-
-@_dispatch.custom_op("fused_optim::cuda_adai_clip_sums", mutates_args=())
-def _adai_clip_sums_op(params: List[Tensor], grads: List[Tensor], exp_avg_sqs: List[Tensor], steps: List[Tensor],
-                       beta2: float, weight_decay: float, decoupled: bool, norm_type: float,
-                       grad_scale: Optional[Tensor]) -> Tensor:
-    return _adai_clip_sums(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, norm_type, grad_scale)
-
-
-@_adai_clip_sums_op.register_fake
-def _(params, grads, exp_avg_sqs, steps, beta2, weight_decay, decoupled, norm_type, grad_scale):
-    return params[0].new_empty(4, dtype=torch.float64)
-
-
-def _adai_update(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-                    beta1_prods: List[Tensor], steps: List[Tensor], lr: float, beta0: float, beta2: float, eps: float,
-                    weight_decay: float, decoupled: bool, vbar: Tensor, grad_scale: Optional[Tensor],
-                    found_inf: Optional[Tensor], mixed: Optional["Mixed"] = None) -> None:
-    op = "adai_update"
-    roles = [params, grads, exp_avgs, exp_avg_sqs, beta1_prods]
-    device, dtype, state_dtype = _check(op, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "beta1_prods"], 2)
-    values, addresses = _steps(op, steps, len(params), device)
-    staged = _staged(op, roles, [True, False, True, True, True], mixed)
-    _cuda.adai_update(
-        staged.addresses, staged.numels, values, addresses, dtype, state_dtype, lr=lr, beta0=beta0, beta2=beta2,
-        eps=eps, weight_decay=weight_decay, decoupled=decoupled,
-        vbar=_scalar(op, "vbar", vbar, torch.float64, device),
-        grad_scale=_scalar(op, "grad_scale", grad_scale, torch.float32, device),
-        found_inf=_scalar(op, "found_inf", found_inf, torch.float32, device),
-        device=device.index or 0, stream=_stream(device), **_mode_args(mixed, True),
-    )
-    staged.finish()
-
-
-@_dispatch.custom_op("fused_optim::cuda_adai_update", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "beta1_prods"))
-def _adai_update_op(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor],
-                    beta1_prods: List[Tensor], steps: List[Tensor], lr: float, beta0: float, beta2: float, eps: float,
-                    weight_decay: float, decoupled: bool, vbar: Tensor, grad_scale: Optional[Tensor],
-                    found_inf: Optional[Tensor]) -> None:
-    _adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, lr, beta0, beta2, eps, weight_decay,
-                 decoupled, vbar, grad_scale, found_inf)
-
-
-@_adai_update_op.register_fake
-def _(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, lr, beta0, beta2, eps, weight_decay, decoupled,
-      vbar, grad_scale, found_inf) -> None:
-    return None
-
-
-def _need_module() -> None:
-    if _cuda is None:
-        raise RuntimeError(available()[1])
-
-
-# ---- the backend's step functions ----
-
-# Each public function takes the param-mode keywords of _mixed_precision.MasterStep (param_mode,
-# param_extras, seed, tensor_indices; eager steps only, see _param_modes.py)
-
-
-def _run(op, function, args, mode_kwargs):
-    return _param_modes.run(op, function, args, mode_kwargs, _dispatch.call)
-
-
-def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[Tensor]], steps, *,
-              lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize,
-              grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None, **mode) -> None:
-    """One Adam (decoupled=False) or AdamW step over a group; steps are the counts before it."""
-    _need_module()
+@implements(BACKEND, "adai_second_moment")
+def adai_second_moment(params, grads, exp_avg_sqs, steps, *, grad_scale=None, found_inf=None, v_sums=None,
+                       storage=None, **hyper) -> Tensor:
+    """Adai pass 1: the group's sum of the new vhat, a 0-dim float64 tensor on the device."""
     if not params:
-        return
-    _run(_adam_op, _adam, (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
-                           list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr), float(beta1), float(beta2),
-                           float(eps), float(weight_decay), bool(decoupled), bool(amsgrad), bool(maximize), grad_scale,
-                           found_inf), mode)
-
-
-def adamomentum_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs: Optional[List[Tensor]], steps, *,
-                     lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, rectify,
-                     grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None, **mode) -> None:
-    """One AdaMomentum step over a group; steps are the counts before it."""
-    _need_module()
-    if not params:
-        return
-    _run(_adamomentum_op, _adamomentum, (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
-                                         list(max_exp_avg_sqs) if amsgrad else [], list(steps), float(lr),
-                                         float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled),
-                                         bool(amsgrad), bool(rectify), grad_scale, found_inf), mode)
-
-
-def dualadam_step(params, grads, exp_avgs, exp_avg_sqs, *, global_step, lr, beta1, beta2, eps, weight_decay,
-                  switch_rate, grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
-                  **mode) -> None:
-    """One DualAdam/InvAdam step over a group; global_step is the count before it (a 0-dim
-    float64 tensor, CPU or CUDA, or a number)."""
-    _need_module()
-    if not params:
-        return
-    if not torch.is_tensor(global_step):
-        global_step = torch.tensor(float(global_step), dtype=torch.float64)
-    _run(_dualadam_op, _dualadam, (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), global_step,
-                                   float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-                                   float(switch_rate), grad_scale, found_inf), mode)
-
-
-# v_sums (Adai's carried sums of exp_avg_sq, backends.py) are not kept by this backend: its pass 1
-# reads v itself, and Adai drops the sums after its update.
-
-
-def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled,
-                       grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None, v_sums=None,
-                       **mode) -> Tensor:
-    """Adai pass 1: the group's sum of the new vhat, a 0-dim float64 tensor on the device.
-    Reads g, v (and p with L2) and writes nothing: pass 2 updates v (so found_inf needs no
-    check here: pass 2 skips). Deterministic (fixed reduction tree, no atomics)."""
-    _need_module()
-    if not params:
+        _module()
         return torch.zeros((), dtype=torch.float64)
-    return _run(_adai_second_moment_op, _adai_second_moment,
-                (list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2), float(weight_decay),
-                 bool(decoupled), grad_scale), mode)
+    return _adai_pass1("adai_second_moment", params, grads, exp_avg_sqs, steps, grad_scale, storage, hyper, 1)
 
 
-def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, norm_type,
-                   grad_scale: Optional[Tensor] = None, v_sums=None, **mode) -> Tensor:
+@implements(BACKEND, "adai_clip_sums")
+def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, grad_scale=None, v_sums=None, storage=None,
+                   **hyper) -> Tensor:
     """Adai pass 1 with max_grad_norm (reference: adai_clip_sums): [norm part, c0, c1, c2], a
-    float64 tensor of 4 on the device, from one read of g and v (and p with L2); writes
-    nothing. Deterministic (fixed reduction trees, no atomics)."""
-    _need_module()
+    float64 tensor of 4 on the device, from one read of g and v (and p with L2)."""
     if not params:
+        _module()
         out = torch.zeros(4, dtype=torch.float64)
-        out[0] = math.inf if norm_type == -math.inf else 0.0
+        out[0] = math.inf if hyper.get("norm_type") == -math.inf else 0.0
         return out
-    return _run(_adai_clip_sums_op, _adai_clip_sums,
-                (list(params), list(grads), list(exp_avg_sqs), list(steps), float(beta2), float(weight_decay),
-                 bool(decoupled), float(norm_type), grad_scale), mode)
+    return _adai_pass1("adai_clip_sums", params, grads, exp_avg_sqs, steps, grad_scale, storage, hyper, 4)
 
 
-def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2, eps,
-                weight_decay, decoupled, vbar: Tensor, grad_scale: Optional[Tensor] = None,
-                found_inf: Optional[Tensor] = None, v_sums=None, **mode) -> None:
+@implements(BACKEND, "adai_update")
+def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, vbar: Tensor, grad_scale=None,
+                found_inf=None, v_sums=None, storage=None, **hyper) -> None:
     """Adai pass 2, given vbar (0-dim float64 on the device): v, beta1_prod, m and p."""
-    _need_module()
+    module = _module()
     if not params:
         return
-    _run(_adai_update_op, _adai_update,
-         (list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods), list(steps), float(lr),
-          float(beta0), float(beta2), float(eps), float(weight_decay), bool(decoupled), vbar, grad_scale, found_inf),
-         mode)
+    name = "adai_update"
+    roles = [list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods)]
+    device_type = module.device_type
+    device, dtype, state_dtype = _check(name, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "beta1_prods"],
+                                        device_type)
+    steps = _steps(name, steps, len(params), device, device_type)
+    vbar_address = _scalar(name, "vbar", vbar, torch.float64, device)
+    amp = _amp(name, grad_scale, found_inf, device)
+    staged = _staged(name, roles, [True, False, True, True, True], storage)
+    call = _call(module, staged, device, dtype, state_dtype, storage, vbar_address=vbar_address, **steps, **amp)
+    module.step(name, call, hyper)
+    staged.finish()
+
+
+# every other declared operation with a native entry point: the generic pass (a new
+# optimizer's operation needs no line here). Without the module, its operations are the
+# declared ones, each raising available()'s reason when called.
+for _name, _operation in OPERATIONS.items():
+    if (_cuda is None or _name in _cuda.operations()) and _name not in implementations(BACKEND):
+        implements(BACKEND, _name)(_single_pass(_operation))

@@ -241,7 +241,7 @@ def _bad_state_dicts(name):
     bad["state"][first]["exp_avg"] = [0.0] * 4097
     cases["list moment"] = bad
     bad = _copy(good)
-    bad["state"][first]["exp_avg_sq"] = torch.zeros(4097, dtype=torch.int32)
+    bad["state"][first][OPTIMIZERS[name].state_names[-1]] = torch.zeros(4097, dtype=torch.int32)
     cases["integer moment"] = bad
     return cases
 

@@ -49,6 +49,8 @@ def test_sparse_grad(name, backend):
 )
 def test_bad_hyperparameter_at_step(name, backend, field, value, match):
     opt, _ = _started(name, backend)
+    if field not in opt.param_groups[0]:
+        pytest.skip(f"{name} has no {field}")
     opt.param_groups[0][field] = value  # as a buggy schedule would
     _expect_untouched(opt, ValueError, match)
 

@@ -329,7 +329,7 @@ def test_adai_step_skipped_by_found_inf_leaves_the_sum_consistent(had_sum):
 def test_the_operators_declare_what_they_do_with_the_sums():
     """torch.compile functionalizes the cpu operators by their schemas: adai_update writes the
     sums, pass 1 only reads them (opcheck runs each against its schema and its fake)."""
-    backends.operators("cpu")
+    backends.implementation("cpu")  # its operators are defined
     params = [torch.randn(5), torch.randn(3, 4)]
     grads, steps = [torch.randn_like(p) for p in params], [torch.tensor(2.0) for _ in params]
 

@@ -11,9 +11,8 @@
 #include <cmath>
 #include <limits>
 
-#include "ops.h"
 #include "adai_checks.h"
-#include "param_access.h"
+#include "entry.h"
 
 namespace fused_optim::cpu {
 namespace {
@@ -41,8 +40,8 @@ FO_CPU_CLONES double sum_chunk(const T* __restrict x, int64_t n) {
 // either way: params and the other states are the reference's, and beta1_prod differs from
 // it by less than that smallest normal. Kept subnormal, it would be multiplied every step for
 // thousands of steps at beta1 near 1 - eps, and x86 cores multiply subnormals in slow
-// microcode: a 1M-element step took 2.4-3.3x as long (bench/NOTES.md). The rest of the
-// arithmetic is IEEE, subnormals included, as in torch.
+// microcode, which makes the whole step several times slower (bench/NOTES.md). The rest of
+// the arithmetic is IEEE, subnormals included, as in torch.
 template <class T>
 FO_INLINE T normal_or_zero(T x) {
   return std::fabs(x) < std::numeric_limits<T>::min() ? T(0) : x;
@@ -65,103 +64,96 @@ FO_CPU_CLONES void adai_update_chunk(P* __restrict p, const P* __restrict g, T* 
   }
 }
 
-}  // namespace
-
-double adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels,
-                     const std::vector<double>& steps, const std::vector<double>& v_sums,
-                     int dtype, double beta2, double weight_decay, bool decoupled,
-                     int num_threads, double grad_divisor, int param_mode, uint32_t seed,
-                     const std::vector<uint32_t>& tensor_indices) {
-  const char* op = "adai_vhat_sum";
-  const DType pd = parse_dtype(op, dtype);
-  const ParamStorage storage =
-      check_adai_pass1(op, lists, numels, steps, v_sums, pd, num_threads, param_mode, seed, tensor_indices);
+// Pass 1. lists: param, grad[, masters/remainders]. call.v_sums: each tensor's sum of
+// exp_avg_sq before this step (from the previous update pass, or tensor_sums). Returns the
+// group's sum of vhat.
+std::vector<double> adai_second_moment(const Call& call, const math::AdaiSecondMomentArgs& a) {
+  const DType pd = parse_dtype(call.where, call.dtype);
+  parse_state_dtype(call.where, pd, call.state_dtype, false);
+  const ParamStorage storage = check_adai_pass1(call, pd);
+  const size_t ntensors = call.numels.size();
 
   return dispatch_param_dtype(pd, [&](auto tag) {
     using P = decltype(tag);
     using T = math_t<P>;
     // pass 1 needs only the L2 term; lr, beta0 and eps enter in pass 2
-    const auto h = math::adai_hyper<T>(0.0, 0.0, beta2, 0.0, weight_decay, decoupled);
-    const bool coupled_l2 = !decoupled && weight_decay != 0.0;
-    const ChunkPlan plan = plan_chunks(numels);
+    const auto h = math::adai_hyper<T>(0.0, 0.0, a.beta2, 0.0, a.weight_decay, a.decoupled);
+    const bool coupled_l2 = !a.decoupled && a.weight_decay != 0.0;
+    const ChunkPlan plan = plan_chunks(call.numels);
     // one partial per chunk, combined in fixed trees: independent of the thread count
     std::vector<double> partials(size_t(plan.total()));
-    dispatch_param_mode<P>(param_mode, [&](auto mode) {
+    dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
       constexpr int MODE = decltype(mode)::value;
-      for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t c) {
-        const auto t = s.tensor;
-        const P* p = address<const P>(lists[0][t], s.begin);
-        const P* g = address<const P>(lists[1][t], s.begin);
-        const ParamExtra x = storage.chunk(t, s.begin);
-        partials[size_t(c)] = coupled_l2 ? adai_grad_sq_chunk<true, MODE, P>(p, g, s.size, h, T(grad_divisor), x)
-                                         : adai_grad_sq_chunk<false, MODE, P>(p, g, s.size, h, T(grad_divisor), x);
+      for_each_call_chunk(call, plan, storage, [&](const Chunk& c, int64_t k) {
+        const P* p = c.role<const P>(0);
+        const P* g = c.role<const P>(1);
+        const T divisor = T(call.grad_divisor);
+        partials[size_t(k)] = coupled_l2 ? adai_grad_sq_chunk<true, MODE, P>(p, g, c.size, h, divisor, c.extra)
+                                         : adai_grad_sq_chunk<false, MODE, P>(p, g, c.size, h, divisor, c.extra);
       });
     });
     const std::vector<double> grad_sq = per_tensor_sums(plan, partials);
-    std::vector<double> terms(numels.size());
-    for (size_t t = 0; t < numels.size(); ++t)
-      terms[t] = math::adai_vhat_sum(v_sums[t], grad_sq[t], beta2,
-                                     math::adai_bias_correction2(beta2, steps[t]));
-    return tree_sum(terms.data(), int64_t(terms.size()));
+    std::vector<double> terms(ntensors);
+    for (size_t t = 0; t < ntensors; ++t)
+      terms[t] = math::adai_vhat_sum(call.v_sums[t], grad_sq[t], a.beta2,
+                                     math::adai_bias_correction2(a.beta2, step_count(call, t)));
+    return std::vector<double>{tree_sum(terms.data(), int64_t(terms.size()))};
   });
 }
 
-std::vector<double> adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
-                                const std::vector<double>& steps, int dtype, double lr,
-                                double beta0, double beta2, double eps, double weight_decay,
-                                bool decoupled, double vbar, int num_threads,
-                                double grad_divisor, int param_mode, uint32_t seed,
-                                const std::vector<uint32_t>& tensor_indices,
-                                const std::vector<uintptr_t>& v_sum_addresses) {
-  const char* op = "adai_update";
-  const DType pd = parse_dtype(op, dtype), sd = state_dtype_for(pd);
+// Pass 2. lists: param, grad, exp_avg, exp_avg_sq, beta1_prod[, masters/remainders]. Returns
+// each tensor's sum of the new exp_avg_sq, the v_sums of the next step, and stores them at
+// call.v_sum_addresses too when that is not empty (one float64 per tensor: the optimizer's
+// carried sums).
+std::vector<double> adai_update(const Call& call, const math::AdaiUpdateArgs& a) {
+  const DType pd = parse_dtype(call.where, call.dtype);
+  const DType sd = parse_state_dtype(call.where, pd, call.state_dtype, false);
   std::vector<DType> roles{pd, pd, sd, sd, sd};
-  const ParamStorage storage = param_storage(op, lists, numels, pd, param_mode, seed, tensor_indices, steps, roles);
-  check_lists(op, lists, roles, numels);
-  check_per_tensor(op, "steps", steps.size(), numels.size());
-  check_threads(op, num_threads);
-  if (!v_sum_addresses.empty()) {
-    check_per_tensor(op, "v_sum_addresses", v_sum_addresses.size(), numels.size());
-    check_lists(op, {v_sum_addresses}, {DType::kFloat64}, std::vector<int64_t>(numels.size(), 1));
+  const ParamStorage storage = check_call(call, roles, Steps::kPerTensor);
+  if (!call.v_sum_addresses.empty()) {
+    check_per_tensor(call.where, "v_sum_addresses", call.v_sum_addresses.size(), call.numels.size());
+    check_lists(call.where, {call.v_sum_addresses}, {DType::kFloat64}, std::vector<int64_t>(call.numels.size(), 1));
   }
 
   return dispatch_param_dtype(pd, [&](auto tag) {
     using P = decltype(tag);
     using T = math_t<P>;
-    const auto h = math::adai_hyper<T>(lr, beta0, beta2, eps, weight_decay, decoupled);
-    std::vector<double> bc2(numels.size());
-    for (size_t t = 0; t < numels.size(); ++t) bc2[t] = math::adai_bias_correction2(beta2, steps[t]);
-    const ChunkPlan plan = plan_chunks(numels);
+    const auto h = math::adai_hyper<T>(a.lr, a.beta0, a.beta2, a.eps, a.weight_decay, a.decoupled);
+    std::vector<double> bc2(call.numels.size());
+    for (size_t t = 0; t < bc2.size(); ++t) bc2[t] = math::adai_bias_correction2(a.beta2, step_count(call, t));
+    const ChunkPlan plan = plan_chunks(call.numels);
     std::vector<double> partials(size_t(plan.total()));
     with_constant<kWeightDecayModes>(weight_decay_mode(h), [&](auto decay) {
-      dispatch_param_mode<P>(param_mode, [&](auto mode) {
-        for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t c) {
-          const auto t = s.tensor;
-          T* v = address<T>(lists[3][t], s.begin);
+      dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
+        for_each_call_chunk(call, plan, storage, [&](const Chunk& c, int64_t k) {
+          T* v = c.role<T>(3);
           adai_update_chunk<decltype(decay)::value, decltype(mode)::value, P>(
-              address<P>(lists[0][t], s.begin), address<const P>(lists[1][t], s.begin),
-              address<T>(lists[2][t], s.begin), v, address<T>(lists[4][t], s.begin), s.size, h,
-              T(bc2[t]), T(vbar), T(grad_divisor), storage.chunk(t, s.begin));
+              c.role<P>(0), c.role<const P>(1), c.role<T>(2), v, c.role<T>(4), c.size, h,
+              T(bc2[size_t(c.tensor)]), T(call.vbar), T(call.grad_divisor), c.extra);
           // the new v of the chunk is still in cache (256 KB): summing it costs no memory
           // traffic, and a separate loop keeps both loops simple enough to vectorize
-          partials[size_t(c)] = sum_chunk(v, s.size);
+          partials[size_t(k)] = sum_chunk(v, c.size);
         });
       });
     });
     std::vector<double> sums = per_tensor_sums(plan, partials);
-    for (size_t t = 0; t < v_sum_addresses.size(); ++t) *address<double>(v_sum_addresses[t], 0) = sums[t];
+    for (size_t t = 0; t < call.v_sum_addresses.size(); ++t) *address<double>(call.v_sum_addresses[t], 0) = sums[t];
     return sums;
   });
 }
 
+const Registration<math::AdaiSecondMomentArgs> registered_pass1("adai_second_moment", adai_second_moment);
+const Registration<math::AdaiUpdateArgs> registered_update("adai_update", adai_update);
+
+}  // namespace
+
 std::vector<double> tensor_sums(const AddressLists& lists, const std::vector<int64_t>& numels,
                                 int dtype, int num_threads) {
-  const char* op = "tensor_sums";
-  const DType sd = parse_dtype(op, dtype);
-  if (sd != DType::kFloat32 && sd != DType::kFloat64)
-    throw std::invalid_argument("fused_optim._cpu.tensor_sums: states are float32 or float64");
-  check_lists(op, lists, {sd}, numels);
-  check_threads(op, num_threads);
+  const std::string where = "fused_optim._cpu.tensor_sums";
+  const DType sd = parse_dtype(where, dtype);
+  if (sd != DType::kFloat32 && sd != DType::kFloat64) fail(where, "states are float32 or float64");
+  check_lists(where, lists, {sd}, numels);
+  check_threads(where, num_threads);
   const ChunkPlan plan = plan_chunks(numels);
   std::vector<double> partials(size_t(plan.total()));
   for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t c) {

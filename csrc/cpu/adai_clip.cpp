@@ -2,9 +2,9 @@
 // coefficient needs the norm of ALL grads, the mean of vhat needs the clipped grads, and one
 // read of g (and p for coupled L2) serves both: it returns the group's norm part and its sum
 // of vhat as a quadratic in the coefficient (math/clip.h), which the optimizer evaluates once
-// the norm is known. sum(v) is carried from the previous update pass, as in adai_vhat_sum.
+// the norm is known. sum(v) is carried from the previous update pass, as in adai_second_moment.
 // Bytes per element (fp32): read g = 4 (+4 reading p for coupled L2), against 8 for a norm pass
-// followed by adai_vhat_sum; the update pass (adai_update, 36 B) then clips in registers.
+// followed by adai_second_moment; the update pass (adai_update, 36 B) then clips in registers.
 // Each chunk is summed in several loops, one accumulator each (they vectorize; a chunk is
 // 256 KB of fp32 and stays in cache after the first).
 #include <cmath>
@@ -12,9 +12,8 @@
 #include "fused_optim/math/adai.h"
 #include "fused_optim/math/clip.h"
 
-#include "ops.h"
 #include "adai_checks.h"
-#include "param_access.h"
+#include "entry.h"
 
 namespace fused_optim::cpu {
 namespace {
@@ -44,51 +43,47 @@ FO_CPU_CLONES void clip_chunk(const P* __restrict p, const P* __restrict g, int6
   }
 }
 
-}  // namespace
-
-std::vector<double> adai_clip_sums(const AddressLists& lists, const std::vector<int64_t>& numels,
-                                   const std::vector<double>& steps,
-                                   const std::vector<double>& v_sums, int dtype, double beta2,
-                                   double weight_decay, bool decoupled, double norm_type,
-                                   int num_threads, double grad_divisor, int param_mode, uint32_t seed,
-                                   const std::vector<uint32_t>& tensor_indices) {
-  const char* op = "adai_clip_sums";
-  const DType pd = parse_dtype(op, dtype);
-  const ParamStorage storage =
-      check_adai_pass1(op, lists, numels, steps, v_sums, pd, num_threads, param_mode, seed, tensor_indices);
-  if (!(norm_type > 0.0 || norm_type == -INFINITY))
-    throw std::invalid_argument("fused_optim._cpu.adai_clip_sums: norm_type must be > 0 or +-inf");
+// Pass 1 when max_grad_norm clips the grads. lists: param, grad[, masters/remainders];
+// call.v_sums as for adai_second_moment. Returns {norm part, c0, c1, c2}: the group's part of
+// the grad norm of order norm_type and its sum of vhat as c0 + c1 c + c2 c^2 in the clip
+// coefficient c (math/clip.h).
+std::vector<double> adai_clip_sums(const Call& call, const math::AdaiClipSumsArgs& a) {
+  const DType pd = parse_dtype(call.where, call.dtype);
+  parse_state_dtype(call.where, pd, call.state_dtype, false);
+  const ParamStorage storage = check_adai_pass1(call, pd);
+  const size_t ntensors = call.numels.size();
+  const double beta2 = a.beta2, norm_type = a.norm_type.q;
 
   const int kind = math::norm_kind(norm_type);
-  const bool coupled_l2 = !decoupled && weight_decay != 0.0;
-  const double l2 = coupled_l2 ? weight_decay : 0.0;
-  std::vector<double> bc2(numels.size());
-  for (size_t t = 0; t < numels.size(); ++t) bc2[t] = math::adai_bias_correction2(beta2, steps[t]);
-  const ChunkPlan plan = plan_chunks(numels);
+  const bool coupled_l2 = !a.decoupled && a.weight_decay != 0.0;
+  const double l2 = coupled_l2 ? a.weight_decay : 0.0;
+  std::vector<double> bc2(ntensors);
+  for (size_t t = 0; t < ntensors; ++t) bc2[t] = math::adai_bias_correction2(beta2, step_count(call, t));
+  const ChunkPlan plan = plan_chunks(call.numels);
   const size_t nchunks = size_t(plan.total());
   // per chunk, in chunk order (independent of the thread count): its norm part and its
   // tensor's weighted terms; c0 also holds each tensor's sum(v) term, once, after the chunks
-  std::vector<double> norm_parts(nchunks), c0(nchunks + numels.size()), c1(nchunks), c2(nchunks);
-  for (size_t t = 0; t < numels.size(); ++t)
-    c0[nchunks + t] = math::adai_clip_terms(v_sums[t], 0.0, 0.0, 0.0, beta2, l2, bc2[t]).c0;
+  std::vector<double> norm_parts(nchunks), c0(nchunks + ntensors), c1(nchunks), c2(nchunks);
+  for (size_t t = 0; t < ntensors; ++t)
+    c0[nchunks + t] = math::adai_clip_terms(call.v_sums[t], 0.0, 0.0, 0.0, beta2, l2, bc2[t]).c0;
   dispatch_param_dtype(pd, [&](auto tag) {
     using P = decltype(tag);
     using T = math_t<P>;
     with_constant<math::kNormKinds>(kind, [&](auto norm) {
-      dispatch_param_mode<P>(param_mode, [&](auto mode) {
+      dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
         constexpr int NORM = decltype(norm)::value, MODE = decltype(mode)::value;
-        for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t c) {
-          const P* p = address<const P>(lists[0][s.tensor], s.begin);
-          const P* g = address<const P>(lists[1][s.tensor], s.begin);
-          const ParamExtra x = storage.chunk(s.tensor, s.begin);
+        for_each_call_chunk(call, plan, storage, [&](const Chunk& c, int64_t k) {
+          const P* p = c.role<const P>(0);
+          const P* g = c.role<const P>(1);
+          const T divisor = T(call.grad_divisor);
           double sums[4];
-          if (coupled_l2) clip_chunk<true, NORM, MODE, P>(p, g, s.size, T(grad_divisor), norm_type, x, sums);
-          else clip_chunk<false, NORM, MODE, P>(p, g, s.size, T(grad_divisor), norm_type, x, sums);
-          const auto terms = math::adai_clip_terms(0.0, sums[1], sums[2], sums[3], beta2, l2, bc2[size_t(s.tensor)]);
-          norm_parts[size_t(c)] = sums[0];
-          c0[size_t(c)] = terms.c0;
-          c1[size_t(c)] = terms.c1;
-          c2[size_t(c)] = terms.c2;
+          if (coupled_l2) clip_chunk<true, NORM, MODE, P>(p, g, c.size, divisor, norm_type, c.extra, sums);
+          else clip_chunk<false, NORM, MODE, P>(p, g, c.size, divisor, norm_type, c.extra, sums);
+          const auto terms = math::adai_clip_terms(0.0, sums[1], sums[2], sums[3], beta2, l2, bc2[size_t(c.tensor)]);
+          norm_parts[size_t(k)] = sums[0];
+          c0[size_t(k)] = terms.c0;
+          c1[size_t(k)] = terms.c1;
+          c2[size_t(k)] = terms.c2;
         });
       });
     });
@@ -105,4 +100,7 @@ std::vector<double> adai_clip_sums(const AddressLists& lists, const std::vector<
           tree_sum(c2.data(), int64_t(nchunks))};
 }
 
+const Registration<math::AdaiClipSumsArgs> registered("adai_clip_sums", adai_clip_sums);
+
+}  // namespace
 }  // namespace fused_optim::cpu

@@ -3,7 +3,6 @@
 #include "fused_optim/math/adamomentum.h"
 
 #include "moment_loop.h"
-#include "ops.h"
 
 namespace fused_optim::cpu {
 namespace {
@@ -14,46 +13,55 @@ FO_CPU_CLONES void adamomentum_chunk(P* p, const P* g, T* m, T* v, T* vmax, int6
                                      const T bc2_sqrt, const T grad_divisor, const ParamExtra x) {
   const auto h = fixed_weight_decay<DECAY>(hyper);
   constexpr auto denominator = math::AdaMomentumDenominator(DENOMINATOR);
-  moment_loop<AMSGRAD, MODE>(p, g, m, v, vmax, n, grad_divisor, [&](T& pi, T gi, T& mi, T& vi, T& vmaxi) {
-    math::adamomentum_element<AMSGRAD>(pi, gi, mi, vi, vmaxi, h, step_size, bc2_sqrt, denominator);
-  }, x);
+  if constexpr (AMSGRAD) {
+    moment_loop<MODE>(p, g, n, grad_divisor, x, [&](T& pi, T gi, T& mi, T& vi, T& vmaxi) {
+      math::adamomentum_element<true>(pi, gi, mi, vi, vmaxi, h, step_size, bc2_sqrt, denominator);
+    }, m, v, vmax);
+  } else {
+    moment_loop<MODE>(p, g, n, grad_divisor, x, [&](T& pi, T gi, T& mi, T& vi) {
+      T unused = T(0);
+      math::adamomentum_element<false>(pi, gi, mi, vi, unused, h, step_size, bc2_sqrt, denominator);
+    }, m, v);
+  }
 }
 
-}  // namespace
-
-void adamomentum_step(const AddressLists& lists, const std::vector<int64_t>& numels,
-                      const std::vector<double>& steps, int dtype, double lr, double beta1,
-                      double beta2, double eps, double weight_decay, bool decoupled, bool amsgrad,
-                      bool rectify, int num_threads, double grad_divisor, int param_mode, uint32_t seed,
-                      const std::vector<uint32_t>& tensor_indices) {
-  const char* op = "adamomentum_step";
-  const DType pd = parse_dtype(op, dtype);
-  const ParamStorage storage = check_moment_lists(op, lists, numels, pd, amsgrad, param_mode, seed, tensor_indices, steps);
-  check_per_tensor(op, "steps", steps.size(), numels.size());
-  check_threads(op, num_threads);
+// lists: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (read with amsgrad, else may be
+// empty)[, masters/remainders]
+std::vector<double> adamomentum_step(const Call& call, const math::AdaMomentumStepArgs& a) {
+  const DType pd = parse_dtype(call.where, call.dtype);
+  const DType sd = parse_state_dtype(call.where, pd, call.state_dtype, false);
+  std::vector<DType> roles{pd, pd, sd, sd, sd};
+  const std::vector<size_t> unread = a.amsgrad ? std::vector<size_t>{} : std::vector<size_t>{4};
+  const ParamStorage storage = check_call(call, roles, Steps::kPerTensor, unread);
 
   dispatch_param_dtype(pd, [&](auto tag) {
     using P = decltype(tag);
     using T = math_t<P>;
-    const auto h = math::moment_hyper<T>(lr, beta1, beta2, eps, weight_decay, decoupled);
-    std::vector<math::AdaMomentumScalars> scalars(numels.size());
-    for (size_t t = 0; t < numels.size(); ++t)
-      scalars[t] = math::adamomentum_scalars(lr, beta1, beta2, steps[t], rectify);
+    const auto h = math::moment_hyper<T>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.decoupled);
+    std::vector<math::AdaMomentumScalars> scalars(call.numels.size());
+    for (size_t t = 0; t < scalars.size(); ++t)
+      scalars[t] = math::adamomentum_scalars(a.lr, a.beta1, a.beta2, step_count(call, t), a.rectify);
     with_constant<kWeightDecayModes>(weight_decay_mode(h), [&](auto decay) {
-      dispatch_param_mode<P>(param_mode, [&](auto mode) {
-        for_each_moment_chunk<P>(lists, numels, amsgrad, num_threads, storage,
-                                 [&](auto ams, int64_t t, P* p, const P* g, T* m, T* v, T* vmax, int64_t n,
-                                     const ParamExtra& x) {
-          const auto& sc = scalars[t];
-          with_constant<3>(sc.denominator, [&](auto denominator) {
-            adamomentum_chunk<decltype(ams)::value, decltype(decay)::value, decltype(denominator)::value,
-                              decltype(mode)::value, P>(
-                p, g, m, v, vmax, n, h, T(sc.step_size), T(sc.bc2_sqrt), T(grad_divisor), x);
+      with_constant<2>(int(a.amsgrad), [&](auto amsgrad) {
+        dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
+          constexpr bool AMSGRAD = decltype(amsgrad)::value;
+          for_each_call_chunk(call, storage, [&](const Chunk& c, int64_t) {
+            const auto& sc = scalars[size_t(c.tensor)];
+            with_constant<3>(sc.denominator, [&](auto denominator) {
+              adamomentum_chunk<AMSGRAD, decltype(decay)::value, decltype(denominator)::value,
+                                decltype(mode)::value, P>(
+                  c.role<P>(0), c.role<const P>(1), c.role<T>(2), c.role<T>(3), AMSGRAD ? c.role<T>(4) : nullptr,
+                  c.size, h, T(sc.step_size), T(sc.bc2_sqrt), T(call.grad_divisor), c.extra);
+            });
           });
         });
       });
     });
   });
+  return {};
 }
 
+const Registration<math::AdaMomentumStepArgs> registered("adamomentum_step", adamomentum_step);
+
+}  // namespace
 }  // namespace fused_optim::cpu

@@ -1,6 +1,6 @@
-// What every CPU optimizer entry point shares: argument checking, the chunk plan over a
-// tensor list, the OpenMP loop over chunks, and the dispatch on the parameter dtype.
-// Knows no optimizer.
+// What every CPU entry point shares: the chunk plan over a tensor list, the OpenMP loop over
+// chunks, and the dispatch on the parameter dtype (the argument checks are both modules':
+// fused_optim/checks.h). Knows no optimizer.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
@@ -8,23 +8,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "fused_optim/call.h"
+#include "fused_optim/checks.h"
 #include "fused_optim/chunking.h"
 #include "fused_optim/dtypes.h"
 #include "fused_optim/reduction.h"
 
 namespace fused_optim::cpu {
-
-// Addresses of one optimizer group as sent from Python: lists[k][t] is the k-th tensor role
-// (param, grad, exp_avg, ...) of tensor t. Raw integers, so the module needs no libtorch.
-using AddressLists = std::vector<std::vector<uintptr_t>>;
-
-// Throws std::invalid_argument (a ValueError in Python) before anything is written.
-// role_dtypes[k] is the storage dtype of role k.
-void check_lists(const char* op, const AddressLists& lists, const std::vector<DType>& role_dtypes,
-                 const std::vector<int64_t>& numels);
-void check_per_tensor(const char* op, const char* what, size_t got, size_t ntensors);
-DType parse_dtype(const char* op, int code);
-void check_threads(const char* op, int num_threads);
 
 // Chunk prefix of a list (see chunking.h). Zero-size tensors own no chunk.
 struct ChunkPlan {
@@ -137,9 +127,11 @@ FO_INLINE Hyper fixed_weight_decay(Hyper h) {
   return h;
 }
 
-// The state dtype paired with a parameter dtype: fp64 for fp64, fp32 otherwise.
-inline DType state_dtype_for(DType param) {
-  return param == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
-}
+// Adds 1 to each float32 step counter (0-dim CPU tensors) at the given addresses.
+void advance_counters(const std::vector<uintptr_t>& addresses);
+
+// Deterministic fp64 sum of each tensor of a list (float32 or float64 states).
+std::vector<double> tensor_sums(const AddressLists& lists, const std::vector<int64_t>& numels, int dtype,
+                                int num_threads);
 
 }  // namespace fused_optim::cpu

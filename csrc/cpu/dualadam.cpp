@@ -2,7 +2,6 @@
 #include "fused_optim/math/dualadam.h"
 
 #include "moment_loop.h"
-#include "ops.h"
 
 namespace fused_optim::cpu {
 namespace {
@@ -13,41 +12,43 @@ FO_CPU_CLONES void dualadam_chunk(P* p, const P* g, T* m, T* v, int64_t n,
                                   const ParamExtra x) {
   auto h = fixed_weight_decay<DECAY>(hyper);
   h.blend = BLEND;
-  moment_loop<false, MODE>(p, g, m, v, static_cast<T*>(nullptr), n, grad_divisor,
-                           [&](T& pi, T gi, T& mi, T& vi, T&) { math::dualadam_element(pi, gi, mi, vi, h); }, x);
+  moment_loop<MODE>(p, g, n, grad_divisor, x,
+                    [&](T& pi, T gi, T& mi, T& vi) { math::dualadam_element(pi, gi, mi, vi, h); }, m, v);
 }
 
-}  // namespace
-
-void dualadam_step(const AddressLists& lists, const std::vector<int64_t>& numels, int dtype,
-                   double lr, double beta1, double beta2, double eps, double weight_decay,
-                   double global_step, double alpha, bool blend, int num_threads,
-                   double grad_divisor, int param_mode, uint32_t seed, const std::vector<uint32_t>& tensor_indices) {
-  const char* op = "dualadam_step";
-  const DType pd = parse_dtype(op, dtype);
-  const ParamStorage storage = check_moment_lists(op, lists, numels, pd, false, param_mode, seed, tensor_indices,
-                                                  std::vector<double>(numels.size(), global_step));
-  check_threads(op, num_threads);
+// lists: param, grad, exp_avg, exp_avg_sq[, masters/remainders]. One global step.
+std::vector<double> dualadam_step(const Call& call, const math::DualAdamStepArgs& a) {
+  const DType pd = parse_dtype(call.where, call.dtype);
+  const DType sd = parse_state_dtype(call.where, pd, call.state_dtype, false);
+  std::vector<DType> roles{pd, pd, sd, sd};
+  const ParamStorage storage = check_call(call, roles, Steps::kGlobal);
+  // the blend weight and predicate in fp64, as the reference's dualadam_blend_weight (the build
+  // does not contract 1 - t xi into an fma, so boundary steps decide as in Python)
+  const double t = call.global_step + 1.0;
+  double alpha = 0.0;
+  const bool blend = math::dualadam_blend_weight(t, a.switch_rate, alpha);
 
   dispatch_param_dtype(pd, [&](auto tag) {
     using P = decltype(tag);
     using T = math_t<P>;
-    const auto h = math::dualadam_hyper<T>(lr, beta1, beta2, eps, weight_decay, global_step,
-                                           alpha, blend);
+    const auto h = math::dualadam_hyper<T>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, t, alpha, blend);
     // decoupled decay or none (kL2Decay never occurs); the blend flag as a second constant
     with_constant<2>(weight_decay_mode(h), [&](auto decay) {
       with_constant<2>(int(blend), [&](auto blending) {
-        dispatch_param_mode<P>(param_mode, [&](auto mode) {
-          for_each_moment_chunk<P>(lists, numels, false, num_threads, storage,
-                                   [&](auto, int64_t, P* p, const P* g, T* m, T* v, T*, int64_t n,
-                                       const ParamExtra& x) {
+        dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
+          for_each_call_chunk(call, storage, [&](const Chunk& c, int64_t) {
             dualadam_chunk<decltype(decay)::value, bool(decltype(blending)::value), decltype(mode)::value, P>(
-                p, g, m, v, n, h, T(grad_divisor), x);
+                c.role<P>(0), c.role<const P>(1), c.role<T>(2), c.role<T>(3), c.size, h, T(call.grad_divisor),
+                c.extra);
           });
         });
       });
     });
   });
+  return {};
 }
 
+const Registration<math::DualAdamStepArgs> registered("dualadam_step", dualadam_step);
+
+}  // namespace
 }  // namespace fused_optim::cpu

@@ -20,7 +20,7 @@ namespace fused_optim::cuda {
 namespace {
 
 template <class T>
-struct AdaiSumArgs {
+struct AdaiSumKernelArgs {
   math::AdaiHyper<T> h;
   double beta2;
   double* partials;  // one per chunk, indexed from the table's chunk_base
@@ -30,7 +30,7 @@ struct AdaiSumArgs {
 // p's value with L2, param_access.cuh).
 template <int MODE, class P, class S, int NROLES>
 __global__ void __launch_bounds__(kBlockThreads)
-    adai_vhat_sum_kernel(const __grid_constant__ TensorTable<NROLES> table, const AdaiSumArgs<math_t<P>> a,
+    adai_vhat_sum_kernel(const __grid_constant__ TensorTable<NROLES> table, const AdaiSumKernelArgs<math_t<P>> a,
                          const AmpArgs amp) {
   using T = math_t<P>;
   const ChunkSpan s = table_chunk(table);
@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kBlockThreads) tree_total_kernel(double* parti
 }
 
 template <class T>
-struct AdaiUpdateArgs {
+struct AdaiUpdateKernelArgs {
   math::AdaiHyper<T> h;
   double beta2;
   const double* vbar;  // device scalar: the global mean of vhat
@@ -67,7 +67,7 @@ struct AdaiUpdateArgs {
 template <int MODE, class P, class S, int NROLES>
 __global__ void __launch_bounds__(kBlockThreads)
     adai_update_kernel(const __grid_constant__ TensorTable<NROLES> table,
-                       const AdaiUpdateArgs<math_t<P>> a, const AmpArgs amp, const uint32_t seed) {
+                       const AdaiUpdateKernelArgs<math_t<P>> a, const AmpArgs amp, const uint32_t seed) {
   using T = math_t<P>;
   constexpr int W = kPackWidth<P>;
   if (step_skipped(amp)) return;
@@ -110,76 +110,62 @@ __global__ void __launch_bounds__(kBlockThreads)
   });
 }
 
-}  // namespace
-
-void adai_vhat_sum(const AddressLists& lists, const std::vector<int64_t>& numels,
-                   const std::vector<double>& step_values,
-                   const std::vector<uintptr_t>& step_addresses, int dtype, int state_dtype,
-                   double beta2, double weight_decay, bool decoupled, uintptr_t grad_scale,
-                   uintptr_t partials, int64_t partials_len, uintptr_t out, int device,
-                   uintptr_t stream, int param_mode, const std::vector<uint32_t>& tensor_indices) {
-  const char* op = "adai_vhat_sum";
-  const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
-  std::vector<DType> roles{pd, pd, sd};
-  check_param_mode(op, pd, param_mode, tensor_indices, numels.size(), roles);
-  check_lists(op, lists, roles, numels);
-  check_finite(op, {{"beta2", beta2}, {"weight_decay", weight_decay}});
-  check_steps(op, step_values, step_addresses, numels.size());
-  check_scalar(op, "grad_scale", grad_scale, 4, false);
-  check_scalar(op, "out", out, 8, true);
-  const int64_t chunks = chunk_count(numels);
-  if (chunks > 0) check_scalar(op, "partials", partials, 8, true);
-  if (partials_len < chunks)
-    fail(op, "partials has " + std::to_string(partials_len) + " entries for " +
-                 std::to_string(chunks) + " chunks");
-  const TensorLists tl{lists, numels, step_values, step_addresses, &tensor_indices};
-  const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), nullptr};
-  auto* partial_sums = reinterpret_cast<double*>(partials);
-  dispatch_types(pd, sd, [&](auto ptag, auto stag) {
+// Pass 1. lists: param, grad, exp_avg_sq (read only)[, masters/remainders]. Writes the
+// group's sum of the new vhat to the float64 device scalar at call.out; call.partials is a
+// float64 device buffer of at least chunk_count(numels) entries (scratch).
+std::vector<double> adai_second_moment(const Call& call, const math::AdaiSecondMomentArgs& a) {
+  const CallDTypes d = call_dtypes(call);
+  std::vector<DType> roles{d.param, d.param, d.state};
+  check_call(call, roles, Steps::kPerTensor);
+  check_scalar(call.where, "out", call.out, 8, true);
+  const int64_t chunks = chunk_count(call.numels);
+  if (chunks > 0) check_scalar(call.where, "partials", call.partials, 8, true);
+  if (call.partials_len < chunks)
+    fail(call.where, "partials has " + std::to_string(call.partials_len) + " entries for " + std::to_string(chunks) +
+                         " chunks");
+  const AmpArgs amp = amp_args(call, false);  // pass 1 writes nothing: found_inf is the update's
+  auto* partial_sums = reinterpret_cast<double*>(call.partials);
+  dispatch_types(d.param, d.state, [&](auto ptag, auto stag) {
     using P = decltype(ptag);
     using T = math_t<P>;
     // pass 1 needs only beta2 and the L2 term; lr, beta0 and eps enter in pass 2
-    const AdaiSumArgs<T> a{math::adai_hyper<T>(0.0, 0.0, beta2, 0.0, weight_decay, decoupled),
-                           beta2, partial_sums};
+    const AdaiSumKernelArgs<T> k{math::adai_hyper<T>(0.0, 0.0, a.beta2, 0.0, a.weight_decay, a.decoupled), a.beta2,
+                                 partial_sums};
     int64_t total = 0;
-    dispatch_param_mode<P>(param_mode, [&](auto mode) {
-      constexpr int MODE = decltype(mode)::value, R = roles_with_params(3, MODE);
-      total = launch_over<R>(op, adai_vhat_sum_kernel<MODE, P, decltype(stag), R>, tl, device, stream, a, amp);
+    dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, R = roles_with_storage(3, MODE);
+      total = launch_over<R>(call, adai_vhat_sum_kernel<MODE, P, decltype(stag), R>, k, amp);
     });
-    const DeviceGuard guard(op, device);
-    launch(op, tree_total_kernel, 1, stream, partial_sums, total, reinterpret_cast<double*>(out));
+    const DeviceGuard guard(call.where, call.device);
+    launch(call.where, tree_total_kernel, 1, call.stream, partial_sums, total, reinterpret_cast<double*>(call.out));
   });
+  return {};
 }
 
-void adai_update(const AddressLists& lists, const std::vector<int64_t>& numels,
-                 const std::vector<double>& step_values,
-                 const std::vector<uintptr_t>& step_addresses, int dtype, int state_dtype,
-                 double lr, double beta0, double beta2, double eps, double weight_decay,
-                 bool decoupled, uintptr_t vbar, uintptr_t grad_scale, uintptr_t found_inf,
-                 int device, uintptr_t stream, int param_mode, uint32_t seed,
-                 const std::vector<uint32_t>& tensor_indices) {
-  const char* op = "adai_update";
-  const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
-  std::vector<DType> roles{pd, pd, sd, sd, sd};
-  check_param_mode(op, pd, param_mode, tensor_indices, numels.size(), roles);
-  check_lists(op, lists, roles, numels);
-  check_finite(op, {{"lr", lr}, {"beta0", beta0}, {"beta2", beta2}, {"eps", eps}, {"weight_decay", weight_decay}});
-  check_steps(op, step_values, step_addresses, numels.size());
-  check_scalar(op, "vbar", vbar, 8, true);
-  check_scalar(op, "grad_scale", grad_scale, 4, false);
-  check_scalar(op, "found_inf", found_inf, 4, false);
-  const TensorLists tl{lists, numels, step_values, step_addresses, &tensor_indices};
-  const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf)};
-  dispatch_types(pd, sd, [&](auto ptag, auto stag) {
+// Pass 2. lists: param, grad, exp_avg, exp_avg_sq, beta1_prod[, masters/remainders].
+// call.vbar_address: the float64 device scalar holding the global mean of vhat (never copied
+// to the host).
+std::vector<double> adai_update(const Call& call, const math::AdaiUpdateArgs& a) {
+  const CallDTypes d = call_dtypes(call);
+  std::vector<DType> roles{d.param, d.param, d.state, d.state, d.state};
+  check_call(call, roles, Steps::kPerTensor);
+  check_scalar(call.where, "vbar", call.vbar_address, 8, true);
+  const AmpArgs amp = amp_args(call);
+  dispatch_types(d.param, d.state, [&](auto ptag, auto stag) {
     using P = decltype(ptag);
     using T = math_t<P>;
-    const AdaiUpdateArgs<T> a{math::adai_hyper<T>(lr, beta0, beta2, eps, weight_decay, decoupled),
-                              beta2, reinterpret_cast<const double*>(vbar)};
-    dispatch_param_mode<P>(param_mode, [&](auto mode) {
-      constexpr int MODE = decltype(mode)::value, R = roles_with_params(5, MODE);
-      launch_over<R>(op, adai_update_kernel<MODE, P, decltype(stag), R>, tl, device, stream, a, amp, seed);
+    const AdaiUpdateKernelArgs<T> k{math::adai_hyper<T>(a.lr, a.beta0, a.beta2, a.eps, a.weight_decay, a.decoupled),
+                                    a.beta2, reinterpret_cast<const double*>(call.vbar_address)};
+    dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, R = roles_with_storage(5, MODE);
+      launch_over<R>(call, adai_update_kernel<MODE, P, decltype(stag), R>, k, amp, call.seed);
     });
   });
+  return {};
 }
 
+const Registration<math::AdaiSecondMomentArgs> registered_pass1("adai_second_moment", adai_second_moment);
+const Registration<math::AdaiUpdateArgs> registered_update("adai_update", adai_update);
+
+}  // namespace
 }  // namespace fused_optim::cuda

@@ -114,44 +114,39 @@ __global__ void __launch_bounds__(kBlockThreads) clip_totals_kernel(double* part
   if (threadIdx.x == 0) out[k] = n > 0 ? values[0] : 0.0;
 }
 
-}  // namespace
-
-void adai_clip_sums(const AddressLists& lists, const std::vector<int64_t>& numels,
-                    const std::vector<double>& step_values,
-                    const std::vector<uintptr_t>& step_addresses, int dtype, int state_dtype,
-                    double beta2, double weight_decay, bool decoupled, double norm_type,
-                    uintptr_t grad_scale, uintptr_t partials, int64_t partials_len, uintptr_t out,
-                    int device, uintptr_t stream, int param_mode,
-                    const std::vector<uint32_t>& tensor_indices) {
-  const char* op = "adai_clip_sums";
-  const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
-  std::vector<DType> roles{pd, pd, sd};
-  check_param_mode(op, pd, param_mode, tensor_indices, numels.size(), roles);
-  check_lists(op, lists, roles, numels);
-  check_finite(op, {{"beta2", beta2}, {"weight_decay", weight_decay}});
-  if (!(norm_type > 0.0 || norm_type == -INFINITY)) fail(op, "norm_type must be > 0 or +-inf");
-  check_steps(op, step_values, step_addresses, numels.size());
-  check_scalar(op, "grad_scale", grad_scale, 4, false);
-  check_scalar(op, "out", out, 8, true);
-  const int64_t chunks = chunk_count(numels);
-  if (chunks > 0) check_scalar(op, "partials", partials, 8, true);
-  if (partials_len < 4 * chunks)
-    fail(op, "partials has " + std::to_string(partials_len) + " entries for 4 x " +
-                 std::to_string(chunks) + " chunks");
-  const TensorLists tl{lists, numels, step_values, step_addresses, &tensor_indices};
-  const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), nullptr};
-  auto* partial_sums = reinterpret_cast<double*>(partials);
-  const int kind = math::norm_kind(norm_type);
-  const ClipSumArgs a{beta2, !decoupled ? weight_decay : 0.0, norm_type, kind, partial_sums, chunks};
-  dispatch_types(pd, sd, [&](auto ptag, auto stag) {
+// Pass 1 when max_grad_norm clips the grads. lists: param, grad, exp_avg_sq (read
+// only)[, masters/remainders]. Writes {norm part, c0, c1, c2} to the 4 float64 device values at
+// call.out: the group's part of the grad norm of order norm_type and its sum of vhat as
+// c0 + c1 c + c2 c^2 in the clip coefficient c; call.partials: float64 scratch of at least
+// 4 x chunk_count(numels) entries.
+std::vector<double> adai_clip_sums(const Call& call, const math::AdaiClipSumsArgs& a) {
+  const CallDTypes d = call_dtypes(call);
+  std::vector<DType> roles{d.param, d.param, d.state};
+  check_call(call, roles, Steps::kPerTensor);
+  check_scalar(call.where, "out", call.out, 8, true);
+  const int64_t chunks = chunk_count(call.numels);
+  if (chunks > 0) check_scalar(call.where, "partials", call.partials, 8, true);
+  if (call.partials_len < 4 * chunks)
+    fail(call.where, "partials has " + std::to_string(call.partials_len) + " entries for 4 x " +
+                         std::to_string(chunks) + " chunks");
+  const AmpArgs amp = amp_args(call, false);  // pass 1 writes nothing: found_inf is the update's
+  auto* partial_sums = reinterpret_cast<double*>(call.partials);
+  const int kind = math::norm_kind(a.norm_type.q);
+  const ClipSumArgs k{a.beta2, !a.decoupled ? a.weight_decay : 0.0, a.norm_type.q, kind, partial_sums, chunks};
+  dispatch_types(d.param, d.state, [&](auto ptag, auto stag) {
     using P = decltype(ptag);
-    dispatch_param_mode<P>(param_mode, [&](auto mode) {
-      constexpr int MODE = decltype(mode)::value, R = roles_with_params(3, MODE);
-      launch_over<R>(op, adai_clip_sums_kernel<MODE, P, decltype(stag), R>, tl, device, stream, a, amp);
+    dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, R = roles_with_storage(3, MODE);
+      launch_over<R>(call, adai_clip_sums_kernel<MODE, P, decltype(stag), R>, k, amp);
     });
   });
-  const DeviceGuard guard(op, device);
-  launch(op, clip_totals_kernel, 4, stream, partial_sums, chunks, kind, reinterpret_cast<double*>(out));
+  const DeviceGuard guard(call.where, call.device);
+  launch(call.where, clip_totals_kernel, 4, call.stream, partial_sums, chunks, kind,
+         reinterpret_cast<double*>(call.out));
+  return {};
 }
 
+const Registration<math::AdaiClipSumsArgs> registered("adai_clip_sums", adai_clip_sums);
+
+}  // namespace
 }  // namespace fused_optim::cuda

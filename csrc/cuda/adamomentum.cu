@@ -1,4 +1,4 @@
-// AdaMomentum on CUDA: one launch per call (per 450 tensors, TensorTable<5>::kCapacity).
+// AdaMomentum on CUDA: one launch per call (per TensorTable<5>::kCapacity tensors).
 // Bytes per element (fp32): read p, g, m, v; write p, m, v = 28 (+8 with amsgrad), as Adam.
 #include "fused_optim/math/adamomentum.h"
 
@@ -9,7 +9,7 @@ namespace fused_optim::cuda {
 namespace {
 
 template <class T>
-struct AdaMomentumArgs {
+struct AdaMomentumKernelArgs {
   math::AdaMomentumHyper<T> h;
   double lr, beta1, beta2;  // for the per-tensor fp64 scalars of each tensor's step
   bool rectify;
@@ -18,7 +18,7 @@ struct AdaMomentumArgs {
 template <bool AMSGRAD, int MODE, class P, class S, int NROLES>
 __global__ void __launch_bounds__(kBlockThreads)
     adamomentum_kernel(const __grid_constant__ TensorTable<NROLES> table,
-                       const AdaMomentumArgs<math_t<P>> a, const AmpArgs amp, const uint32_t seed) {
+                       const AdaMomentumKernelArgs<math_t<P>> a, const AmpArgs amp, const uint32_t seed) {
   using T = math_t<P>;
   if (step_skipped(amp)) return;
   const ChunkSpan s = table_chunk(table);
@@ -27,44 +27,42 @@ __global__ void __launch_bounds__(kBlockThreads)
   const math::AdaMomentumScalars sc = math::adamomentum_scalars(a.lr, a.beta1, a.beta2, step, a.rectify);
   const T step_size = T(sc.step_size), bc2_sqrt = T(sc.bc2_sqrt);
   const uint32_t key = math::stochastic_key(seed, table.tags[s.tensor], uint32_t(uint64_t(step)));
-  moment_chunk<AMSGRAD, MODE, P, S>(table, s, amp, key, [&](T& p, T g, T& m, T& v, T& vmax) {
-    math::adamomentum_element<AMSGRAD>(p, g, m, v, vmax, a.h, step_size, bc2_sqrt, sc.denominator);
-  });
+  if constexpr (AMSGRAD) {
+    moment_chunk<3, MODE, P, S>(table, s, amp, key, [&](T& p, T g, T& m, T& v, T& vmax) {
+      math::adamomentum_element<true>(p, g, m, v, vmax, a.h, step_size, bc2_sqrt, sc.denominator);
+    });
+  } else {
+    moment_chunk<2, MODE, P, S>(table, s, amp, key, [&](T& p, T g, T& m, T& v) {
+      T unused = T(0);
+      math::adamomentum_element<false>(p, g, m, v, unused, a.h, step_size, bc2_sqrt, sc.denominator);
+    });
+  }
 }
 
-}  // namespace
-
-void adamomentum_step(const AddressLists& lists, const std::vector<int64_t>& numels,
-                      const std::vector<double>& step_values,
-                      const std::vector<uintptr_t>& step_addresses, int dtype, int state_dtype,
-                      double lr, double beta1, double beta2, double eps, double weight_decay,
-                      bool decoupled, bool amsgrad, bool rectify, uintptr_t grad_scale,
-                      uintptr_t found_inf, int device, uintptr_t stream, int param_mode,
-                      uint32_t seed, const std::vector<uint32_t>& tensor_indices) {
-  const char* op = "adamomentum_step";
-  const DType pd = parse_dtype(op, dtype), sd = parse_state_dtype(op, pd, state_dtype);
-  std::vector<DType> roles{pd, pd, sd, sd};
-  if (amsgrad) roles.push_back(sd);
-  check_param_mode(op, pd, param_mode, tensor_indices, numels.size(), roles);
-  check_lists(op, lists, roles, numels);
-  check_finite(op, {{"lr", lr}, {"beta1", beta1}, {"beta2", beta2}, {"eps", eps}, {"weight_decay", weight_decay}});
-  check_steps(op, step_values, step_addresses, numels.size());
-  check_scalar(op, "grad_scale", grad_scale, 4, false);
-  check_scalar(op, "found_inf", found_inf, 4, false);
-  const TensorLists tl{lists, numels, step_values, step_addresses, &tensor_indices};
-  const AmpArgs amp{reinterpret_cast<const float*>(grad_scale), reinterpret_cast<const float*>(found_inf)};
-  dispatch_types(pd, sd, [&](auto ptag, auto stag) {
+// lists: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (read with amsgrad, else may be
+// empty)[, masters/remainders]
+std::vector<double> adamomentum_step(const Call& call, const math::AdaMomentumStepArgs& a) {
+  const CallDTypes d = call_dtypes(call);
+  std::vector<DType> roles{d.param, d.param, d.state, d.state, d.state};
+  const std::vector<size_t> unread = a.amsgrad ? std::vector<size_t>{} : std::vector<size_t>{4};
+  check_call(call, roles, Steps::kPerTensor, unread);
+  const AmpArgs amp = amp_args(call);
+  dispatch_types(d.param, d.state, [&](auto ptag, auto stag) {
     using P = decltype(ptag);
     using S = decltype(stag);
     using T = math_t<P>;
-    const AdaMomentumArgs<T> a{math::moment_hyper<T>(lr, beta1, beta2, eps, weight_decay, decoupled),
-                               lr, beta1, beta2, rectify};
-    dispatch_param_mode<P>(param_mode, [&](auto mode) {
-      constexpr int MODE = decltype(mode)::value, R = roles_with_params(5, MODE);
-      if (amsgrad) launch_over<R>(op, adamomentum_kernel<true, MODE, P, S, R>, tl, device, stream, a, amp, seed);
-      else launch_over<R>(op, adamomentum_kernel<false, MODE, P, S, R>, tl, device, stream, a, amp, seed);
+    const AdaMomentumKernelArgs<T> k{math::moment_hyper<T>(a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.decoupled),
+                                     a.lr, a.beta1, a.beta2, a.rectify};
+    dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
+      constexpr int MODE = decltype(mode)::value, R = roles_with_storage(5, MODE);
+      if (a.amsgrad) launch_over<R>(call, adamomentum_kernel<true, MODE, P, S, R>, k, amp, call.seed);
+      else launch_over<R>(call, adamomentum_kernel<false, MODE, P, S, R>, k, amp, call.seed);
     });
   });
+  return {};
 }
 
+const Registration<math::AdaMomentumStepArgs> registered("adamomentum_step", adamomentum_step);
+
+}  // namespace
 }  // namespace fused_optim::cuda

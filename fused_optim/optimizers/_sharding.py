@@ -6,12 +6,18 @@ Only a global reduction needs the other ranks: Adai's mean of vhat over every el
 every param, which global_mean() completes with one all-reduce per step, the total grad
 norm of max_grad_norm, which global_norm() completes likewise, and for a clipped Adai step
 both at once (global_clip_sums(): still one collective).
+
+ZeRO (torch's ZeroRedundancyOptimizer, DeepSpeed stages 1-2) hands the optimizer plain tensors
+instead: whole params or one flat slice of them, possibly ending in padding. Nothing on such a
+tensor says it is a part, so fused_optim.zero registers each with its group and its count of
+real elements (register_partition); shard_group() and element_count() then treat it as a shard.
 """
 import math
 import sys
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import weakref
 
 try:
     import torch.distributed as dist
@@ -44,10 +50,69 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_distributed_tensor(t) else t
 
 
+# id(tensor) -> (weak reference, group, real elements) of the ZeRO partitions fused_optim.zero
+# registered: a plain dict, as _collect looks each param up on every step (torch's
+# WeakIdKeyDictionary costs ~4 us a lookup); an entry goes when its tensor dies. Nothing is
+# set on the tensor itself: an attribute would be pickled with it into checkpoints, and a
+# process group cannot be.
+_PARTITIONS: Dict[int, tuple] = {}
+# id(optimizer) -> (weak reference, group) of optimizers whose params are a ZeRO partition: a
+# rank with no grad this step still takes part in the collective (else the others would wait)
+_PARTITIONED_OPTIMIZERS: Dict[int, tuple] = {}
+
+
+def _remember(table: Dict[int, tuple], obj, *values) -> None:
+    key = id(obj)
+
+    def forget(ref, key=key):
+        if table.get(key, (None,))[0] is ref:
+            del table[key]
+
+    table[key] = (weakref.ref(obj, forget), *values)
+
+
+def _lookup(table: Dict[int, tuple], obj):
+    entry = table.get(id(obj))
+    return entry if entry is not None and entry[0]() is obj else None
+
+
+def register_partition(t: torch.Tensor, group, numel: int) -> None:
+    """t is this rank's part of a set of elements split over group's ranks, numel of its elements
+    real (the rest: padding, whose grads are zero and which count in no mean)."""
+    if not 0 <= numel <= t.numel():
+        raise ValueError(f"a partition of {t.numel()} elements cannot hold {numel} real ones")
+    _remember(_PARTITIONS, t, group, int(numel))
+
+
+def register_partitioned_optimizer(optimizer, group) -> None:
+    _remember(_PARTITIONED_OPTIMIZERS, optimizer, group)
+
+
+def partition_group(optimizer):
+    """The group an optimizer's params are a ZeRO partition over (fused_optim.zero), or None."""
+    entry = _lookup(_PARTITIONED_OPTIMIZERS, optimizer) if _PARTITIONED_OPTIMIZERS else None
+    return None if entry is None else entry[1]
+
+
+def element_count(params, tensors) -> int:
+    """The real elements of a batch: its tensors' sizes, less the padding of ZeRO partitions."""
+    if not _PARTITIONS:
+        return sum(t.numel() for t in tensors)
+    total = 0
+    for p, t in zip(params, tensors):
+        entry = _lookup(_PARTITIONS, p)
+        total += t.numel() if entry is None else entry[2]
+    return total
+
+
 def shard_group(p: torch.Tensor):
     """The process group over whose ranks p's elements are split, or None when every rank
-    holds all of them (a plain tensor, DDP's replicas, a Replicate DTensor)."""
+    holds all of them (a plain tensor, DDP's replicas, a Replicate DTensor). A registered
+    ZeRO partition's group is its own."""
     if not is_distributed_tensor(p):
+        if _PARTITIONS:
+            entry = _lookup(_PARTITIONS, p)
+            return None if entry is None else entry[1]
         return None
     shard = _dtensor_module().Shard
     dims = [i for i, placement in enumerate(p.placements) if isinstance(placement, shard)]

@@ -24,7 +24,8 @@ class Lion(FusedOptimizer):
         beta1, beta2 = check.betas_pair(group["betas"], index)
         return dict(
             lr=check.non_negative("lr", group["lr"], index),
-            beta1=check.in_range("betas[0]", beta1, 0.0, 1.0, group_index=index),
-            beta2=check.in_range("betas[1]", beta2, 0.0, 1.0, group_index=index),
+            # < 1 as for Adam: beta1 = 1 ignores the grads, beta2 = 1 never updates m
+            beta1=check.in_range("betas[0]", beta1, 0.0, 1.0, high_open=True, group_index=index),
+            beta2=check.in_range("betas[1]", beta2, 0.0, 1.0, high_open=True, group_index=index),
             weight_decay=check.non_negative("weight_decay", group["weight_decay"], index),
         )

@@ -12,7 +12,8 @@
 
 namespace fused_optim {
 
-// Codes passed from Python (fused_optim/_dtypes.py holds the same table).
+// Codes passed from Python (fused_optim/dtypes.py NATIVE_CODES holds the same table; both
+// modules expose this one as dtype_codes(), and a test compares the two).
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
 
 inline const char* dtype_name(DType d) {

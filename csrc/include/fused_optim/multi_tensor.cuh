@@ -145,24 +145,23 @@ __device__ FO_INLINE double block_sum(double value) {
 
 // ---- host side ----
 
-// Raises a Python RuntimeError (pybind11 translates std::runtime_error) on a CUDA error.
-inline void check_cuda(const char* op, cudaError_t err) {
+// Raises a Python RuntimeError (pybind11 translates std::runtime_error) on a CUDA error;
+// where: the module and operation ("fused_optim._cuda.adam_step").
+inline void check_cuda(const std::string& where, cudaError_t err) {
   if (err != cudaSuccess)
-    throw std::runtime_error(std::string("fused_optim._cuda.") + op + ": CUDA error " +
-                             cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
+    throw std::runtime_error(where + ": CUDA error " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
 }
 
 // Makes `device` current for the launch and restores the caller's device afterwards. Fails
 // with a clear error where no CUDA device or driver is usable (the module imports anyway).
 class DeviceGuard {
  public:
-  DeviceGuard(const char* op, int device) {
+  DeviceGuard(const std::string& where, int device) {
     const cudaError_t err = cudaGetDevice(&previous_);
     if (err != cudaSuccess)
-      throw std::runtime_error(std::string("fused_optim._cuda.") + op +
-                               ": no usable CUDA device or driver here (" + cudaGetErrorName(err) +
-                               ": " + cudaGetErrorString(err) + ")");
-    if (previous_ != device) check_cuda(op, cudaSetDevice(device));
+      throw std::runtime_error(where + ": no usable CUDA device or driver here (" + cudaGetErrorName(err) + ": " +
+                               cudaGetErrorString(err) + ")");
+    if (previous_ != device) check_cuda(where, cudaSetDevice(device));
     switched_ = previous_ != device;
   }
   ~DeviceGuard() {
@@ -208,8 +207,9 @@ int64_t for_each_launch(const TensorLists& lists, Launch&& launch) {
   for (size_t t = 0; t < lists.numels.size(); ++t) {
     if (lists.numels[t] == 0) continue;
     const int64_t k = table->ntensors;
+    // (a role the call leaves out, as max_exp_avg_sq without amsgrad, is an empty list)
     for (int r = 0; r < NROLES; ++r)
-      table->addresses[r][k] = r < int(lists.addresses.size())
+      table->addresses[r][k] = r < int(lists.addresses.size()) && !lists.addresses[r].empty()
                                    ? reinterpret_cast<void*>(lists.addresses[r][t])
                                    : nullptr;
     table->numels[k] = lists.numels[t];

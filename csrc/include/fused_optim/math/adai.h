@@ -3,9 +3,21 @@
 #pragma once
 #include <cmath>
 
+#include "fused_optim/args.h"
 #include "fused_optim/platform.h"
 
 namespace fused_optim::math {
+
+// The hyperparameters of Adai's three operations (fused_optim/operations.py), unpacked from
+// each call: pass 1 (adai_second_moment, or adai_clip_sums when max_grad_norm clips the
+// grads) and the update pass.
+#define FO_ADAI_SECOND_MOMENT_ARGS(F) F(double, beta2) F(double, weight_decay) F(bool, decoupled)
+FO_DECLARE_ARGS(AdaiSecondMomentArgs, FO_ADAI_SECOND_MOMENT_ARGS)
+#define FO_ADAI_CLIP_SUMS_ARGS(F) FO_ADAI_SECOND_MOMENT_ARGS(F) F(NormOrder, norm_type)
+FO_DECLARE_ARGS(AdaiClipSumsArgs, FO_ADAI_CLIP_SUMS_ARGS)
+#define FO_ADAI_UPDATE_ARGS(F) \
+  F(double, lr) F(double, beta0) F(double, beta2) F(double, eps) F(double, weight_decay) F(bool, decoupled)
+FO_DECLARE_ARGS(AdaiUpdateArgs, FO_ADAI_UPDATE_ARGS)
 
 template <class T>
 struct AdaiHyper {

@@ -8,6 +8,10 @@
 
 namespace fused_optim::math {
 
+// The hyperparameters of adam_step (fused_optim/operations.py), unpacked from each call.
+#define FO_ADAM_STEP_ARGS(F) FO_MOMENT_ARGS(F) F(bool, decoupled) F(bool, amsgrad) F(bool, maximize)
+FO_DECLARE_ARGS(AdamStepArgs, FO_ADAM_STEP_ARGS)
+
 // Per-tensor scalars, from the tensor's own step, in fp64 (reference: adam_scalars).
 struct AdamScalars {
   double step_size;  // lr / (1 - beta1^t)

@@ -8,6 +8,10 @@
 
 namespace fused_optim::math {
 
+// The hyperparameters of adamomentum_step (fused_optim/operations.py), unpacked from each call.
+#define FO_ADAMOMENTUM_STEP_ARGS(F) FO_MOMENT_ARGS(F) F(bool, decoupled) F(bool, amsgrad) F(bool, rectify)
+FO_DECLARE_ARGS(AdaMomentumStepArgs, FO_ADAMOMENTUM_STEP_ARGS)
+
 // The denominator of a tensor's step, decided per tensor on the host.
 enum AdaMomentumDenominator : int {
   kBiasCorrected = 0,  // plain: sqrt(v) / sqrt(bc2)

@@ -8,6 +8,11 @@
 
 namespace fused_optim::math {
 
+// The hyperparameters of dualadam_step (fused_optim/operations.py), unpacked from each call;
+// its step is the call's global one.
+#define FO_DUALADAM_STEP_ARGS(F) FO_MOMENT_ARGS(F) F(double, switch_rate)
+FO_DECLARE_ARGS(DualAdamStepArgs, FO_DUALADAM_STEP_ARGS)
+
 // Scalars shared by every tensor of a group (the step is global).
 template <class T>
 struct DualAdamHyper : MomentHyper<T> {

@@ -2,7 +2,12 @@
 // first/second moment decay rates, eps, weight decay, lr.
 #pragma once
 
+#include "fused_optim/args.h"
 #include "fused_optim/platform.h"
+
+// The hyperparameters these optimizers' operations begin with (fused_optim/operations.py's
+// _MOMENTS), in that order; each operation's struct (args.h) lists them, then its own.
+#define FO_MOMENT_ARGS(F) F(double, lr) F(double, beta1) F(double, beta2) F(double, eps) F(double, weight_decay)
 
 namespace fused_optim::math {
 

@@ -1,4 +1,4 @@
-// How a bf16/fp16 param is kept without lost updates (fused_optim/optimizers/
+// Param storage: how a bf16/fp16 param is kept without lost updates (fused_optim/optimizers/
 // _mixed_precision.py is the reference, bit for bit): an fp32 master copy, bf16 + a 16-bit
 // remainder that make up the master's bits, or stochastic rounding. The kernels load the
 // master value of element i, run the update on it, and store it back through these functions.
@@ -10,12 +10,14 @@
 
 namespace fused_optim::math {
 
-// How the param of an element is stored (codes shared with Python: _mixed_precision.py).
-enum ParamMode : int { kPlainParam = 0, kMasterParam = 1, kRemainderParam = 2, kStochasticParam = 3,
-                       kParamModes = 4 };
+// Param storage: how the param of an element is kept. The codes are the ones of
+// fused_optim/_param_storage.py (PLAIN, MASTER, REMAINDER, STOCHASTIC); both native modules
+// expose these (storage_modes()) and a test compares the two tables.
+enum StorageMode : int { kPlainStorage = 0, kMasterStorage = 1, kRemainderStorage = 2, kStochasticStorage = 3,
+                         kStorageModes = 4 };
 
 // PCG's output permutation as a 32-bit hash (Jarzynski and Olano, "Hash Functions for GPU
-// Rendering", 2020); reference: _mixed_precision._pcg.
+// Rendering", 2020); reference: _param_storage.pcg.
 FO_HOST_DEVICE FO_INLINE uint32_t pcg_hash(uint32_t x) {
   const uint32_t state = x * 747796405u + 2891336453u;
   const uint32_t word = ((state >> ((state >> 28) + 4u)) ^ state) * 277803737u;
