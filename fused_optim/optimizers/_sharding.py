@@ -105,6 +105,39 @@ def element_count(params, tensors) -> int:
     return total
 
 
+# the modules whose ZeRO wrappers call a client optimizer's step() with a partition for params
+_ZERO_CALLERS = {
+    "torch.distributed.optim.zero_redundancy_optimizer": "torch's ZeroRedundancyOptimizer",
+    "deepspeed.runtime.zero.stage_1_and_2": "DeepSpeed's ZeRO (stage 1 or 2)",
+    "deepspeed.runtime.bf16_optimizer": "DeepSpeed's BF16_Optimizer",
+    "deepspeed.runtime.zero.stage3": "DeepSpeed's ZeRO stage 3",
+}
+
+
+def zero_caller() -> Optional[str]:
+    """The ZeRO wrapper this step runs inside (a look up the stack, only once one of them is
+    loaded), or None."""
+    if not any(name in sys.modules for name in _ZERO_CALLERS):
+        return None
+    frame = sys._getframe(1)
+    for _ in range(24):
+        if frame is None:
+            return None
+        wrapper = _ZERO_CALLERS.get(frame.f_globals.get("__name__"))
+        if wrapper is not None:
+            return wrapper
+        frame = frame.f_back
+    return None
+
+
+def empty_part_device(group) -> torch.device:
+    """Where a rank without grads puts its zeros for a collective of group: NCCL needs them on
+    this rank's GPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shard_group(p: torch.Tensor):
     """The process group over whose ranks p's elements are split, or None when every rank
     holds all of them (a plain tensor, DDP's replicas, a Replicate DTensor). A registered

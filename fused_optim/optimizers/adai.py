@@ -9,7 +9,8 @@ from typing_extensions import Unpack
 from . import _validation as check
 from ._clipping import NORM_EPS, clip_settings
 from ._options import FusedOptions
-from ._sharding import global_clip_sums, global_mean
+from ._sharding import (element_count, empty_part_device, global_clip_sums, global_mean, is_distributed_tensor,
+                        partition_group, zero_caller)
 from .base import FusedOptimizer
 
 # The state key of a param's sum(exp_avg_sq) as the last update pass of a backend that keeps
@@ -70,7 +71,7 @@ class Adai(FusedOptimizer):
         self._v_sum_of = {}
 
     def _update(self, batches):
-        if not batches:
+        if self._zero_checked(batches) or not batches:
             return
         max_norm, norm_type, _ = clip_settings(self.param_groups, type(self).__name__)
         work = [(b, states, self._column(states, "step"), self._carried_sums(b, states))
@@ -88,6 +89,41 @@ class Adai(FusedOptimizer):
             )
             self._keep_sums(b.params, states, v_sums)
             self._commit_steps(b, states)
+
+    def _zero_checked(self, batches) -> bool:
+        """Under ZeRO the params are this rank's partition, and the mean is right only over all
+        of them: a step inside a ZeRO wrapper the partition was not registered for
+        (fused_optim.zero.attach) raises, before anything is written; a rank without grads
+        takes part in the collective with zeros (the others wait for it), and then returns
+        True (nothing else to do)."""
+        name = type(self).__name__
+        group = partition_group(self)
+        if group is None:
+            wrapper = None if torch.compiler.is_compiling() else zero_caller()
+            if wrapper is not None:
+                raise RuntimeError(
+                    f"{name} steps inside {wrapper} on this rank's partition of the params, but its mean of vhat "
+                    "runs over every element of every param: call fused_optim.zero.attach(<the engine or "
+                    "ZeroRedundancyOptimizer>) once after creating it, so that the mean is all-reduced over the "
+                    "data-parallel group")
+            return False
+        stray = [b for b in batches if b.shard_group is not group]
+        if stray:
+            raise RuntimeError(
+                f"{name}: {sum(len(b.params) for b in stray)} param(s) with a grad are not part of the ZeRO partition "
+                "fused_optim.zero.attach registered (added after it?): call fused_optim.zero.attach again")
+        if batches:
+            return False
+        max_norm, norm_type, _ = clip_settings(self.param_groups, name)
+        device = empty_part_device(group)
+        if max_norm is None:
+            global_mean([(group, torch.zeros((), dtype=torch.float64, device=device), 0)])
+        else:  # the norm part that combines with any other as its identity (0; inf for a min)
+            none = torch.zeros(4, dtype=torch.float64, device=device)
+            if math.isinf(norm_type) and norm_type < 0:
+                none[0] = math.inf
+            global_clip_sums([(group, none, 0)], norm_type)
+        return True
 
     def _load_state_dict(self, state_dict):
         """The carried sums are one number per param, not states of its shape: taken out before
@@ -122,7 +158,7 @@ class Adai(FusedOptimizer):
                 beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"], **self.scaling(),
                 v_sums=v_sums, storage=b.storage,
             )
-            parts.append((b.shard_group, part, sum(p.numel() for p in b.tensors)))
+            parts.append((b.shard_group, part, element_count(b.params, b.tensors)))
         return global_mean(parts)
 
     def _clipped_mean_vhat(self, work, norm_type):
@@ -143,7 +179,7 @@ class Adai(FusedOptimizer):
                 weight_decay=h["weight_decay"], decoupled=h["decoupled"], norm_type=norm_type, grad_scale=grad_scale,
                 v_sums=v_sums, storage=b.storage,
             )
-            parts.append((b.shard_group, sums, sum(p.numel() for p in b.tensors)))
+            parts.append((b.shard_group, sums, element_count(b.params, b.tensors)))
         totals, count = global_clip_sums(parts, norm_type)
         norm = totals[0] if math.isinf(norm_type) else totals[0].pow(1.0 / norm_type)
         # the dtype clip_grad_norm_'s norm has (torch._foreach_norm's: fp32 unless grads are fp64)
@@ -158,11 +194,13 @@ class Adai(FusedOptimizer):
     def _carried_sums(self, batch, states):
         """The carried sums of a batch whose backend keeps them, with a new one holding NaN
         ("not known") where a param has none or its exp_avg_sq changed since (_v_sum_of); None
-        for the other backends, and for sharded params (a shard's sum would be saved as a
-        replicated value by torch.distributed.checkpoint and could be loaded onto another
-        sharding). Checked here, before any kernel runs: the native update stores 8 bytes at
-        each one."""
-        if batch.backend not in _KEEPS_V_SUM or batch.shard_group is not None:
+        for the other backends, and for FSDP2's sharded params (a shard's sum would be saved as
+        a replicated value by torch.distributed.checkpoint and could be loaded onto another
+        sharding; a ZeRO partition is a plain tensor whose state each rank saves itself, and
+        keeps its sum). Checked here, before any kernel runs: the native update stores 8 bytes
+        at each one."""
+        if batch.backend not in _KEEPS_V_SUM or (batch.shard_group is not None
+                                                  and is_distributed_tensor(batch.params[0])):
             return None
         # (a compiled step keeps no record: dynamo traces no id() of a dict, and it guards on
         # what it traced anyway; there a sum is trusted as a .data edit would leave it)

@@ -24,7 +24,7 @@ from ._clipping import clip_settings, clipped_scale, total_norm
 from ._options import FusedOptions, spell_out_signature
 from ._options import resolve as resolve_options
 from ._overlap import check_params as check_no_shared_memory
-from ._sharding import local, shard_group
+from ._sharding import local, partition_group, shard_group, zero_caller
 from ._uninterrupted import HeldInterrupts
 
 
@@ -367,6 +367,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         max_norm, norm_type, _ = clip_settings(self.param_groups, type(self).__name__)
         if max_norm is None or self.fuses_grad_norm:
             return {"grad_scale": grad_scale, "found_inf": found_inf}
+        self._check_zero_partition_for_the_norm()
         device = next((b.grads[0].device for b in batches if b.grads), torch.device("cpu"))
         # batches of one shard group (or of replicated params) share one norm part
         by_group: Dict[Any, List[torch.Tensor]] = {}
@@ -376,6 +377,19 @@ class FusedOptimizer(torch.optim.Optimizer):
         if grad_scale is not None:
             norm = norm / grad_scale.to(norm.device)
         return self._clipped_scaling(norm, batches)
+
+    def _check_zero_partition_for_the_norm(self) -> None:
+        """Inside a ZeRO wrapper the params are this rank's partition, and a norm of them alone
+        would clip each rank by its own part: refused unless the partition was registered
+        (fused_optim.zero.attach), which makes the norm an all-reduce over its group."""
+        if torch.compiler.is_compiling() or partition_group(self) is not None:
+            return
+        wrapper = zero_caller()
+        if wrapper is not None:
+            raise RuntimeError(
+                f"{type(self).__name__} clips (max_grad_norm) inside {wrapper} on this rank's partition of the "
+                "params, but the norm must cover every param: call fused_optim.zero.attach(<the engine or "
+                "ZeroRedundancyOptimizer>) once after creating it")
 
     def _clipped_scaling(self, norm: torch.Tensor, batches: List[Batch]) -> Dict[str, Optional[torch.Tensor]]:
         """The scaling with the clip coefficient of this total norm (of the unscaled grads)
