@@ -32,23 +32,22 @@ pytestmark = pytest.mark.skipif(
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _run_ranks(mode: str, out_dir: str) -> None:
-    # gloo on the loopback interface: resolving the host name (what it does otherwise) can
-    # stall on a machine without DNS. Output goes to files, not pipes: a rank blocked on a full
-    # pipe would stall the other in a collective.
+def run_ranks(worker_module: str, mode: str, out_dir: str, backends, timeout: float = 240, **env_extra: str) -> None:
+    """Runs `python -m <worker_module> <rank> 2 <mode> <out_dir> <backends>` on 2 ranks and
+    fails with a rank's log if one fails. gloo on the loopback interface: resolving the host
+    name (what it does otherwise) can stall on a machine without DNS. Output goes to files, not
+    pipes: a rank blocked on a full pipe would stall the other in a collective."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
-               GLOO_SOCKET_IFNAME="lo")
+               GLOO_SOCKET_IFNAME="lo", **env_extra)
     logs = [open(os.path.join(out_dir, f"rank{rank}.log"), "w") for rank in range(2)]
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.distributed_worker", str(rank), "2", mode, out_dir, ",".join(BACKENDS)],
-            cwd=ROOT, env=env, stdout=logs[rank], stderr=subprocess.STDOUT, text=True,
-        )
+        subprocess.Popen([sys.executable, "-m", worker_module, str(rank), "2", mode, out_dir, ",".join(backends)],
+                         cwd=ROOT, env=env, stdout=logs[rank], stderr=subprocess.STDOUT, text=True)
         for rank in range(2)
     ]
     try:
         for p in procs:
-            p.wait(timeout=240)
+            p.wait(timeout=timeout)
     finally:
         for p in procs:
             p.kill()
@@ -72,7 +71,7 @@ def two_rank_results(request, tmp_path_factory):
     if request.param == "fsdp2" and not _fsdp2_runs_on_cpu():
         pytest.skip(f"FSDP2 on CPU (gloo) needs torch >= 2.7 (this is {torch.__version__})")
     out_dir = str(tmp_path_factory.mktemp(request.param))
-    _run_ranks(request.param, out_dir)
+    run_ranks("tests.distributed_worker", request.param, out_dir, BACKENDS)
     return request.param, out_dir
 
 

@@ -7,8 +7,6 @@ it each rank takes its own mean (LOCAL_MEAN, shown to differ), and a step inside
 raises instead. DeepSpeed checkpoints resume bit-exactly."""
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,9 +17,8 @@ from fused_optim.registry import OPTIMIZERS
 
 from . import distributed_worker as worker
 from . import zero_worker
-from .test_distributed import ATOL, BACKENDS, RTOL
+from .test_distributed import ATOL, BACKENDS, RTOL, run_ranks
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 NO_DEEPSPEED = "deepspeed is not installed (pip install -e \".[deepspeed]\")"
 # the offloaded step runs on the CPU: where the cpu backend is what users would pick
@@ -35,27 +32,9 @@ pytestmark = [
 
 
 def _run_ranks(mode: str, out_dir: str, backends) -> None:
-    # as tests/test_distributed.py: loopback gloo, output to files. DS_ACCELERATOR=cpu: DeepSpeed
-    # would otherwise probe for accelerators (zero_worker keeps it from building its shm op)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
-               GLOO_SOCKET_IFNAME="lo", DS_ACCELERATOR="cpu")
-    logs = [open(os.path.join(out_dir, f"rank{rank}.log"), "w") for rank in range(2)]
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "tests.zero_worker", str(rank), "2", mode, out_dir, ",".join(backends)],
-                         cwd=ROOT, env=env, stdout=logs[rank], stderr=subprocess.STDOUT, text=True)
-        for rank in range(2)
-    ]
-    try:
-        for p in procs:
-            p.wait(timeout=600)
-    finally:
-        for p in procs:
-            p.kill()
-        for log in logs:
-            log.close()
-    for rank, p in enumerate(procs):
-        with open(os.path.join(out_dir, f"rank{rank}.log")) as f:
-            assert p.returncode == 0, f"rank {rank} failed:\n{f.read()[-3000:]}"
+    # DS_ACCELERATOR=cpu: DeepSpeed would otherwise probe for accelerators (zero_worker keeps it
+    # from building its shm op)
+    run_ranks("tests.zero_worker", mode, out_dir, backends, timeout=600, DS_ACCELERATOR="cpu")
 
 
 # mode -> backends it runs (each DeepSpeed engine takes a while to build: one backend each)

@@ -64,8 +64,10 @@ void launch(const std::string& where, void (*kernel)(KArgs...), int64_t blocks, 
             const std::remove_const_t<KArgs>&... args) {
   if (blocks > int64_t(INT32_MAX)) fail(where, "too many chunks for one launch");
   void* pointers[] = {const_cast<void*>(static_cast<const void*>(&args))...};
-  check_cuda(where, cudaLaunchKernel(kernel, dim3(unsigned(blocks)), dim3(kBlockThreads), pointers, 0,
-                                     reinterpret_cast<cudaStream_t>(stream)));
+  // the function type named: CUDA 12's cudaLaunchKernel<T> takes a const T*, from which nvcc
+  // cannot deduce T for a function pointer (CUDA 13 takes a T*)
+  check_cuda(where, cudaLaunchKernel<void(KArgs...)>(kernel, dim3(unsigned(blocks)), dim3(kBlockThreads), pointers,
+                                                     0, reinterpret_cast<cudaStream_t>(stream)));
 }
 
 // Launches kernel(table, args...) with one block per chunk for each table of the call's lists

@@ -145,3 +145,10 @@ cudaError_t cudaLaunchKernel(void (*kernel)(A...), dim3 grid, dim3 block, void**
   }
   return cudaSuccess;
 }
+
+// The form driver.h calls, with the kernel's function type named (as CUDA 12 needs it): the
+// typed launch above.
+template <class F>
+cudaError_t cudaLaunchKernel(F* kernel, dim3 grid, dim3 block, void** args, std::size_t shared, cudaStream_t stream) {
+  return cudaLaunchKernel(kernel, grid, block, args, shared, stream);
+}
