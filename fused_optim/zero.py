@@ -54,8 +54,7 @@ def attach(wrapper) -> FusedOptimizer:
     if module.startswith("deepspeed.runtime.bf16_optimizer"):
         return _attach_deepspeed_bf16(wrapper)
     if module.startswith("deepspeed.runtime.zero.stage3"):
-        raise NotImplementedError("fused_optim.zero.attach: DeepSpeed ZeRO stage 3 is not supported (stages 1 and 2 "
-                                  "are)")
+        raise ValueError("fused_optim.zero.attach: DeepSpeed ZeRO stage 3 is not supported (stages 1 and 2 are)")
     if isinstance(wrapper, FusedOptimizer):
         raise TypeError(f"fused_optim.zero.attach takes the ZeRO wrapper (a DeepSpeed engine or a "
                         f"ZeroRedundancyOptimizer), not the {type(wrapper).__name__} inside it; for another wrapper, "
@@ -195,8 +194,8 @@ def _attach_deepspeed_bf16(zero) -> FusedOptimizer:
 def _one_group(process_groups):
     groups = [dist.group.WORLD if g is None else g for g in process_groups]
     if any(g is not groups[0] for g in groups):
-        raise NotImplementedError("fused_optim.zero.attach: param groups partitioned over different process groups "
-                                  "(DeepSpeed's MoE expert groups) are not supported")
+        raise ValueError("fused_optim.zero.attach: param groups partitioned over different process groups "
+                         "(DeepSpeed's MoE expert groups) are not supported")
     return groups[0]
 
 
