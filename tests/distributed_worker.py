@@ -118,13 +118,37 @@ def full_params(net):
     return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone() for p in net.parameters()]
 
 
+def check_and_save(label: str, counts, want: int, params, rank: int, out_dir: str) -> None:
+    """A run's collectives per step must all be `want`; rank 0 saves its params as <label>.pt."""
+    if counts != [want] * len(counts):
+        raise AssertionError(f"{label}: {counts} collectives per step, expected {want}")
+    if rank == 0:
+        torch.save(params, os.path.join(out_dir, f"{label}.pt"))
+
+
+def run_rank(work) -> None:
+    """Runs a rank's work, waits for the other rank, and exits with the status: 1 (and the
+    traceback in the log) on any error. Both ranks are done at the barrier: the process leaves
+    without tearing the process group down, which with DDP's reducer and gloo could hang at
+    exit on the CI machine after all work was saved."""
+    try:
+        work()
+        dist.barrier()
+    except BaseException:
+        traceback.print_exc()
+        sys.stdout.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def main(rank: int, world: int, mode: str, out_dir: str, backends) -> None:
     # a file store: no port to pick (one picked by another process in between would hang us)
     store = os.path.join(out_dir, "store")
     # a bounded wait: a rank that never arrives makes the other fail instead of hang
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
-    try:
+    def work():
         grad_factor = fsdp2_grad_factor(rank, world) if mode == "fsdp2" else 1
         for name, spec in OPTIMIZERS.items():
             for backend in backends:
@@ -132,22 +156,10 @@ def main(rank: int, world: int, mode: str, out_dir: str, backends) -> None:
                     net = wrap(model(), mode, world)
                     opt = spec.cls(net.parameters(), **spec.cases["default"], **extra, backend=backend)
                     counts = train(net, opt, data(), rank, world, grad_factor)
-                    want = expected_collectives(mode, name, extra)
-                    if counts != [want] * len(counts):
-                        raise AssertionError(f"{mode} {name}{suffix} {backend}: {counts} collectives per step, "
-                                             f"expected {want}")
-                    params = full_params(net)
-                    if rank == 0:
-                        torch.save(params, os.path.join(out_dir, f"{mode}-{name}-{backend}{suffix}.pt"))
-        dist.barrier()
-    except BaseException:
-        traceback.print_exc()
-        sys.stdout.flush()
-        os._exit(1)
-    # both ranks are done (the barrier): leave without tearing the process group down, which
-    # with DDP's reducer and gloo could hang at exit on the CI machine after all work was saved
-    sys.stdout.flush()
-    os._exit(0)
+                    check_and_save(f"{mode}-{name}-{backend}{suffix}", counts, expected_collectives(mode, name, extra),
+                                   full_params(net), rank, out_dir)
+
+    run_rank(work)
 
 
 if __name__ == "__main__":

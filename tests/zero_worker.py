@@ -10,7 +10,6 @@ the uninterrupted one does). A failed check raises in the worker: the test repor
 import datetime
 import os
 import sys
-import traceback
 
 import torch
 import torch.distributed as dist
@@ -19,7 +18,7 @@ import fused_optim.zero
 from fused_optim.optimizers import adai as adai_module
 from fused_optim.registry import OPTIMIZERS
 
-from .distributed_worker import GLOBAL_BATCH, counted_collectives, data, model, variants
+from .distributed_worker import GLOBAL_BATCH, check_and_save, counted_collectives, data, model, run_rank, variants
 
 # Adai trained with the partition left unregistered and the wrapper check silenced: each rank
 # then takes the mean over its own partition; the test shows that this differs
@@ -271,7 +270,7 @@ def main(rank: int, world: int, mode: str, out_dir: str, backends) -> None:
                                    timeout=timeout, verbose=False, auto_mpi_discovery=False)
     else:
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timeout)
-    try:
+    def work():
         if mode == "torch-zero":
             torch_zero_unattached(backends[-1], rank, world)
             torch_zero_empty_rank(rank, world)
@@ -299,18 +298,9 @@ def main(rank: int, world: int, mode: str, out_dir: str, backends) -> None:
                         params, counts = train_ds(name, spec, backend, extra, rank, world, stage=int(mode[2]),
                                                   offload=mode.endswith("offload"))
                     want = 0 if suffix == LOCAL_MEAN else expected_collectives(name, extra)
-                    if counts != [want] * len(counts):
-                        raise AssertionError(f"{mode} {name}{suffix} {backend}: {counts} collectives per step, "
-                                             f"expected {want}")
-                    if rank == 0:
-                        torch.save(params, os.path.join(out_dir, f"{mode}-{name}-{backend}{suffix}.pt"))
-        dist.barrier()
-    except BaseException:
-        traceback.print_exc()
-        sys.stdout.flush()
-        os._exit(1)
-    sys.stdout.flush()
-    os._exit(0)
+                    check_and_save(f"{mode}-{name}-{backend}{suffix}", counts, want, params, rank, out_dir)
+
+    run_rank(work)
 
 
 if __name__ == "__main__":
