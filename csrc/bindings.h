@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "fused_optim/call.h"
+#include "fused_optim/counters.h"
 #include "fused_optim/dtypes.h"
 #include "fused_optim/math/rounding.h"
 
@@ -96,6 +97,13 @@ inline void bind_common(py::module_& m, const std::string& module_name) {
       py::arg("name"), py::arg("call"), py::arg("hyper"),
       "Runs operation `name` on a Call with its hyperparameters {name: number}; returns what it "
       "computes (Adai's sums), else an empty list.");
+  m.def(
+      "read_counters",
+      [module_name](const std::vector<uintptr_t>& addresses) {
+        return read_counters(module_name + ".read_counters", addresses);
+      },
+      py::arg("addresses"),
+      "The counts of 0-dim float32 step counters in host memory, by address (counters.h).");
   m.def(
       "operations",
       []() {

@@ -57,3 +57,36 @@ class Staged:
     def finish(self) -> None:
         for original, staged in self._write_back:
             original.copy_(staged)
+
+
+_ADDRESS = torch._C.TensorBase.data_ptr
+_NUMEL = torch._C.TensorBase.numel
+
+
+class Prepared:
+    """The address lists of one operation's calls that a step plan (optimizers/_step_plan.py)
+    took once and checks at every step: every declared per-param list but the steps, in the
+    declaration's order (an empty list where the call leaves one out), then the masters or
+    remainders of the param storage; the numels; the per-param step counters' addresses; and
+    the tensors the call writes (their version counters are bumped after it). The grads are
+    new tensors at most steps: for_grads() puts this step's in."""
+
+    def __init__(self, declaration, lists, extras=None):
+        named = dict(zip(declaration.lists, lists))
+        roles = [n for n in declaration.lists if n != "steps"]
+        self.grads_role = roles.index("grads")
+        self.addresses = [list(map(_ADDRESS, named[n])) for n in roles]
+        if extras is not None:
+            self.addresses.append(list(map(_ADDRESS, extras)))
+        self.numels = list(map(_NUMEL, named["params"]))
+        self.steps = list(named["steps"]) if "steps" in named else None
+        self.step_addresses = list(map(_ADDRESS, self.steps)) if self.steps is not None else None
+        self.mutated = [t for n in declaration.mutated if n in named for t in named[n]]
+
+    def for_grads(self, grad_addresses):
+        """This call's lists: the prepared ones with this step's grads."""
+        call = object.__new__(Prepared)
+        call.__dict__.update(self.__dict__)
+        call.addresses = list(self.addresses)
+        call.addresses[self.grads_role] = grad_addresses
+        return call

@@ -22,7 +22,7 @@ import torch
 from . import _cpu
 from ._grad_scaling import skipped
 from ._param_storage import ParamStorage, checked_extras, native_indices
-from ._staging import Staged
+from ._staging import Prepared, Staged
 from .dtypes import NATIVE_CODES
 from .operations import OPERATIONS, Operation, implementations, implements
 
@@ -85,11 +85,12 @@ def _call(staged: Staged, dtypes: Dict[str, int], storage: Optional[ParamStorage
                      **_storage_fields(storage), **fields)
 
 
-def advance_steps(steps: List[torch.Tensor]) -> None:
+def advance_steps(steps: List[torch.Tensor], addresses: Optional[List[int]] = None) -> None:
     """Adds 1 to each 0-dim float32 CPU step tensor (FusedOptimizer._states makes them so) in
     one native call: torch's per-tensor ops (torch._foreach_add_ included) cost microseconds
-    per CPU scalar, which adds up over hundreds of params."""
-    _cpu.advance_counters([s.data_ptr() for s in steps])
+    per CPU scalar, which adds up over hundreds of params. addresses: theirs, where a step
+    plan has them."""
+    _cpu.advance_counters([s.data_ptr() for s in steps] if addresses is None else addresses)
 
 
 # ---- the single-pass operations, from their declarations ----------------------------------------
@@ -106,24 +107,31 @@ def _single_pass(operation: Operation):
 
     def run(*lists: List[torch.Tensor], grad_scale: Optional[torch.Tensor] = None,
             found_inf: Optional[torch.Tensor] = None, global_step: Optional[torch.Tensor] = None,
-            storage: Optional[ParamStorage] = None, **hyper: Any) -> None:
+            storage: Optional[ParamStorage] = None, prepared: Optional[Prepared] = None, **hyper: Any) -> None:
         named = dict(zip(operation.lists, lists))
         if not named["params"] or skipped(found_inf):
             return
         present = [n for n in roles if len(named[n]) or n in ("params", "grads")]
         tensors = [list(named[n]) for n in present]
-        staged = _staged(name, tensors, [n in operation.mutated for n in present], storage)
-        given = iter(staged.addresses)
-        addresses = [next(given) if n in present else [] for n in roles] + list(given)
-        if per_param_steps:
-            steps = dict(steps=_step_counts(named["steps"]))
+        staged = None
+        if prepared is not None:
+            addresses, numels = prepared.addresses, prepared.numels
         else:
+            staged = _staged(name, tensors, [n in operation.mutated for n in present], storage)
+            given = iter(staged.addresses)
+            addresses, numels = [next(given) if n in present else [] for n in roles] + list(given), staged.numels
+        if not per_param_steps:
             steps = dict(global_step=float(global_step))
-        call = _cpu.Call(lists=addresses, numels=staged.numels, num_threads=torch.get_num_threads(),
+        elif prepared is not None:
+            steps = dict(steps=_cpu.read_counters(prepared.step_addresses))
+        else:
+            steps = dict(steps=_step_counts(named["steps"]))
+        call = _cpu.Call(lists=addresses, numels=numels, num_threads=torch.get_num_threads(),
                          **_dtypes(name, tensors), **_storage_fields(storage), grad_divisor=_divisor(grad_scale),
                          **steps)
         _cpu.step(name, call, hyper)
-        staged.finish()
+        if staged is not None:
+            staged.finish()
 
     run.__name__ = name
     run.__doc__ = operation.doc

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ._param_storage import ParamStorage, checked_extras, native_indices
-from ._staging import Staged
+from ._staging import Prepared, Staged
 from .dtypes import NATIVE_CODES
 from .operations import OPERATIONS, Operation, implementations, implements
 
@@ -110,6 +110,20 @@ def _steps(name: str, steps: Sequence[Tensor], count: int, device: torch.device,
     return dict(steps=[float(s) for s in steps])
 
 
+def _codes(roles: Sequence[Sequence[Tensor]]):
+    """(device, param dtype code, state dtype code) of lists checked before (_check)."""
+    params = roles[0]
+    return params[0].device, NATIVE_CODES[params[0].dtype], NATIVE_CODES[(roles[2] if len(roles) > 2 else params)[0].dtype]
+
+
+def _prepared_steps(module, prepared: Prepared, device_type: str) -> Dict[str, Any]:
+    """The Call fields of a step plan's counters: their device addresses (the kernels read
+    them), or the counts of host counters read in one native call."""
+    if prepared.steps and prepared.steps[0].device.type == device_type:
+        return dict(step_addresses=prepared.step_addresses)
+    return dict(steps=module.read_counters(prepared.step_addresses))
+
+
 def _global_step(name: str, global_step, device: torch.device, device_type: str) -> Dict[str, Any]:
     """The Call fields of DualAdam's global counter (a 0-dim float64 tensor, or a number)."""
     if not torch.is_tensor(global_step):
@@ -178,7 +192,8 @@ def _single_pass(operation: Operation):
     per_param_steps = "steps" in operation.lists
 
     def run(*lists: List[Tensor], grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
-            global_step=None, storage: Optional[ParamStorage] = None, **hyper: Any) -> None:
+            global_step=None, storage: Optional[ParamStorage] = None, prepared: Optional[Prepared] = None,
+            **hyper: Any) -> None:
         module = _module()
         named = dict(zip(operation.lists, lists))
         params = named["params"]
@@ -187,20 +202,30 @@ def _single_pass(operation: Operation):
         present = [n for n in roles if len(named[n]) or n in ("params", "grads")]
         tensors = [list(named[n]) for n in present]
         device_type = module.device_type
-        device, dtype, state_dtype = _check(name, tensors, present, device_type)
-        if per_param_steps:
-            steps = _steps(name, named["steps"], len(params), device, device_type)
+        if prepared is not None:  # checked when the plan was made, and by the plan since
+            device, dtype, state_dtype = _codes(tensors)
         else:
+            device, dtype, state_dtype = _check(name, tensors, present, device_type)
+        if not per_param_steps:
             steps = _global_step(name, global_step, device, device_type)
+        elif prepared is not None:
+            steps = _prepared_steps(module, prepared, device_type)
+        else:
+            steps = _steps(name, named["steps"], len(params), device, device_type)
         amp = _amp(name, grad_scale, found_inf, device)
-        staged = _staged(name, tensors, [n in operation.mutated for n in present], storage)
-        given = iter(staged.addresses)
-        addresses = [next(given) if n in present else [] for n in roles] + list(given)
-        call = module.Call(lists=addresses, numels=staged.numels, dtype=dtype, state_dtype=state_dtype,
+        staged = None
+        if prepared is not None:
+            addresses, numels = prepared.addresses, prepared.numels
+        else:
+            staged = _staged(name, tensors, [n in operation.mutated for n in present], storage)
+            given = iter(staged.addresses)
+            addresses, numels = [next(given) if n in present else [] for n in roles] + list(given), staged.numels
+        call = module.Call(lists=addresses, numels=numels, dtype=dtype, state_dtype=state_dtype,
                            device=device.index or 0, stream=_stream(device), **_storage_fields(storage), **steps,
                            **amp)
         module.step(name, call, hyper)
-        staged.finish()
+        if staged is not None:
+            staged.finish()
 
     run.__name__ = name
     run.__doc__ = operation.doc

@@ -18,6 +18,10 @@ dtype; lists may be long and tensors zero-size or non-contiguous):
 - storage (eager calls only, not part of the schema): how bf16/fp16 params are kept
   (_param_storage.ParamStorage); None for plain params. Under torch.compile the optimizer
   takes the unfused path instead (optimizers/_mixed_precision.py).
+- prepared (eager calls only, not part of the schema; backends with address lists): the
+  call's address lists as a step plan prepared and checked them (_staging.Prepared, built
+  from the very lists given), or None. A backend given them skips its own checks and staging
+  of the lists: the plan made them with the checks passed and keeps them valid.
 """
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -173,7 +177,8 @@ _IMPLEMENTATIONS: Dict[str, Dict[str, Callable]] = {}
 def implements(backend: str, name: str) -> Callable[[Callable], Callable]:
     """Registers a backend's function for a declared operation. The function takes the
     declaration's arguments by name (the lists positionally, the rest as keywords) plus
-    `storage` where the backend fuses param storage modes."""
+    `storage` where the backend fuses param storage modes and `prepared` where it takes
+    address lists (the fused backends: cpu, cuda, triton)."""
     if name not in OPERATIONS:
         raise KeyError(f"no operation {name!r} is declared in fused_optim.operations")
 
@@ -242,16 +247,21 @@ class _Call:
         self._mutated_keywords = [n for n in declaration.mutated if n not in names]
         self.__doc__ = declaration.doc
 
-    def __call__(self, *args: Any, storage: Any = None, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, storage: Any = None, prepared: Any = None, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
-            if storage is not None:
-                raise RuntimeError(f"{self.declaration.name}: param storage modes run in eager steps only")
+            if storage is not None or prepared is not None:
+                raise RuntimeError(f"{self.declaration.name}: param storage modes and prepared address lists run in "
+                                   "eager steps only")
             return operator(self.backend, self.declaration.name)(*args, **kwargs)
-        if storage is None:
-            result = self.function(*args, **kwargs)
+        if storage is not None:
+            kwargs["storage"] = storage
+        if prepared is not None:
+            kwargs["prepared"] = prepared
+        result = self.function(*args, **kwargs)
+        if prepared is not None:
+            mutated = list(prepared.mutated)
         else:
-            result = self.function(*args, storage=storage, **kwargs)
-        mutated = [t for i in self._mutated_positions for t in args[i]]
+            mutated = [t for i in self._mutated_positions for t in args[i]]
         for name in self._mutated_keywords:
             mutated.extend(kwargs.get(name) or ())
         if mutated:

@@ -23,8 +23,13 @@ import torch
 
 from . import _param_storage
 from ._param_storage import ParamStorage
-from ._staging import Staged
+from ._staging import Prepared, Staged
 from .operations import OPERATIONS, Operation, implements
+
+try:  # reads a step plan's host counters in one call (_counts)
+    from . import _cpu
+except ImportError:
+    _cpu = None
 
 _IMPORT_ERROR: Optional[BaseException] = None
 try:
@@ -75,12 +80,29 @@ def _host_steps(steps: List[torch.Tensor], device: torch.device) -> bool:
 
 
 def _plan(kind: str, staged: Staged, steps: Optional[List[torch.Tensor]], device: torch.device,
-          tags: Optional[List[int]] = None):
+          tags: Optional[List[int]] = None, prepared: Optional[Prepared] = None):
+    """The launch plan of a call's lists (staged, or the address lists a step plan prepared)."""
     host = steps is not None and _host_steps(steps, device)
-    plan = _mt.PLANS.get(kind, staged.columns, steps, host, device, tags)
-    if host:
+    if prepared is not None:  # (the table has no column for a list the call leaves out)
+        addresses = [column for column in prepared.addresses if column]
+        numels, step_addresses = prepared.numels, prepared.step_addresses
+    else:
+        addresses, numels = staged.addresses, staged.numels
+        step_addresses = None if steps is None else [s.data_ptr() for s in steps]
+    plan = _mt.PLANS.get(kind, addresses, numels, None if host else step_addresses, host, device, tags)
+    if host and prepared is not None:
+        plan.fill_counts(_counts(prepared))
+    elif host:
         plan.fill_steps(steps)
     return plan
+
+
+def _counts(prepared: Prepared):
+    """The counts of a step plan's host counters: in one native call where the cpu module is
+    built (item() per counter costs ~0.5 us), else one stack."""
+    if _cpu is not None:
+        return _cpu.read_counters(prepared.step_addresses)
+    return torch.stack(prepared.steps).float()
 
 
 def _dtypes(params: List[torch.Tensor], grads: List[torch.Tensor], *states: List[torch.Tensor]) -> dict:
@@ -101,11 +123,15 @@ def _dtypes(params: List[torch.Tensor], grads: List[torch.Tensor], *states: List
     return {"P": _mt.tl_dtype(param_dtype), "S": _mt.tl_dtype(state_dtype), "MATH": _mt.math_dtype(param_dtype)}
 
 
-def _staged(roles, writable, storage: Optional[ParamStorage]):
+def _staged(roles, writable, storage: Optional[ParamStorage], prepared: Optional[Prepared] = None):
     """(staged lists, tags, storage constexprs) of a call: its roles, then the masters/remainders
     of MASTER/REMAINDER storage (written when the call writes the params); for STOCHASTIC each
-    tensor's base key as a table tag (param_storage.py). EXTRA: that column's index."""
-    extras = _param_storage.checked_extras("fused_optim.triton_backend", roles[0], storage)
+    tensor's base key as a table tag (param_storage.py). EXTRA: that column's index. With a
+    step plan's prepared lists nothing is staged (None)."""
+    if prepared is not None:
+        extras = storage.extras if storage is not None and storage.mode in _param_storage.EXTRA_DTYPES else None
+    else:
+        extras = _param_storage.checked_extras("fused_optim.triton_backend", roles[0], storage)
     constexprs = {"STORAGE": _param_storage.PLAIN if storage is None else storage.mode, "EXTRA": len(roles)}
     tags = None
     if extras is not None:
@@ -115,7 +141,7 @@ def _staged(roles, writable, storage: Optional[ParamStorage]):
         if len(indices) != len(roles[0]):
             raise ValueError(f"fused_optim.triton_backend: {len(indices)} tensor indices for {len(roles[0])} params")
         tags = _param_storage.base_keys(storage.seed, indices)
-    return Staged(roles, writable), tags, constexprs
+    return (None if prepared is not None else Staged(roles, writable)), tags, constexprs
 
 
 def _optional(t: Optional[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -156,7 +182,7 @@ def _single_pass(declaration: Operation, kernel):
     flags_declared = {a.name for a in schema.arguments if str(a.type) == "bool"}
 
     def run(*lists, storage: Optional[ParamStorage] = None, grad_scale=None, found_inf=None, global_step=None,
-            **hyper):
+            prepared: Optional[Prepared] = None, **hyper):
         arguments = dict(zip(declaration.lists, lists))
         params, grads = list(arguments["params"]), list(arguments["grads"])
         if not params:
@@ -174,9 +200,9 @@ def _single_pass(declaration: Operation, kernel):
             roles.append(state)
             writable.append(write)
         dtypes = _dtypes(params, grads, *roles[2:])
-        staged, tags, constexprs = _staged(roles, writable, storage)
+        staged, tags, constexprs = _staged(roles, writable, storage, prepared)
         steps = list(arguments["steps"]) if "steps" in arguments else None
-        plan = _plan(name, staged, steps, device, tags)
+        plan = _plan(name, staged, steps, device, tags, prepared)
         args: list = [plan.table, plan.blocks]
         if "global_step" in declaration.scalars:
             if not torch.is_tensor(global_step):
@@ -191,7 +217,8 @@ def _single_pass(declaration: Operation, kernel):
             else:
                 args.append(float(hyper[h]))
         _mt.launch_plan(kernel, plan, args, dict(constexprs, **dtypes, **flags))
-        staged.finish()
+        if staged is not None:
+            staged.finish()
 
     run.__name__ = name
     return run

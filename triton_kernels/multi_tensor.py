@@ -211,39 +211,39 @@ class Plan:
     """One tensor list's launch description, all on the device: `table` (rows of role
     addresses, a tag per tensor where the kernel needs one, the step address and numel),
     `blocks` ((row, start) per block), and, when the steps are read on the host, `step_values`
-    (the buffer the step column points into)."""
+    (the buffer the step column points into). Built from the call's address lists (role k of
+    tensor i: addresses[k][i]), the numels and, when the kernel reads the counters where
+    they are, their addresses."""
 
-    def __init__(self, columns: List[List[torch.Tensor]], steps: Optional[List[torch.Tensor]],
+    def __init__(self, addresses: List[List[int]], numels: List[int], step_addresses: Optional[List[int]],
                  host_steps: bool, device: torch.device, tags: Optional[List[int]] = None):
         rows, block_pairs = [], []
         self.numel = 0
         self.total_rows = 0
         self.step_values = None
-        if steps is not None and host_steps:
-            self.step_values = torch.zeros(len(columns[0]), dtype=torch.float32, device=device)
-        total = sum(t.numel() for t in columns[0])
-        self.block, self.num_warps = launch_config(total)
+        has_steps = step_addresses is not None or host_steps
+        if host_steps:
+            self.step_values = torch.zeros(len(numels), dtype=torch.float32, device=device)
+        self.block, self.num_warps = launch_config(sum(numels))
         aligned = True
-        for i in range(len(columns[0])):
-            n = columns[0][i].numel()
+        for i, n in enumerate(numels):
             if n == 0:
                 continue  # nothing to load; the table never points at an empty tensor
-            addresses = [c[i].data_ptr() for c in columns]
-            aligned = aligned and all(a % 16 == 0 for a in addresses)
+            row_addresses = [column[i] for column in addresses]
+            aligned = aligned and all(a % 16 == 0 for a in row_addresses)
             if tags is not None:  # a number per tensor after the addresses (param_storage.py's key)
-                addresses.append(tags[i])
-            if steps is not None:
-                if host_steps:
-                    addresses.append(self.step_values.data_ptr() + 4 * i)
-                else:
-                    addresses.append(steps[i].data_ptr())
-            addresses.append(n)
+                row_addresses.append(tags[i])
+            if host_steps:
+                row_addresses.append(self.step_values.data_ptr() + 4 * i)
+            elif has_steps:
+                row_addresses.append(step_addresses[i])
+            row_addresses.append(n)
             row = len(rows)
-            rows.append(addresses)
+            rows.append(row_addresses)
             for start in range(0, n, self.block):
                 block_pairs.append((row, start))
             self.numel += n
-        self.ncols = len(columns) + (1 if tags is not None else 0) + (1 if steps is not None else 0) + 1
+        self.ncols = len(addresses) + (1 if tags is not None else 0) + (1 if has_steps else 0) + 1
         self.aligned = aligned
         self.grid = (len(block_pairs),)
         self.table = torch.tensor(rows, dtype=torch.int64).reshape(-1, self.ncols).to(device)
@@ -253,8 +253,14 @@ class Plan:
     def fill_steps(self, steps: List[torch.Tensor]) -> None:
         """Host-read steps: one copy of all counters into the buffer the table points at."""
         if self.step_values is not None and steps:
-            self.step_values.copy_(to_device_async(torch.stack([s.detach().reshape(()) for s in steps]).float(),
-                                                   self.step_values.device))
+            self.fill_counts(torch.stack([s.detach().reshape(()) for s in steps]).float())
+
+    def fill_counts(self, counts) -> None:
+        """Host-read steps given as their counts (a list of numbers or a float32 CPU tensor)."""
+        if self.step_values is not None and len(counts):
+            if not torch.is_tensor(counts):
+                counts = torch.tensor(counts, dtype=torch.float32)
+            self.step_values.copy_(to_device_async(counts, self.step_values.device))
 
 
 def to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -284,20 +290,17 @@ class PlanCache:
         self.builds = 0
         self.hits = 0
 
-    def get(self, kind: str, columns: List[List[torch.Tensor]], steps: Optional[List[torch.Tensor]],
+    def get(self, kind: str, addresses: List[List[int]], numels: List[int], step_addresses: Optional[List[int]],
             host_steps: bool, device: torch.device, tags: Optional[List[int]] = None) -> Plan:
-        key_parts = [kind, str(device), host_steps, None if tags is None else tuple(tags)]
-        for column in columns:
-            key_parts.append(tuple((t.data_ptr(), t.numel()) for t in column))
-        if steps is not None and not host_steps:
-            key_parts.append(tuple(s.data_ptr() for s in steps))
-        key = tuple(key_parts)
+        """The plan of these address lists (Plan's arguments), built on a miss."""
+        key = (kind, str(device), host_steps, None if tags is None else tuple(tags), tuple(numels),
+               *map(tuple, addresses), None if step_addresses is None else tuple(step_addresses))
         plan = self._plans.get(key)
         if plan is not None:
             self._plans.move_to_end(key)
             self.hits += 1
             return plan
-        plan = Plan(columns, steps, host_steps, device, tags)
+        plan = Plan(addresses, numels, step_addresses, host_steps, device, tags)
         self.builds += 1
         self._plans[key] = plan
         if len(self._plans) > self.capacity:

@@ -209,7 +209,7 @@ class ParamStorageStep:
         self.index: Dict[int, int] = {}  # id(param) -> its place among all params: stochastic rounding's key
         for batch in batches:
             option = mode(batch.group, batch.tensors[0].dtype) if batch.tensors else None
-            if option is None:
+            if option is None or batch.plan is not None:  # (a step plan's batch has its storage)
                 continue
             if (batch.backend in FUSED_BACKENDS and not torch.compiler.is_compiling()
                     and all(p.is_contiguous() for p in batch.tensors)):

@@ -25,6 +25,7 @@ from ._options import FusedOptions, spell_out_signature
 from ._options import resolve as resolve_options
 from ._overlap import check_params as check_no_shared_memory
 from ._sharding import local, partition_group, shard_group, zero_caller
+from . import _step_plan
 from ._uninterrupted import HeldInterrupts
 
 
@@ -76,6 +77,16 @@ class Batch:
     staged: List[tuple] = field(default_factory=list)
     # (the param's state, the stand-in dict the step sees, holding the staged copies)
     staged_states: List[tuple] = field(default_factory=list)
+    # the batch's part of its group's step plan (_step_plan.BatchPlan) when the plan held this
+    # step, with this step's grad addresses; None: the batch was collected the full way
+    plan: Any = None
+    grad_addresses: Optional[List[int]] = None
+
+    def column(self, key: str) -> List[torch.Tensor]:
+        """One state of every param, as the kernels see it (local shards)."""
+        if self.plan is not None and key in self.plan.columns:
+            return self.plan.columns[key]
+        return [local(state[key]) for state in self.states]
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -144,6 +155,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._this_step: Dict[str, Any] = {}
         # id(state dict) -> what _check_state last accepted for it
         self._checked_states: Dict[int, tuple] = {}
+        # group index -> its step plan (_step_plan.GroupPlan), made after a step collected it
+        # the full way and checked at each step before it is used
+        self._plans: Dict[int, Any] = {}
 
     def __getstate__(self) -> Dict[str, Any]:
         saved = super().__getstate__()
@@ -212,9 +226,18 @@ class FusedOptimizer(torch.optim.Optimizer):
                 lists.append(batch.grads)
             else:
                 key = operations.state_key(name)
-                lists.append(self._column(states, key) if key == "step" or key in layout else [])
+                lists.append(batch.column(key) if key == "step" or key in layout else [])
         return getattr(batch.impl, self.operation)(*lists, **batch.hyper, **self.scaling(), **keywords,
-                                                   storage=batch.storage)
+                                                   storage=batch.storage,
+                                                   prepared=self._prepared(batch, self.operation, lists))
+
+    @staticmethod
+    def _prepared(batch: "Batch", operation: str, lists: List[List[torch.Tensor]]):
+        """The prepared address lists of a planned batch's call (None for the others: the
+        backend then takes them from the lists)."""
+        if batch.plan is None:
+            return None
+        return batch.plan.prepared_call(operations.OPERATIONS[operation], lists, batch.grad_addresses)
 
     def state_layout(self, hyper: Dict[str, Any]) -> Dict[str, float]:
         """The tensor states a param of a group with these hyperparameters needs."""
@@ -227,6 +250,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for key, value in self._hidden_defaults.items():
             param_group.setdefault(key, value)
         super().add_param_group(param_group)
+        self._plans.clear()
         group = self.param_groups[-1]
         try:
             index = len(self.param_groups) - 1
@@ -282,7 +306,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         batches = self._collect()
         self._this_step["scaling"] = self._scaling_for(batches)
-        fresh = [key for b in batches for key in b.params if not self.state.get(key)]
+        fresh = [key for b in batches if b.plan is None for key in b.params if not self.state.get(key)]
         masters = mixed.ParamStorageStep(self, batches)
         self._this_step["masters"] = masters
         updated = False
@@ -300,7 +324,31 @@ class FusedOptimizer(torch.optim.Optimizer):
             if not updated:  # (a Ctrl-C held back until the end comes after a whole step)
                 self._undo_unfinished(batches, fresh, masters)
             raise
+        if updated:
+            self._make_plans(batches)
         return loss
+
+    # ----- step plans (_step_plan.py) ----------------------------------------------------------
+    def _make_plans(self, batches: List[Batch]) -> None:
+        """After a whole step: a plan for each group this step collected the full way, where
+        every batch of it can be planned (a group edited between here and its next step is
+        caught by the plan's checks)."""
+        for index, (group, offset, signature, has_grad, positions) in self._this_step.pop("unplanned", {}).items():
+            mine = [b for b in batches if b.group is group]
+            if not mine:
+                continue
+            keys = self._planned_state_keys(mine[0])
+            if not all(_step_plan.plannable(b, keys) for b in mine):
+                continue
+            parts = [_step_plan.BatchPlan(b, where, keys) for b, where in zip(mine, positions)]
+            self._plans[index] = _step_plan.GroupPlan(group, offset, signature, has_grad, parts)
+
+    def _planned_state_keys(self, batch: Batch) -> List[str]:
+        """The states whose columns a plan keeps: those the batch's calls read (its layout, the
+        masters or remainders of its storage) and the step counters."""
+        keys = list(self.state_layout(batch.hyper))
+        keys += [key for key in mixed.STATE_DTYPES if key in batch.states[0]]
+        return keys + ["step"] if self.per_param_step else keys
 
     def _undo_unfinished(self, batches: List[Batch], fresh: List[torch.Tensor], masters) -> None:
         """After an error: the states this step made or converted for batches it did not
@@ -405,58 +453,106 @@ class FusedOptimizer(torch.optim.Optimizer):
         return {"grad_scale": clipped_scale(norm, max_norm, grad_scale, dtype), "found_inf": found_inf}
 
     def _collect(self) -> List[Batch]:
+        """This step's batches: per group, those of its step plan where the plan still holds,
+        else collected the full way (every check; the group is planned after the step)."""
         batches: List[Batch] = []
         device = None
         name = type(self).__name__
-        supported = dtypes.SUPPORTED
+        planning = not torch.compiler.is_compiling()
+        unplanned = self._this_step["unplanned"] = {}
+        offset = 0
         for index, group in enumerate(self.param_groups):
             hyper = self.hyper(group, index)
             mixed.check_group(group, name, index)
-            by_kind: Dict[Any, List[List[torch.Tensor]]] = {}
-            state_dtype = group.get("state_dtype")
-            # per param and step, so the checks are ordered to cost little (a step of 2000 small
-            # tensors is bound by this loop): supported dtypes are real, so the dtype checks
-            # also rule out complex params and grads
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if g.layout is not torch.strided:
-                    raise RuntimeError(f"{name} does not support sparse gradients")
-                dtype = p.dtype
-                if dtype not in supported:
-                    raise ValueError(f"{name} does not support "
-                                     + ("complex parameters" if p.is_complex() else f"parameter dtype {dtype}"))
-                if g.dtype != dtype:
-                    raise ValueError(f"{name}: a gradient of dtype {g.dtype} for a parameter of dtype {dtype}")
-                if g.shape != p.shape:
-                    raise ValueError(f"{name}: a gradient of shape {tuple(g.shape)} for a parameter of shape {tuple(p.shape)}")
-                where = p.device
-                if g.device != where:
-                    raise ValueError(f"{name}: a gradient on {g.device} for a parameter on {where}")
-                if device is None:
-                    device = where
-                elif where != device:
+            planned = None
+            if planning:
+                signature = _step_plan.signature(self, group, hyper)
+                planned = self._planned_batches(index, group, hyper, offset, signature)
+            if planned is not None:
+                where = planned[0].tensors[0].device if planned else None
+                if device is not None and where is not None and where != device:
                     raise ValueError(f"all parameters of one {name} must be on one device; got {device} and {where}")
-                state = self.state.get(p)
-                if state:
-                    self._check_state(p, state, state_dtype)
-                lists = by_kind.setdefault((p.dtype, shard_group(p)), [[], [], [], []])
-                lists[0].append(local(p))
-                lists[1].append(local(g))
-                if not (lists[0][-1].is_contiguous() and lists[1][-1].is_contiguous()):
-                    lists[3].append(len(lists[2]))  # maybe to be staged (_stage)
-                lists[2].append(p)
-            if not by_kind:
+                device = device or where
+                batches += planned
+            else:
+                mine, device, has_grad, positions = self._collect_group(group, hyper, device)
+                batches += mine
+                if planning:
+                    unplanned[index] = (group, offset, signature, has_grad, positions)
+            offset += len(group["params"])
+        return batches
+
+    def _planned_batches(self, index: int, group: Dict[str, Any], hyper: Dict[str, Any], offset: int,
+                         signature: tuple) -> Optional[List[Batch]]:
+        """The group's batches from its step plan, or None where it has none or it no longer holds."""
+        plan = self._plans.get(index)
+        if plan is None or not plan.matches(group, offset, signature):
+            return None
+        parts = plan.batch_parts(self.state.get)
+        if parts is None:
+            return None
+        batches = []
+        for part, params, grads, grad_addresses in parts:
+            batch = Batch(group, hyper, part.backend, part.impl, list(part.tensors), list(grads), list(params))
+            batch.states, batch.storage = list(part.states), part.storage
+            batch.plan, batch.grad_addresses = part, grad_addresses
+            batches.append(batch)
+        return batches
+
+    def _collect_group(self, group: Dict[str, Any], hyper: Dict[str, Any], device):
+        """A group's batches the full way: (batches, the device, which params have a grad, each
+        batch's positions among the group's params or None for all of them)."""
+        name = type(self).__name__
+        supported = dtypes.SUPPORTED
+        by_kind: Dict[Any, List[List[Any]]] = {}
+        state_dtype = group.get("state_dtype")
+        has_grad = []
+        # per param and step, so the checks are ordered to cost little: supported dtypes are
+        # real, so the dtype checks also rule out complex params and grads
+        for position, p in enumerate(group["params"]):
+            g = p.grad
+            has_grad.append(g is not None)
+            if g is None:
                 continue
+            if g.layout is not torch.strided:
+                raise RuntimeError(f"{name} does not support sparse gradients")
+            dtype = p.dtype
+            if dtype not in supported:
+                raise ValueError(f"{name} does not support "
+                                 + ("complex parameters" if p.is_complex() else f"parameter dtype {dtype}"))
+            if g.dtype != dtype:
+                raise ValueError(f"{name}: a gradient of dtype {g.dtype} for a parameter of dtype {dtype}")
+            if g.shape != p.shape:
+                raise ValueError(f"{name}: a gradient of shape {tuple(g.shape)} for a parameter of shape {tuple(p.shape)}")
+            where = p.device
+            if g.device != where:
+                raise ValueError(f"{name}: a gradient on {g.device} for a parameter on {where}")
+            if device is None:
+                device = where
+            elif where != device:
+                raise ValueError(f"all parameters of one {name} must be on one device; got {device} and {where}")
+            state = self.state.get(p)
+            if state:
+                self._check_state(p, state, state_dtype)
+            lists = by_kind.setdefault((p.dtype, shard_group(p)), [[], [], [], [], []])
+            lists[0].append(local(p))
+            lists[1].append(local(g))
+            if not (lists[0][-1].is_contiguous() and lists[1][-1].is_contiguous()):
+                lists[3].append(len(lists[2]))  # maybe to be staged (_stage)
+            lists[2].append(p)
+            lists[4].append(position)
+        batches, positions = [], []
+        if by_kind:
             backend = backends.choose(self._backend_request, device, group.get("state_dtype"),
                                       group.get("capturable", False))
             impl = backends.implementation(backend)
-            for (_, group_of_shards), (tensors, grads, params, strided) in by_kind.items():
+            everyone = len(group["params"])
+            for (_, group_of_shards), (tensors, grads, params, strided, where) in by_kind.items():
                 batch = Batch(group, hyper, backend, impl, tensors, grads, params, group_of_shards)
                 batch.strided = strided
                 batches.append(batch)
-        return batches
+                positions.append(None if len(where) == everyone else where)
+        return batches, device, has_grad, positions
 
     # ----- state -----------------------------------------------------------------------------
     def _check_state(self, p: torch.Tensor, state: Dict[str, Any], state_dtype=None) -> None:
@@ -540,8 +636,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         nothing, counters included)."""
         return self._this_step["scaling"]
 
-    def _advance(self, counters: List[torch.Tensor], impl: Any = None) -> None:
-        """Adds 1 to step counters after every call of the step succeeded (0 when found_inf)."""
+    def _advance(self, counters: List[torch.Tensor], impl: Any = None, addresses: Optional[List[int]] = None) -> None:
+        """Adds 1 to step counters after every call of the step succeeded (0 when found_inf).
+        addresses: the counters' (a step plan's), where the native update may take them."""
         found_inf = getattr(self, "found_inf", None)
         # CPU counters (all but capturable steps) go through the native module whatever the
         # backend: 84 counters of a GPU model took 0.16 ms per step with torch._foreach_add_
@@ -552,7 +649,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             advance = getattr(impl, "advance_steps", None) or _native_advance()
             if advance is not None:
                 if not skipped(found_inf):
-                    advance(counters)
+                    advance(counters, addresses)
                 return
         # traceable form: no host read of found_inf
         torch._foreach_add_(counters, 1.0)
@@ -561,7 +658,8 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _commit_steps(self, batch: Batch, states: List[Dict[str, Any]]) -> None:
         """Right after the batch's update: its counters advance, and the batch is done."""
-        self._advance(self._column(states, "step"), batch.impl)
+        addresses = batch.plan.column_addresses["step"] if batch.plan is not None else None
+        self._advance(batch.column("step"), batch.impl, addresses)
         self._batch_done(batch)
 
     @staticmethod
@@ -598,6 +696,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """load_state_dict without the hooks (subclasses extend this)."""
         imported = self._import_state_dict(state_dict)
         self._checked_states.clear()
+        self._plans.clear()
         super().load_state_dict(imported)
         self._restore_state(imported)
 
