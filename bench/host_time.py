@@ -94,10 +94,22 @@ class CudaModuleWithoutLaunches:
     "cpu", as in the host-emulation build of the tests, so cuda_backend takes CPU tensors."""
 
     def __init__(self, real, counter: LaunchCounter):
-        # the real entries as plain attributes: found as directly as on the module itself
-        self.__dict__.update({name: getattr(real, name) for name in dir(real) if not name.startswith("__")})
+        # the real entries but step() as plain attributes: found as directly as on the module itself
+        self.__dict__.update({name: getattr(real, name) for name in dir(real)
+                              if not name.startswith("__") and name != "step"})
         self.device_type = "cpu"
-        self.step = counter.swallow
+        self._counter = counter
+        self._checked = set()  # operations whose Call was checked (once each: reading a list field copies it)
+
+    def step(self, name: str, call, hyper) -> None:
+        if name not in self._checked:
+            self._checked.add(name)
+            if len(call.step_addresses) or call.global_step_address:
+                raise RuntimeError(
+                    f"bench.host_time: the stubbed {name} got step counter addresses, the path of counters on the "
+                    "params' device; CPU counters next to CUDA params are read on the host: _stub_cuda must route "
+                    "cuda_backend's counter reading to that path")
+        self._counter.swallow()
 
 
 def _patch(stack: ExitStack, owner, name: str, value) -> None:

@@ -75,3 +75,16 @@ def test_stubs_are_undone_on_exit():
     assert [getattr(owner, name) for owner, name in watched] == before
     assert backends._implementations == implementations
     assert {b: backends.availability(b) for b in host_time.BACKENDS} == availability
+
+
+@pytest.mark.skipif(cuda_backend._cuda is None, reason="fused_optim._cuda was not built here")
+def test_cuda_stub_refuses_counters_read_on_the_device():
+    """The stub swallows a Call whose counters were read on the host (as next to CUDA params)
+    and refuses one that carries counter addresses: a stubbed run that took the other path
+    would measure host work a GPU step does not do."""
+    real, counter = cuda_backend._cuda, host_time.LaunchCounter()
+    stub = host_time.CudaModuleWithoutLaunches(real, counter)
+    stub.step("adam_step", real.Call(lists=[[1 << 20]], numels=[4], steps=[0.0]), {})
+    assert counter.calls == 1
+    with pytest.raises(RuntimeError, match="step counter addresses"):
+        stub.step("lion_step", real.Call(lists=[[1 << 20]], numels=[4], step_addresses=[1 << 21]), {})
