@@ -135,6 +135,9 @@ def _stub_cuda(stack: ExitStack, counter: LaunchCounter) -> Optional[str]:
            lambda name, counters, count, device, device_type: steps(name, counters, count, device, "cuda"))
     _patch(stack, cuda_backend, "_global_step",
            lambda name, value, device, device_type: global_step(name, value, device, "cuda"))
+    prepared_steps = cuda_backend._prepared_steps  # (a step plan's counters, the same way)
+    _patch(stack, cuda_backend, "_prepared_steps",
+           lambda module, prepared, device_type: prepared_steps(module, prepared, "cuda"))
     serves = backends.serves
     _patch(stack, backends, "serves", lambda backend, device, *args, **kwargs: (
         (True, "kernels stubbed") if backend == "cuda" and device.type == "cpu"

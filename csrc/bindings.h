@@ -105,6 +105,12 @@ inline void bind_common(py::module_& m, const std::string& module_name) {
       py::arg("addresses"),
       "The counts of 0-dim float32 step counters in host memory, by address (counters.h).");
   m.def(
+      "read_sums",
+      [module_name](const std::vector<uintptr_t>& addresses) {
+        return read_sums(module_name + ".read_sums", addresses);
+      },
+      py::arg("addresses"), "The values of 0-dim float64 tensors in host memory, by address (counters.h).");
+  m.def(
       "operations",
       []() {
         py::dict out;

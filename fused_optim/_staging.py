@@ -74,6 +74,7 @@ class Prepared:
     def __init__(self, declaration, lists, extras=None):
         named = dict(zip(declaration.lists, lists))
         roles = [n for n in declaration.lists if n != "steps"]
+        self.roles = roles
         self.grads_role = roles.index("grads")
         self.addresses = [list(map(_ADDRESS, named[n])) for n in roles]
         if extras is not None:
@@ -82,6 +83,10 @@ class Prepared:
         self.steps = list(named["steps"]) if "steps" in named else None
         self.step_addresses = list(map(_ADDRESS, self.steps)) if self.steps is not None else None
         self.mutated = [t for n in declaration.mutated if n in named for t in named[n]]
+
+    def addresses_of(self, names):
+        """The address lists of the named roles, then those of the param storage."""
+        return [self.addresses[self.roles.index(n)] for n in names] + self.addresses[len(self.roles):]
 
     def for_grads(self, grad_addresses):
         """This call's lists: the prepared ones with this step's grads."""

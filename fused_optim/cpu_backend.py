@@ -79,9 +79,9 @@ def _storage_fields(storage: Optional[ParamStorage]) -> Dict[str, Any]:
                 tensor_indices=native_indices(storage))
 
 
-def _call(staged: Staged, dtypes: Dict[str, int], storage: Optional[ParamStorage], **fields: Any):
+def _call(addresses, numels, dtypes: Dict[str, int], storage: Optional[ParamStorage], **fields: Any):
     """The native Call of one pass: the lists, the dtypes, the threads, the param storage."""
-    return _cpu.Call(lists=staged.addresses, numels=staged.numels, num_threads=torch.get_num_threads(), **dtypes,
+    return _cpu.Call(lists=addresses, numels=numels, num_threads=torch.get_num_threads(), **dtypes,
                      **_storage_fields(storage), **fields)
 
 
@@ -146,10 +146,17 @@ def _single_pass(operation: Operation):
 # (v_sums, operations.py): NaN where not known, then read from exp_avg_sq here.
 
 
-def _v_sum_values(exp_avg_sqs: List[torch.Tensor], v_sums: Optional[List[torch.Tensor]]) -> List[float]:
+def _v_sum_values(exp_avg_sqs: List[torch.Tensor], v_sums: Optional[List[torch.Tensor]],
+                  prepared: Optional[Prepared] = None) -> List[float]:
     """sum(exp_avg_sq) of each tensor: its carried sum, or where that is not known (NaN, or
-    no v_sums at all) a read of exp_avg_sq."""
-    values = [math.nan] * len(exp_avg_sqs) if v_sums is None else [s.item() for s in v_sums]
+    no v_sums at all) a read of exp_avg_sq. With a step plan's lists (whose checks cover the
+    sums: 0-dim float64 CPU tensors) the sums are read in one native call."""
+    if v_sums is None:
+        values = [math.nan] * len(exp_avg_sqs)
+    elif prepared is not None:
+        values = _cpu.read_sums([s.data_ptr() for s in v_sums])
+    else:
+        values = [s.item() for s in v_sums]
     missing = [i for i, total in enumerate(values) if math.isnan(total)]
     if missing:
         states = [exp_avg_sqs[i] for i in missing]
@@ -161,37 +168,50 @@ def _v_sum_values(exp_avg_sqs: List[torch.Tensor], v_sums: Optional[List[torch.T
     return values
 
 
-def _adai_pass1(name: str, params, grads, exp_avg_sqs, steps, grad_scale, v_sums, storage, hyper) -> List[float]:
-    # pass 1 writes nothing, so found_inf needs no check here (adai_update skips)
-    staged = _staged(name, [list(params), list(grads)], [False, False], storage)
-    call = _call(staged, _dtypes(name, [params, grads, exp_avg_sqs]), storage, grad_divisor=_divisor(grad_scale),
-                 steps=_step_counts(steps), v_sums=_v_sum_values(exp_avg_sqs, v_sums))
+def _steps_of(steps: List[torch.Tensor], prepared: Optional[Prepared]) -> List[float]:
+    """Each param's count before this step: read by address where a step plan has them."""
+    return _step_counts(steps) if prepared is None else _cpu.read_counters(prepared.step_addresses)
+
+
+def _adai_pass1(name: str, params, grads, exp_avg_sqs, steps, grad_scale, v_sums, storage, hyper,
+                prepared: Optional[Prepared]) -> List[float]:
+    # pass 1 writes nothing, so found_inf needs no check here (adai_update skips); it reads
+    # params and grads (and the masters/remainders of the param storage), not exp_avg_sq
+    if prepared is not None:
+        addresses, numels = prepared.addresses_of(("params", "grads")), prepared.numels
+    else:
+        staged = _staged(name, [list(params), list(grads)], [False, False], storage)
+        addresses, numels = staged.addresses, staged.numels
+    call = _call(addresses, numels, _dtypes(name, [params, grads, exp_avg_sqs]), storage,
+                 grad_divisor=_divisor(grad_scale), steps=_steps_of(steps, prepared),
+                 v_sums=_v_sum_values(exp_avg_sqs, v_sums, prepared))
     return _cpu.step(name, call, hyper)
 
 
 @implements(BACKEND, "adai_second_moment")
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, grad_scale=None, found_inf=None, v_sums=None,
-                       storage=None, **hyper) -> torch.Tensor:
+                       storage=None, prepared=None, **hyper) -> torch.Tensor:
     if not params:
         return torch.zeros((), dtype=torch.float64)
     (total,) = _adai_pass1("adai_second_moment", params, grads, exp_avg_sqs, steps, grad_scale, v_sums, storage,
-                           hyper)
+                           hyper, prepared)
     return torch.tensor(total, dtype=torch.float64)
 
 
 @implements(BACKEND, "adai_clip_sums")
 def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, grad_scale=None, v_sums=None, storage=None,
-                   **hyper) -> torch.Tensor:
+                   prepared=None, **hyper) -> torch.Tensor:
     if not params:
         return torch.tensor([math.inf if hyper.get("norm_type") == -math.inf else 0.0, 0.0, 0.0, 0.0],
                             dtype=torch.float64)
-    sums = _adai_pass1("adai_clip_sums", params, grads, exp_avg_sqs, steps, grad_scale, v_sums, storage, hyper)
+    sums = _adai_pass1("adai_clip_sums", params, grads, exp_avg_sqs, steps, grad_scale, v_sums, storage, hyper,
+                       prepared)
     return torch.tensor(sums, dtype=torch.float64)
 
 
 @implements(BACKEND, "adai_update")
 def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, vbar, grad_scale=None,
-                found_inf=None, v_sums=None, storage=None, **hyper) -> None:
+                found_inf=None, v_sums=None, storage=None, prepared=None, **hyper) -> None:
     """Pass 2. With v_sums (0-dim float64 CPU tensors, the optimizer checked them), each one
     holds sum(exp_avg_sq) afterwards: the native loop stores the sums of the new v there, and
     a step skipped by found_inf fills in those not known from the unchanged v."""
@@ -204,12 +224,18 @@ def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, vba
         return
     name = "adai_update"
     roles = [list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods)]
-    staged = _staged(name, roles, [True, False, True, True, True], storage)
-    call = _call(staged, _dtypes(name, roles), storage, grad_divisor=_divisor(grad_scale),
-                 steps=_step_counts(steps), vbar=float(vbar),
+    staged = None
+    if prepared is not None:
+        addresses, numels = prepared.addresses, prepared.numels
+    else:
+        staged = _staged(name, roles, [True, False, True, True, True], storage)
+        addresses, numels = staged.addresses, staged.numels
+    call = _call(addresses, numels, _dtypes(name, roles), storage, grad_divisor=_divisor(grad_scale),
+                 steps=_steps_of(steps, prepared), vbar=float(vbar),
                  v_sum_addresses=[] if v_sums is None else [s.data_ptr() for s in v_sums])
     _cpu.step(name, call, hyper)
-    staged.finish()
+    if staged is not None:
+        staged.finish()
 
 
 def _native_operations() -> Dict[str, List[str]]:

@@ -167,10 +167,32 @@ def _storage_fields(storage: Optional[ParamStorage]) -> Dict[str, Any]:
                 tensor_indices=native_indices(storage))
 
 
-def _call(module, staged: Staged, device: torch.device, dtype: int, state_dtype: int,
+def _lists(name: str, roles, writable, storage: Optional[ParamStorage], prepared: Optional[Prepared]):
+    """(staged lists or None, address lists, numels) of a call: a step plan's prepared lists,
+    or the roles staged (_staged)."""
+    if prepared is not None:
+        return None, prepared.addresses, prepared.numels
+    staged = _staged(name, roles, writable, storage)
+    return staged, staged.addresses, staged.numels
+
+
+def _checked(name: str, module, roles, names, steps, prepared: Optional[Prepared]):
+    """(device, dtype codes, the fields of the per-param steps: none where steps is None) of a
+    call: from a step plan's prepared lists, checked when the plan was made, or checked here."""
+    device_type = module.device_type
+    if prepared is not None:
+        device, dtype, state_dtype = _codes(roles)
+        fields = {} if steps is None else _prepared_steps(module, prepared, device_type)
+    else:
+        device, dtype, state_dtype = _check(name, roles, names, device_type)
+        fields = {} if steps is None else _steps(name, steps, len(roles[0]), device, device_type)
+    return device, dtype, state_dtype, fields
+
+
+def _call(module, addresses, numels, device: torch.device, dtype: int, state_dtype: int,
           storage: Optional[ParamStorage], **fields: Any):
     """The native Call of one pass: lists, dtypes, device and stream, param storage."""
-    return module.Call(lists=staged.addresses, numels=staged.numels, dtype=dtype, state_dtype=state_dtype,
+    return module.Call(lists=addresses, numels=numels, dtype=dtype, state_dtype=state_dtype,
                        device=device.index or 0, stream=_stream(device), **_storage_fields(storage), **fields)
 
 
@@ -201,28 +223,17 @@ def _single_pass(operation: Operation):
             return
         present = [n for n in roles if len(named[n]) or n in ("params", "grads")]
         tensors = [list(named[n]) for n in present]
-        device_type = module.device_type
-        if prepared is not None:  # checked when the plan was made, and by the plan since
-            device, dtype, state_dtype = _codes(tensors)
-        else:
-            device, dtype, state_dtype = _check(name, tensors, present, device_type)
+        device, dtype, state_dtype, steps = _checked(name, module, tensors, present,
+                                                     named["steps"] if per_param_steps else None, prepared)
         if not per_param_steps:
-            steps = _global_step(name, global_step, device, device_type)
-        elif prepared is not None:
-            steps = _prepared_steps(module, prepared, device_type)
-        else:
-            steps = _steps(name, named["steps"], len(params), device, device_type)
+            steps = _global_step(name, global_step, device, module.device_type)
         amp = _amp(name, grad_scale, found_inf, device)
-        staged = None
-        if prepared is not None:
-            addresses, numels = prepared.addresses, prepared.numels
-        else:
-            staged = _staged(name, tensors, [n in operation.mutated for n in present], storage)
-            given = iter(staged.addresses)
-            addresses, numels = [next(given) if n in present else [] for n in roles] + list(given), staged.numels
-        call = module.Call(lists=addresses, numels=numels, dtype=dtype, state_dtype=state_dtype,
-                           device=device.index or 0, stream=_stream(device), **_storage_fields(storage), **steps,
-                           **amp)
+        staged, addresses, numels = _lists(name, tensors, [n in operation.mutated for n in present], storage,
+                                           prepared)
+        if staged is not None:  # (a list the call leaves out keeps its place, empty)
+            given = iter(addresses)
+            addresses = [next(given) if n in present else [] for n in roles] + list(given)
+        call = _call(module, addresses, numels, device, dtype, state_dtype, storage, **steps, **amp)
         module.step(name, call, hyper)
         if staged is not None:
             staged.finish()
@@ -236,39 +247,40 @@ def _single_pass(operation: Operation):
 # v_sums (Adai's carried sums of exp_avg_sq, operations.py) are not kept by this backend: its
 # pass 1 reads v itself, and Adai drops the sums after its update.
 
-def _adai_pass1(name: str, params, grads, exp_avg_sqs, steps, grad_scale, storage, hyper, results: int) -> Tensor:
+def _adai_pass1(name: str, params, grads, exp_avg_sqs, steps, grad_scale, storage, hyper, results: int,
+                prepared: Optional[Prepared] = None) -> Tensor:
     """Adai's pass 1 in either form: reads g, v (and p with L2) and writes nothing but its
     result, `results` float64 values on the device (pass 2 updates v, so found_inf needs no
     check here: pass 2 skips). Deterministic: fixed reduction trees, no atomics."""
     module = _module()
     roles = [list(params), list(grads), list(exp_avg_sqs)]
-    device_type = module.device_type
-    device, dtype, state_dtype = _check(name, roles, ["params", "grads", "exp_avg_sqs"], device_type)
-    steps = _steps(name, steps, len(params), device, device_type)
+    device, dtype, state_dtype, steps = _checked(name, module, roles, ["params", "grads", "exp_avg_sqs"], steps,
+                                                 prepared)
     scale = _scalar(name, "grad_scale", grad_scale, torch.float32, device)
-    staged = _staged(name, roles, [False, False, False], storage)
-    chunks = module.chunk_count(staged.numels)
+    _, addresses, numels = _lists(name, roles, [False, False, False], storage, prepared)
+    chunks = module.chunk_count(numels)
     partials = torch.empty(max(results * chunks, 1), dtype=torch.float64, device=device)
     out = torch.empty(results if results > 1 else (), dtype=torch.float64, device=device)
-    call = _call(module, staged, device, dtype, state_dtype, storage, grad_scale=scale, partials=partials.data_ptr(),
-                 partials_len=partials.numel(), out=out.data_ptr(), **steps)
+    call = _call(module, addresses, numels, device, dtype, state_dtype, storage, grad_scale=scale,
+                 partials=partials.data_ptr(), partials_len=partials.numel(), out=out.data_ptr(), **steps)
     module.step(name, call, hyper)
     return out
 
 
 @implements(BACKEND, "adai_second_moment")
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, grad_scale=None, found_inf=None, v_sums=None,
-                       storage=None, **hyper) -> Tensor:
+                       storage=None, prepared=None, **hyper) -> Tensor:
     """Adai pass 1: the group's sum of the new vhat, a 0-dim float64 tensor on the device."""
     if not params:
         _module()
         return torch.zeros((), dtype=torch.float64)
-    return _adai_pass1("adai_second_moment", params, grads, exp_avg_sqs, steps, grad_scale, storage, hyper, 1)
+    return _adai_pass1("adai_second_moment", params, grads, exp_avg_sqs, steps, grad_scale, storage, hyper, 1,
+                       prepared)
 
 
 @implements(BACKEND, "adai_clip_sums")
 def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, grad_scale=None, v_sums=None, storage=None,
-                   **hyper) -> Tensor:
+                   prepared=None, **hyper) -> Tensor:
     """Adai pass 1 with max_grad_norm (reference: adai_clip_sums): [norm part, c0, c1, c2], a
     float64 tensor of 4 on the device, from one read of g and v (and p with L2)."""
     if not params:
@@ -276,28 +288,29 @@ def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, grad_scale=None, v_sums
         out = torch.zeros(4, dtype=torch.float64)
         out[0] = math.inf if hyper.get("norm_type") == -math.inf else 0.0
         return out
-    return _adai_pass1("adai_clip_sums", params, grads, exp_avg_sqs, steps, grad_scale, storage, hyper, 4)
+    return _adai_pass1("adai_clip_sums", params, grads, exp_avg_sqs, steps, grad_scale, storage, hyper, 4,
+                       prepared)
 
 
 @implements(BACKEND, "adai_update")
 def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, vbar: Tensor, grad_scale=None,
-                found_inf=None, v_sums=None, storage=None, **hyper) -> None:
+                found_inf=None, v_sums=None, storage=None, prepared=None, **hyper) -> None:
     """Adai pass 2, given vbar (0-dim float64 on the device): v, beta1_prod, m and p."""
     module = _module()
     if not params:
         return
     name = "adai_update"
     roles = [list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods)]
-    device_type = module.device_type
-    device, dtype, state_dtype = _check(name, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "beta1_prods"],
-                                        device_type)
-    steps = _steps(name, steps, len(params), device, device_type)
+    device, dtype, state_dtype, steps = _checked(
+        name, module, roles, ["params", "grads", "exp_avgs", "exp_avg_sqs", "beta1_prods"], steps, prepared)
     vbar_address = _scalar(name, "vbar", vbar, torch.float64, device)
     amp = _amp(name, grad_scale, found_inf, device)
-    staged = _staged(name, roles, [True, False, True, True, True], storage)
-    call = _call(module, staged, device, dtype, state_dtype, storage, vbar_address=vbar_address, **steps, **amp)
+    staged, addresses, numels = _lists(name, roles, [True, False, True, True, True], storage, prepared)
+    call = _call(module, addresses, numels, device, dtype, state_dtype, storage, vbar_address=vbar_address, **steps,
+                 **amp)
     module.step(name, call, hyper)
-    staged.finish()
+    if staged is not None:
+        staged.finish()
 
 
 # every other declared operation with a native entry point: the generic pass (a new

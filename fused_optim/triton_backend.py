@@ -250,7 +250,8 @@ def _weight_decay_flags(weight_decay: float, decoupled: bool) -> dict:
 
 @implements("triton", "adai_second_moment")
 def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, grad_scale=None,
-                       found_inf=None, v_sums=None, storage: Optional[ParamStorage] = None) -> torch.Tensor:
+                       found_inf=None, v_sums=None, storage: Optional[ParamStorage] = None,
+                       prepared: Optional[Prepared] = None) -> torch.Tensor:
     """Sum over every element of every tensor of vhat_new = (beta2 v + (1-beta2) g_eff^2) /
     (1 - beta2^t), a 0-dim fp64 tensor on the params' device. Does NOT write v: adai_update
     recomputes v_new and stores it, so the pair equals the reference pair (and found_inf
@@ -260,8 +261,8 @@ def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay
     device = _device_of(params)
     # pass 1 only reads: stage without write-back
     staged, tags, constexprs = _staged([list(params), list(grads), list(exp_avg_sqs)], [False, False, False],
-                                       storage)
-    plan = _plan("adai_second_moment", staged, list(steps), device, tags)
+                                       storage, prepared)
+    plan = _plan("adai_second_moment", staged, list(steps), device, tags, prepared)
     if plan.grid[0] == 0:
         return torch.zeros((), dtype=torch.float64, device=device)
     total = torch.empty((), dtype=torch.float64, device=device)  # the sum kernel writes it
@@ -281,15 +282,16 @@ def adai_second_moment(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay
 
 @implements("triton", "adai_clip_sums")
 def adai_clip_sums(params, grads, exp_avg_sqs, steps, *, beta2, weight_decay, decoupled, norm_type,
-                   grad_scale=None, v_sums=None, storage: Optional[ParamStorage] = None) -> torch.Tensor:
+                   grad_scale=None, v_sums=None, storage: Optional[ParamStorage] = None,
+                   prepared: Optional[Prepared] = None) -> torch.Tensor:
     """Adai's pass 1 with max_grad_norm (reference: adai_clip_sums): [norm part, c0, c1, c2],
     a float64 tensor of 4 on the device, from one read of g and v (and p with L2); writes
     nothing. Deterministic (fixed-order sums, no atomics)."""
     device = _device_of(params)
     kind = _adai_clip.norm_kind(norm_type)
     staged, tags, constexprs = _staged([list(params), list(grads), list(exp_avg_sqs)], [False, False, False],
-                                       storage)
-    plan = _plan("adai_clip_sums", staged, list(steps), device, tags)
+                                       storage, prepared)
+    plan = _plan("adai_clip_sums", staged, list(steps), device, tags, prepared)
     out = torch.zeros(4, dtype=torch.float64, device=device)
     if plan.grid[0] == 0:  # only empty tensors: nothing to add (a min over no element is +inf)
         if kind == _adai_clip.NORM_MIN.value:
@@ -321,14 +323,14 @@ def _beta1_prod_dtype(params: List[torch.Tensor], beta1_prods: List[torch.Tensor
 @implements("triton", "adai_update")
 def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr, beta0, beta2, eps, weight_decay,
                 decoupled, vbar, grad_scale=None, found_inf=None, v_sums=None,
-                storage: Optional[ParamStorage] = None) -> None:
+                storage: Optional[ParamStorage] = None, prepared: Optional[Prepared] = None) -> None:
     if not params:
         return
     device = _device_of(params)
     staged, tags, constexprs = _staged(
         [list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(beta1_prods)],
-        [True, False, True, True, True], storage)
-    plan = _plan("adai_update", staged, list(steps), device, tags)
+        [True, False, True, True, True], storage, prepared)
+    plan = _plan("adai_update", staged, list(steps), device, tags, prepared)
     vbar = _mt.to_device_async(vbar, device)
     pointers, flags = _scaling(grad_scale, found_inf, device)
     _mt.launch_plan(
@@ -338,4 +340,5 @@ def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, lr,
         dict(constexprs, **_dtypes(params, grads, exp_avgs, exp_avg_sqs), B=_beta1_prod_dtype(params, beta1_prods),
              **flags, **_weight_decay_flags(weight_decay, decoupled)),
     )
-    staged.finish()
+    if staged is not None:
+        staged.finish()

@@ -824,3 +824,14 @@ def test_emulated_param_modes_equal_the_unfused_path(cuda_classes_on_host, name,
         runs.append((params, opt))
     (fused, fused_opt), (plain, plain_opt) = runs
     assert_bf16_runs_bitwise_equal(fused, fused_opt, plain, plain_opt)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_emulated_planned_steps_equal_the_full_path(cuda_classes_on_host, name):
+    """The step plan's prepared address lists (tests/test_step_plan.py) through the cuda
+    backend: every optimizer's planned steps give the full path's bits."""
+    from .test_step_plan import Twins
+
+    twins = Twins(name, "cuda")
+    for expect in (False, True, True):
+        twins.step(expect_planned=expect)

@@ -5,14 +5,27 @@
 
 namespace fused_optim {
 
-std::vector<double> read_counters(const std::string& where, const std::vector<uintptr_t>& addresses) {
+namespace {
+
+template <class T>
+std::vector<double> read_all(const std::string& where, const std::vector<uintptr_t>& addresses) {
   for (uintptr_t a : addresses) {
-    if (a == 0 || a % alignof(float) != 0) fail(where, "a step counter address is null or misaligned");
+    if (a == 0 || a % alignof(T) != 0) fail(where, "an address is null or misaligned");
   }
-  std::vector<double> counts;
-  counts.reserve(addresses.size());
-  for (uintptr_t a : addresses) counts.push_back(double(*reinterpret_cast<const float*>(a)));
-  return counts;
+  std::vector<double> values;
+  values.reserve(addresses.size());
+  for (uintptr_t a : addresses) values.push_back(double(*reinterpret_cast<const T*>(a)));
+  return values;
+}
+
+}  // namespace
+
+std::vector<double> read_counters(const std::string& where, const std::vector<uintptr_t>& addresses) {
+  return read_all<float>(where, addresses);
+}
+
+std::vector<double> read_sums(const std::string& where, const std::vector<uintptr_t>& addresses) {
+  return read_all<double>(where, addresses);
 }
 
 }  // namespace fused_optim

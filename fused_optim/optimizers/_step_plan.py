@@ -70,6 +70,9 @@ class BatchPlan:
         self.columns = {key: [state[key] for state in self.states] for key in state_keys}
         self.column_addresses = {key: list(map(_ADDRESS, column)) for key, column in self.columns.items()}
         self.prepared: Dict[str, Prepared] = {}
+        # what an optimizer keeps with the plan between its steps (Adai: the versions of
+        # exp_avg_sq its carried sums were taken of)
+        self.extra: Dict[str, Any] = {}
 
     def grad_addresses(self, params: List[torch.Tensor], grads: List[torch.Tensor], state_of) -> Optional[List[int]]:
         """This step's grad addresses when nothing the plan depends on changed, else None."""
@@ -139,11 +142,13 @@ class GroupPlan:
 
 
 def plannable(batch, state_keys: List[str]) -> bool:
-    """Whether a batch that has just been stepped can be planned: a fused backend, plain
-    (unsharded) params, and params, grads and every state it reads contiguous (the prepared
-    path stages nothing)."""
+    """Whether a batch that has just been stepped can be planned: a fused backend that keeps
+    the params itself (their storage mode included), plain (unsharded) params, and params,
+    grads and every state it reads contiguous (the prepared path stages nothing)."""
     if batch.backend not in FUSED_BACKENDS or batch.shard_group is not None or batch.strided or batch.staged:
         return False
+    if batch.storage is None and mixed.mode(batch.group, batch.params[0].dtype):
+        return False  # its kernels update fp32 copies made for each step (the unfused storage path)
     if not all(type(p) in _PLAIN for p in batch.params):
         return False
     if not (all(map(_CONTIGUOUS, batch.tensors)) and all(map(_CONTIGUOUS, batch.grads))):

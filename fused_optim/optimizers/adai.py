@@ -2,6 +2,7 @@
 and Momentum"): per-element inertia beta1 = clamp(1 - beta0 vhat / mean(vhat), 0, 1 - eps),
 where the mean runs over every element of every param with a grad, in all groups."""
 import math
+import operator
 
 import torch
 from typing_extensions import Unpack
@@ -74,7 +75,7 @@ class Adai(FusedOptimizer):
         if self._zero_checked(batches) or not batches:
             return
         max_norm, norm_type, _ = clip_settings(self.param_groups, type(self).__name__)
-        work = [(b, states, self._column(states, "step"), self._carried_sums(b, states))
+        work = [(b, states, b.column("step"), self._carried_sums(b, states))
                 for b in batches for states in [self._states(b)]]
         if max_norm is None:
             vbar = self._mean_vhat(work)
@@ -82,12 +83,10 @@ class Adai(FusedOptimizer):
             vbar = self._clipped_mean_vhat(work, norm_type)
         scaling = self.scaling()
         for b, states, steps, v_sums in work:
-            b.impl.adai_update(
-                b.tensors, b.grads, self._column(states, "exp_avg"), self._column(states, "exp_avg_sq"),
-                self._column(states, "beta1_prod"), steps, vbar=vbar, **b.hyper, **scaling, v_sums=v_sums,
-                storage=b.storage,
-            )
-            self._keep_sums(b.params, states, v_sums)
+            lists = [b.tensors, b.grads, b.column("exp_avg"), b.column("exp_avg_sq"), b.column("beta1_prod"), steps]
+            b.impl.adai_update(*lists, vbar=vbar, **b.hyper, **scaling, v_sums=v_sums, storage=b.storage,
+                               prepared=self._prepared(b, "adai_update", lists))
+            self._keep_sums(b.params, states, v_sums, b)
             self._commit_steps(b, states)
 
     def _zero_checked(self, batches) -> bool:
@@ -153,10 +152,10 @@ class Adai(FusedOptimizer):
         parts = []
         for b, states, steps, v_sums in work:
             h = b.hyper
+            lists = [b.tensors, b.grads, b.column("exp_avg_sq"), steps]
             part = b.impl.adai_second_moment(
-                b.tensors, b.grads, self._column(states, "exp_avg_sq"), steps,
-                beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"], **self.scaling(),
-                v_sums=v_sums, storage=b.storage,
+                *lists, beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"], **self.scaling(),
+                v_sums=v_sums, storage=b.storage, prepared=self._prepared(b, "adai_second_moment", lists),
             )
             parts.append((b.shard_group, part, element_count(b.params, b.tensors)))
         return global_mean(parts)
@@ -174,10 +173,11 @@ class Adai(FusedOptimizer):
         parts = []
         for b, states, steps, v_sums in work:
             h = b.hyper
+            lists = [b.tensors, b.grads, b.column("exp_avg_sq"), steps]
             sums = b.impl.adai_clip_sums(
-                b.tensors, b.grads, self._column(states, "exp_avg_sq"), steps, beta2=h["beta2"],
-                weight_decay=h["weight_decay"], decoupled=h["decoupled"], norm_type=norm_type, grad_scale=grad_scale,
-                v_sums=v_sums, storage=b.storage,
+                *lists, beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"],
+                norm_type=norm_type, grad_scale=grad_scale, v_sums=v_sums, storage=b.storage,
+                prepared=self._prepared(b, "adai_clip_sums", lists),
             )
             parts.append((b.shard_group, sums, element_count(b.params, b.tensors)))
         totals, count = global_clip_sums(parts, norm_type)
@@ -202,6 +202,9 @@ class Adai(FusedOptimizer):
         if batch.backend not in _KEEPS_V_SUM or (batch.shard_group is not None
                                                   and is_distributed_tensor(batch.params[0])):
             return None
+        planned = self._planned_sums(batch)
+        if planned is not None:
+            return planned
         # (a compiled step keeps no record: dynamo traces no id() of a dict, and it guards on
         # what it traced anyway; there a sum is trusted as a .data edit would leave it)
         compiling = torch.compiler.is_compiling()
@@ -218,11 +221,37 @@ class Adai(FusedOptimizer):
             sums.append(total)
         return sums
 
-    def _keep_sums(self, keys, states, v_sums) -> None:
+    def _planned_sums(self, batch):
+        """A step plan's carried sums (a column of it, checked with the others), when every
+        exp_avg_sq is as this optimizer's last update left it: the versions recorded then
+        (_keep_sums) are their versions now. Else None: the sums are checked one by one."""
+        plan = batch.plan
+        if plan is None or V_SUM not in plan.columns or plan.extra.get(V_SUM) is None:
+            return None
+        if list(map(_VERSION, plan.columns["exp_avg_sq"])) != plan.extra[V_SUM]:
+            return None
+        return plan.columns[V_SUM]
+
+    def _planned_state_keys(self, batch):
+        """The carried sums are read and written by address: a plan checks them too."""
+        keys = super()._planned_state_keys(batch)
+        if all(V_SUM in state for state in batch.states):
+            keys.append(V_SUM)
+        return keys
+
+    def _keep_sums(self, keys, states, v_sums, batch=None) -> None:
         """Right after a batch's update: the sums it wrote are state; a backend that keeps none
         has changed exp_avg_sq without them, so any are dropped. Only a param's own state is
         recorded in _v_sum_of: the stand-in of a staged param (base._stage) lives for one
-        step, its exp_avg_sq is a copy, and its sum is read again next step."""
+        step, its exp_avg_sq is a copy, and its sum is read again next step. A step plan's
+        batch whose sums are its own column records the versions of its exp_avg_sq instead."""
+        plan = batch.plan if batch is not None else None
+        if (plan is not None and V_SUM in plan.columns and v_sums is not None
+                and all(map(operator.is_, v_sums, plan.columns[V_SUM]))):
+            plan.extra[V_SUM] = list(map(_VERSION, plan.columns["exp_avg_sq"]))
+            return
+        if plan is not None:
+            plan.extra.pop(V_SUM, None)
         if v_sums is None:
             for state in states:
                 state.pop(V_SUM, None)
@@ -231,6 +260,9 @@ class Adai(FusedOptimizer):
                 state[V_SUM] = total
                 if not torch.compiler.is_compiling() and self.state.get(key) is state:
                     self._v_sum_of[id(state)] = _identity(state["exp_avg_sq"])
+
+
+_VERSION = operator.attrgetter("_version")
 
 
 def _identity(v: torch.Tensor) -> tuple:
