@@ -1,8 +1,9 @@
 """The step plan (fused_optim/optimizers/_step_plan.py): a group's step reuses what it prepared
 while nothing it depends on changed, and takes the full way (checks, errors, a new plan) as
-soon as something did. Each test runs two optimizers side by side on equal copies: one with
-plans, one that never makes any (the full path every step, whose results the parity tests
-compare with the fp64 reference); every step and every change applied to both must leave
+soon as something did; the same for the hyperparameters a group's entries give (cached by
+their values). Each test runs two optimizers side by side on equal copies: one with plans,
+one that never makes any (the full path every step, whose results the parity tests compare
+with the fp64 reference); every step and every change applied to both must leave
 them bitwise equal, and the planned one must really have used its plan where nothing changed.
 """
 import copy
@@ -31,7 +32,8 @@ def _grads(params, seed):
 
 
 class Twins:
-    """The same optimizer twice on equal params: `planned` makes step plans, `full` never."""
+    """The same optimizer twice on equal params: `planned` makes step plans, `full` never
+    (and validates its hyperparameters at every step)."""
 
     def __init__(self, name="AdamW", backend="cpu", params=None, groups=None, **kwargs):
         spec = OPTIMIZERS[name]
@@ -47,6 +49,7 @@ class Twins:
         self.planned = spec.cls(argument(self.params), backend=backend, **kwargs)
         self.full = spec.cls(argument(self.full_params), backend=backend, **kwargs)
         self.full._make_plans = lambda batches: None
+        self.full._group_hyper = self.full.hyper  # nor cached hyperparameters
         self.seed = 0
 
     def both(self, change):
@@ -396,3 +399,27 @@ def test_a_copy_of_the_optimizer_plans_for_its_own_params():
     twins.step(expect_planned=True)
     clone = copy.deepcopy(twins.planned)
     assert not clone._plans
+
+
+def test_a_hyperparameter_edited_is_validated_again():
+    """hyper() is cached by the group's entries: an edit, even to a value of another type
+    that compares equal (0 == False), is validated again."""
+    twins = Twins("Adam")
+    twins.step()
+    twins.step(expect_planned=True)
+    twins.planned.param_groups[0]["amsgrad"] = 0
+    with pytest.raises(ValueError, match="amsgrad must be True or False"):
+        twins.planned.step()
+    twins.planned.param_groups[0]["amsgrad"] = False
+    twins.planned.param_groups[0]["lr"] = float("nan")
+    with pytest.raises(ValueError, match="lr"):
+        twins.planned.step()
+
+
+def test_tensor_hyperparameters_are_read_at_every_step():
+    """An lr or betas tensor written in place takes effect at the next step."""
+    twins = Twins("Adam")
+    twins.both(lambda opt, ps: opt.param_groups[0].update(lr=torch.tensor(0.01), betas=(torch.tensor(0.9), 0.999)))
+    twins.step()
+    twins.both(lambda opt, ps: (opt.param_groups[0]["lr"].fill_(0.5), opt.param_groups[0]["betas"][0].fill_(0.5)))
+    twins.step(expect_planned=True)

@@ -158,6 +158,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         # group index -> its step plan (_step_plan.GroupPlan), made after a step collected it
         # the full way and checked at each step before it is used
         self._plans: Dict[int, Any] = {}
+        # group index -> (its entries, hyper() of them) (_group_hyper)
+        self._hypers: Dict[int, tuple] = {}
 
     def __getstate__(self) -> Dict[str, Any]:
         saved = super().__getstate__()
@@ -462,7 +464,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         unplanned = self._this_step["unplanned"] = {}
         offset = 0
         for index, group in enumerate(self.param_groups):
-            hyper = self.hyper(group, index)
+            hyper = self._group_hyper(group, index)
             mixed.check_group(group, name, index)
             planned = None
             if planning:
@@ -481,6 +483,30 @@ class FusedOptimizer(torch.optim.Optimizer):
                     unplanned[index] = (group, offset, signature, has_grad, positions)
             offset += len(group["params"])
         return batches
+
+    def _group_hyper(self, group: Dict[str, Any], index: int) -> Dict[str, Any]:
+        """hyper(group, index), validated again only when an entry of the group changed: its
+        entries (but the params) by type and value are the key. A group holding a tensor (an
+        lr tensor, written in place; tensor betas) or anything unhashable is validated at every
+        step."""
+        key = []
+        for name, value in group.items():
+            if name == "params" or name == "last_grad_norm":
+                continue
+            if (torch.is_tensor(value) or type(value) in (list, dict)
+                    or (type(value) is tuple and any(map(torch.is_tensor, value)))):
+                return self.hyper(group, index)
+            key.append((name, type(value), value))
+        key = tuple(key)
+        try:
+            cached = self._hypers.get(index)
+            if cached is not None and cached[0] == key:
+                return dict(cached[1])
+        except TypeError:  # an unhashable or incomparable value
+            return self.hyper(group, index)
+        hyper = self.hyper(group, index)
+        self._hypers[index] = (key, dict(hyper))
+        return hyper
 
     def _planned_batches(self, index: int, group: Dict[str, Any], hyper: Dict[str, Any], offset: int,
                          signature: tuple) -> Optional[List[Batch]]:
