@@ -17,16 +17,24 @@
 namespace fused_optim::cpu {
 namespace {
 
+// The grad as the update sees it: divided by GradScaler's scale over the clip coefficient
+// (grad_divisor) only when that is not 1. g / 1 is g exactly, so leaving the division out (a
+// vector divide per element) changes no bit.
+template <bool SCALED, class T>
+FO_INLINE T unscaled(T g, T grad_divisor) {
+  return SCALED ? g / grad_divisor : g;
+}
+
 // COUPLED_L2 is a template flag so the decoupled/no-decay loop never loads p (with L2, MODE
 // says where p's value is: the param, its master or param + remainder, param_access.h).
-template <bool COUPLED_L2, int MODE, class P, class T = math_t<P>>
+template <bool COUPLED_L2, bool SCALED, int MODE, class P, class T = math_t<P>>
 FO_CPU_CLONES double adai_grad_sq_chunk(const P* __restrict p, const P* __restrict g, int64_t n,
                                         const math::AdaiHyper<T> hyper, const T grad_divisor,
                                         const ParamExtra x) {
   const auto h = fixed_weight_decay<COUPLED_L2 ? kL2Decay : kNoDecay>(hyper);
   return lane_sum(n, [&](int64_t i) {
     const T pi = COUPLED_L2 ? load_param<MODE>(p, x, i) : T(0);
-    return math::adai_grad_sq_element(pi, T(load_value(g[i])) / grad_divisor, h);
+    return math::adai_grad_sq_element(pi, unscaled<SCALED>(T(load_value(g[i])), grad_divisor), h);
   });
 }
 
@@ -47,7 +55,7 @@ FO_INLINE T normal_or_zero(T x) {
   return std::fabs(x) < std::numeric_limits<T>::min() ? T(0) : x;
 }
 
-template <int DECAY, int MODE, class P, class T = math_t<P>>
+template <int DECAY, bool SCALED, int MODE, class P, class T = math_t<P>>
 FO_CPU_CLONES void adai_update_chunk(P* __restrict p, const P* __restrict g, T* __restrict m,
                                      T* __restrict v, T* __restrict beta1_prod, int64_t n,
                                      const math::AdaiHyper<T> hyper, const T bc2, const T vbar,
@@ -56,7 +64,7 @@ FO_CPU_CLONES void adai_update_chunk(P* __restrict p, const P* __restrict g, T* 
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     T pi = load_param<MODE>(p, x, i), mi = m[i], vi = v[i], bpi = beta1_prod[i];
-    math::adai_update_element(pi, T(load_value(g[i])) / grad_divisor, mi, vi, bpi, h, bc2, vbar);
+    math::adai_update_element(pi, unscaled<SCALED>(T(load_value(g[i])), grad_divisor), mi, vi, bpi, h, bc2, vbar);
     store_param<MODE>(p, x, i, pi);
     m[i] = mi;
     v[i] = vi;
@@ -82,14 +90,18 @@ std::vector<double> adai_second_moment(const Call& call, const math::AdaiSecondM
     const ChunkPlan plan = plan_chunks(call.numels);
     // one partial per chunk, combined in fixed trees: independent of the thread count
     std::vector<double> partials(size_t(plan.total()));
+    const T divisor = T(call.grad_divisor);
     dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
-      constexpr int MODE = decltype(mode)::value;
-      for_each_call_chunk(call, plan, storage, [&](const Chunk& c, int64_t k) {
-        const P* p = c.role<const P>(0);
-        const P* g = c.role<const P>(1);
-        const T divisor = T(call.grad_divisor);
-        partials[size_t(k)] = coupled_l2 ? adai_grad_sq_chunk<true, MODE, P>(p, g, c.size, h, divisor, c.extra)
-                                         : adai_grad_sq_chunk<false, MODE, P>(p, g, c.size, h, divisor, c.extra);
+      with_constant<2>(int(divisor != T(1)), [&](auto scaled) {
+        constexpr int MODE = decltype(mode)::value;
+        constexpr bool SCALED = decltype(scaled)::value;
+        for_each_call_chunk(call, plan, storage, [&](const Chunk& c, int64_t k) {
+          const P* p = c.role<const P>(0);
+          const P* g = c.role<const P>(1);
+          partials[size_t(k)] =
+              coupled_l2 ? adai_grad_sq_chunk<true, SCALED, MODE, P>(p, g, c.size, h, divisor, c.extra)
+                         : adai_grad_sq_chunk<false, SCALED, MODE, P>(p, g, c.size, h, divisor, c.extra);
+        });
       });
     });
     const std::vector<double> grad_sq = per_tensor_sums(plan, partials);
@@ -123,16 +135,19 @@ std::vector<double> adai_update(const Call& call, const math::AdaiUpdateArgs& a)
     for (size_t t = 0; t < bc2.size(); ++t) bc2[t] = math::adai_bias_correction2(a.beta2, step_count(call, t));
     const ChunkPlan plan = plan_chunks(call.numels);
     std::vector<double> partials(size_t(plan.total()));
+    const T divisor = T(call.grad_divisor);
     with_constant<kWeightDecayModes>(weight_decay_mode(h), [&](auto decay) {
-      dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
-        for_each_call_chunk(call, plan, storage, [&](const Chunk& c, int64_t k) {
-          T* v = c.role<T>(3);
-          adai_update_chunk<decltype(decay)::value, decltype(mode)::value, P>(
-              c.role<P>(0), c.role<const P>(1), c.role<T>(2), v, c.role<T>(4), c.size, h,
-              T(bc2[size_t(c.tensor)]), T(call.vbar), T(call.grad_divisor), c.extra);
-          // the new v of the chunk is still in cache (256 KB): summing it costs no memory
-          // traffic, and a separate loop keeps both loops simple enough to vectorize
-          partials[size_t(k)] = sum_chunk(v, c.size);
+      with_constant<2>(int(divisor != T(1)), [&](auto scaled) {
+        dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
+          for_each_call_chunk(call, plan, storage, [&](const Chunk& c, int64_t k) {
+            T* v = c.role<T>(3);
+            adai_update_chunk<decltype(decay)::value, decltype(scaled)::value, decltype(mode)::value, P>(
+                c.role<P>(0), c.role<const P>(1), c.role<T>(2), v, c.role<T>(4), c.size, h,
+                T(bc2[size_t(c.tensor)]), T(call.vbar), divisor, c.extra);
+            // the new v of the chunk is still in cache (256 KB): summing it costs no memory
+            // traffic, and a separate loop keeps both loops simple enough to vectorize
+            partials[size_t(k)] = sum_chunk(v, c.size);
+          });
         });
       });
     });

@@ -15,14 +15,15 @@ namespace fused_optim::cpu {
 
 namespace detail {
 
-template <int MODE, class P, class T, class Update, class... S, size_t... I>
+template <int MODE, bool SCALED, class P, class T, class Update, class... S, size_t... I>
 FO_INLINE void moment_loop(std::index_sequence<I...>, P* __restrict p, const P* __restrict g, int64_t n,
                            const T grad_divisor, const ParamExtra& x, Update&& update, S* __restrict... states) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     T pi = load_param<MODE>(p, x, i);
     T s[] = {T(states[i])...};
-    update(pi, T(load_value(g[i])) / grad_divisor, s[I]...);
+    const T gi = T(load_value(g[i]));
+    update(pi, SCALED ? gi / grad_divisor : gi, s[I]...);
     store_param<MODE>(p, x, i, pi);
     ((states[i] = s[I]), ...);
   }
@@ -39,8 +40,15 @@ FO_INLINE void moment_loop(std::index_sequence<I...>, P* __restrict p, const P* 
 template <int MODE, class P, class T, class Update, class... S>
 FO_INLINE void moment_loop(P* p, const P* g, int64_t n, const T grad_divisor, const ParamExtra& x, Update&& update,
                            S*... states) {
-  detail::moment_loop<MODE>(std::index_sequence_for<S...>{}, p, g, n, grad_divisor, x, std::forward<Update>(update),
-                            states...);
+  // g / 1 is g exactly, so the loop without the division (a vector divide per element, a
+  // quarter of an fp32 Adam element's arithmetic) gives the same bits when nothing scales
+  if (grad_divisor == T(1)) {
+    detail::moment_loop<MODE, false>(std::index_sequence_for<S...>{}, p, g, n, grad_divisor, x,
+                                     std::forward<Update>(update), states...);
+  } else {
+    detail::moment_loop<MODE, true>(std::index_sequence_for<S...>{}, p, g, n, grad_divisor, x,
+                                    std::forward<Update>(update), states...);
+  }
 }
 
 }  // namespace fused_optim::cpu
