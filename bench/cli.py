@@ -73,6 +73,10 @@ def parser() -> argparse.ArgumentParser:
                    help="also measure bf16/fp16 param rows with our classes keeping them without lost updates: "
                         f"comma list of {', '.join(names.PRECISION_MODES)} (rows '+mw', '+rem', '+sr'; the "
                         "TE FusedAdam peer with master weights joins where installed)")
+    p.add_argument("--load", action="store_true",
+                   help="keep every core busy for the whole run with one pure-Python busy-loop process per "
+                        "logical CPU (bench/load.py), as other jobs keep a shared host busy: the ratios then "
+                        "compare fused_optim and its peers under the same load (results.json: settings.load)")
     p.add_argument("--details", action="store_true",
                    help="print the detailed table of every row after the summary (results.json has them either way)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "out",

@@ -1,11 +1,13 @@
 """python -m bench after its command line is read: set up the run, measure, then print the
 summary (and with --details the tables) and write results.json and results.png."""
+import contextlib
 import sys
 import time
-from typing import List
+from typing import List, Optional
 
 from . import cases as case_mod
 from . import impls, plan, plot, report
+from .load import BusyLoad
 from .measure import measure
 from .record import JSON, ProgressLog, assemble, write_json
 from .summary import BUSY_CPUS, summary
@@ -36,22 +38,34 @@ def _progress(total: int):
     return step, lambda: None
 
 
-def _settings(args, limit: int, n_groups: int) -> dict:
+def _settings(args, limit: int, n_groups: int, load: Optional[BusyLoad]) -> dict:
     return {"device": str(args.device), "quick": args.quick, "optimizers": args.optimizers,
             "backends": args.backends, "peers": args.peers, "dtype": args.dtype, "state_dtype": args.state_dtype,
             "cases": args.cases, "sizes": args.sizes, "repeats": args.repeats, "budget_s": args.budget,
             "group_limit_s": args.group_limit, "time_limit_s": args.time_limit,
             "compile_max_tensors": args.compile_max_tensors, "max_case_numel": limit, "clip": args.clip,
-            "precision": args.precision, "warmup": 1 + WARMUP, "min_repeats": MIN_REPEATS, "groups": n_groups}
+            "precision": args.precision, "warmup": 1 + WARMUP, "min_repeats": MIN_REPEATS, "groups": n_groups,
+            "load": None if load is None else {"busy_processes": load.processes, "pids": load.pids}}
+
+
+def _busy_load(wanted: bool):
+    """--load: the busy-loop processes for the run (stopped when the with block ends, Ctrl-C
+    and errors included), else no load."""
+    return BusyLoad() if wanted else contextlib.nullcontext(None)
 
 
 def run(args, started: float) -> dict:
     """started: time.perf_counter() when the command began, where --time-limit counts from."""
-    device = args.device
-    before = report.other_load_now()
-    if device.type == "cpu" and before > BUSY_CPUS:
+    before = report.other_load_now()  # the machine as found, before any --load
+    if args.device.type == "cpu" and before > BUSY_CPUS:
         print(f"warning: other processes keep {before:.2f} CPUs busy; parallel regions wait for them, so "
               "these CPU timings will not be representative", file=sys.stderr, flush=True)
+    with _busy_load(args.load) as load:
+        return _run(args, started, before, load)
+
+
+def _run(args, started: float, before: float, load: Optional[BusyLoad]) -> dict:
+    device = args.device
     during = report.OtherLoad().start()
     notes: List[str] = []
     yard_numel = (QUICK_YARDSTICK_NUMEL if args.quick else YARDSTICK_NUMEL)[device.type]
@@ -66,7 +80,7 @@ def run(args, started: float) -> dict:
     yard = Yardstick.for_device(device, yard_numel)
     groups = plan.ordered(args, case_list, configs)
     start = {"environment": report.environment(device, before, None, None),
-             "settings": _settings(args, limit, len(groups)), "notes": notes, "configs": configs,
+             "settings": _settings(args, limit, len(groups), load), "notes": notes, "configs": configs,
              "yardstick": {"op": yard.op, "bytes_per_element": yard.bytes_per_element, "numel": yard.numel},
              "cases": [{"name": c.name, "family": c.family, "tensors": c.tensors, "elements": c.numel,
                         "note": c.note, "shapes": [list(s) for s in c.shapes]} for c in case_list]}

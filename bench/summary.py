@@ -138,7 +138,11 @@ def summary(doc: Dict) -> str:
              "Ratio = the peer's median step time / ours, both from this run; \"same\": within "
              f"{SAME_BAND:.0%} of 1; \"unclear\": outside it, but the two rows' middle halves of samples overlap."]
     busy = (env.get("other_cpus_busy") or {}).get("during_run")
-    if env["device"] == "cpu" and busy is not None and busy > BUSY_CPUS:
+    load = doc["settings"].get("load")
+    if load:
+        lines.append(f"Loaded run (--load): {load['busy_processes']} busy-loop processes kept the "
+                     f"{env['logical_cpus']} CPUs busy throughout; ours and the peers ran under the same load.")
+    elif env["device"] == "cpu" and busy is not None and busy > BUSY_CPUS:
         lines.append(f"WARNING: other processes kept {busy:.2f} of {env['logical_cpus']} CPUs busy during the run; "
                      "parallel regions wait for them, so these CPU timings and ratios are not representative "
                      "(run again on a quiet machine).")

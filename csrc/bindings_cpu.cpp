@@ -12,6 +12,17 @@ PYBIND11_MODULE(_cpu, m) {
   m.attr("device_type") = "cpu";
   const auto release = py::call_guard<py::gil_scoped_release>();
   m.def("advance_counters", &fused_optim::cpu::advance_counters, release, py::arg("addresses"));
+  m.def("threads_for", &fused_optim::cpu::threads_for, py::arg("bytes"), py::arg("num_threads"),
+        py::arg("bytes_per_thread"),
+        "The threads a call whose tensors hold `bytes` bytes runs on, of num_threads (csrc/cpu/driver.h).");
+  m.def("call_bytes", [](const fused_optim::Call& call) {
+    int64_t elements = 0;
+    for (int64_t n : call.numels) elements += n;
+    return elements * fused_optim::cpu::call_bytes_per_element(call);
+  }, py::arg("call"), "The bytes of a checked call's tensors, what threads_for is given.");
+  m.def("bytes_per_thread", &fused_optim::cpu::bytes_per_thread);
+  m.def("set_bytes_per_thread", &fused_optim::cpu::set_bytes_per_thread, py::arg("bytes"));
+  m.attr("default_bytes_per_thread") = fused_optim::cpu::kDefaultBytesPerThread;
   m.def("tensor_sums", &fused_optim::cpu::tensor_sums, release, py::arg("lists"), py::arg("numels"),
         py::arg("dtype"), py::arg("num_threads"));
 }

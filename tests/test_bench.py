@@ -3,6 +3,7 @@ checked against the schema documented in bench/README.md; the summary's verdicts
 limit, Ctrl-C/SIGTERM and a killed run's progress file; --help before torch; README and
 argparse agreeing. No timing is asserted: the machine may be busy."""
 import json
+import os
 import re
 import signal
 import subprocess
@@ -54,6 +55,7 @@ def test_schema(run):
     _check(doc["environment"], ENV_KEYS)
     assert {"torch", "fused_optim", "numpy", "triton"} <= set(doc["environment"]["versions"])
     assert doc["settings"]["optimizers"] == ["AdamW", "Adai"]
+    assert doc["settings"]["load"] is None
     assert [c["family"] for c in doc["cases"]] == ["large", "llama"]
     for case in doc["cases"]:
         assert case["tensors"] == len(case["shapes"])
@@ -159,10 +161,11 @@ MANY_GROUPS = ["--quick", "--device", "cpu", "--cases", "large", "--sizes", "409
                "--peers", "fused", "--no-compile", "--repeats", "3", "--time-limit", "0"]
 
 
-def _started(out: Path) -> subprocess.Popen:
-    """A run of MANY_GROUPS, returned once its first group is in results.jsonl. SIGINT is
-    restored to its default in the child: a shell's background jobs inherit it ignored."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *MANY_GROUPS, "--out", str(out)], cwd=ROOT,
+def _started(out: Path, *extra: str) -> subprocess.Popen:
+    """A run of MANY_GROUPS (and `extra` flags), returned once its first group is in
+    results.jsonl. SIGINT is restored to its default in the child: a shell's background jobs
+    inherit it ignored."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *MANY_GROUPS, *extra, "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
@@ -191,6 +194,47 @@ def test_interrupted_run_writes_what_it_measured(tmp_path, sig, word, status):
     assert {r["optimizer"] for r in doc["rows"]} >= {"AdamW"}  # the plan starts with AdamW
     assert f"Interrupted ({word})" in stdout and "Left out:" in stdout
     assert not (tmp_path / record.JSONL).exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _check_load_record(doc) -> None:
+    """settings.load names one busy-loop process per CPU, and none of them outlived the run."""
+    load = doc["settings"]["load"]
+    assert load["busy_processes"] == os.cpu_count()
+    assert len(load["pids"]) == load["busy_processes"]
+    assert not any(_alive(pid) for pid in load["pids"])
+
+
+def test_load_runs_under_busy_loops_and_stops_them(tmp_path):
+    """--load: the smallest run under one busy-loop process per CPU, recorded in results.json
+    and said in the summary; the processes are gone once the command has ended."""
+    cmd = [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--optimizers", "AdamW", "--cases", "large",
+           "--sizes", "4096", "--dtype", "fp32", "--repeats", "3", "--peers", "fused", "--no-compile",
+           "--backends", "cpu,torch", "--load", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / record.JSON).read_text())
+    _check_load_record(doc)
+    assert doc["rows"] and doc["complete"] is True
+    assert f"Loaded run (--load): {os.cpu_count()} busy-loop processes" in proc.stdout
+    assert "WARNING" not in proc.stdout  # the load is the point of the run, not a disturbance
+
+
+def test_load_stops_on_ctrl_c(tmp_path):
+    proc = _started(tmp_path, "--load")
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    doc = json.loads((tmp_path / record.JSON).read_text())
+    assert doc["interrupted"] == "Ctrl-C"
+    _check_load_record(doc)
 
 
 def test_killed_run_leaves_its_progress_file(tmp_path):

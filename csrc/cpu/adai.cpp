@@ -171,7 +171,7 @@ std::vector<double> tensor_sums(const AddressLists& lists, const std::vector<int
   check_threads(where, num_threads);
   const ChunkPlan plan = plan_chunks(numels);
   std::vector<double> partials(size_t(plan.total()));
-  for_each_chunk(plan, numels, num_threads, [&](ChunkSpan s, int64_t c) {
+  for_each_chunk(plan, numels, dtype_size(sd), num_threads, [&](ChunkSpan s, int64_t c) {
     const auto t = s.tensor;
     partials[size_t(c)] = sd == DType::kFloat32
                               ? sum_chunk(address<const float>(lists[0][t], s.begin), s.size)

@@ -2,6 +2,8 @@
 #include "entry.h"
 #include "param_access.h"
 
+#include <algorithm>
+#include <atomic>
 #include <string>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -38,6 +40,38 @@ FollowDenormalMode::~FollowDenormalMode() {
 #ifdef FO_HAVE_MXCSR
   if (changed_) _mm_setcsr(saved_);
 #endif
+}
+
+namespace {
+std::atomic<int64_t> g_bytes_per_thread{kDefaultBytesPerThread};
+}  // namespace
+
+int threads_for(int64_t bytes, int num_threads, int64_t bytes_per_thread) {
+  if (bytes_per_thread < 1) fail("fused_optim._cpu.threads_for", "bytes_per_thread must be >= 1");
+  const int64_t wanted = std::max<int64_t>(1, bytes / bytes_per_thread);
+  return int(std::min<int64_t>(std::max(num_threads, 1), wanted));
+}
+
+int64_t bytes_per_thread() { return g_bytes_per_thread.load(std::memory_order_relaxed); }
+
+void set_bytes_per_thread(int64_t bytes) {
+  if (bytes < 1) fail("fused_optim._cpu.set_bytes_per_thread", "bytes_per_thread must be >= 1");
+  g_bytes_per_thread.store(bytes, std::memory_order_relaxed);
+}
+
+int64_t call_bytes_per_element(const Call& call) {
+  const DType param = DType(call.dtype);
+  const DType math_dtype = param == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+  const int64_t state = dtype_size(call.state_dtype == -1 ? math_dtype : DType(call.state_dtype));
+  const bool keeps_extra = call.storage_mode == math::kMasterStorage || call.storage_mode == math::kRemainderStorage;
+  const int64_t extra = call.storage_mode == math::kMasterStorage ? 4 : 2;
+  int64_t bytes = 0;
+  for (size_t k = 0; k < call.lists.size(); ++k) {
+    if (call.lists[k].empty()) continue;
+    const bool last = k + 1 == call.lists.size();
+    bytes += k < 2 ? dtype_size(param) : keeps_extra && last ? extra : state;
+  }
+  return bytes;
 }
 
 void advance_counters(const std::vector<uintptr_t>& addresses) {

@@ -2,6 +2,7 @@
 // chunks, and the dispatch on the parameter dtype (the argument checks are both modules':
 // fused_optim/checks.h). Knows no optimizer.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -44,16 +45,37 @@ class FollowDenormalMode {
   bool changed_ = false;
 };
 
-// Runs body(ChunkSpan, chunk_index) for every chunk of the list on num_threads OpenMP threads.
-// Lists with little work stay on the calling thread: waking the pool costs more than it saves.
+// The thread policy. A parallel region costs the wake-up of its team, and on a machine whose
+// cores other processes keep busy, the wait for each descheduled worker: a scheduler time
+// slice, milliseconds, more than a small step's whole work. So a call runs on one thread per
+// bytes_per_thread() bytes of its tensors (elements times the element sizes of its roles), at
+// least 1 and at most num_threads. The default gives a second thread only to calls at least as
+// large as where a second thread stops losing on a loaded machine (bench/thread_crossover.py,
+// bench/NOTES.md): a thread too few costs at most a factor of the thread count on an idle
+// machine, a thread too many costs milliseconds per call on a busy one. Results do not depend
+// on it: the chunks and the trees their sums combine in are the same on any thread count.
+constexpr int64_t kDefaultBytesPerThread = int64_t(32) << 20;
+int threads_for(int64_t bytes, int num_threads, int64_t bytes_per_thread);
+
+// The process-wide bytes_per_thread the entry points use (kDefaultBytesPerThread until set;
+// >= 1). bench/thread_crossover.py sets it to 1 to time every size on the threads it asks for.
+int64_t bytes_per_thread();
+void set_bytes_per_thread(int64_t bytes);
+
+// Runs body(ChunkSpan, chunk_index) for every chunk of the list, on the threads threads_for
+// gives the list's bytes (bytes_per_element: the sum of the element sizes of the call's roles)
+// and at most one per chunk.
 template <class Body>
-void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, int num_threads,
-                    Body&& body) {
+void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, int64_t bytes_per_element,
+                    int num_threads, Body&& body) {
   const int64_t nchunks = plan.total();
   const int64_t ntensors = int64_t(numels.size());
-  const bool parallel = nchunks > 1 && num_threads > 1;
+  int64_t elements = 0;
+  for (int64_t n : numels) elements += n;
+  const int wanted = threads_for(elements * bytes_per_element, num_threads, bytes_per_thread());
+  const int threads = int(std::min<int64_t>(wanted, std::max<int64_t>(nchunks, 1)));
   const unsigned mode = denormal_mode();
-#pragma omp parallel num_threads(num_threads) if (parallel)
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const FollowDenormalMode follow(mode);  // every thread computes as the caller does
 #pragma omp for schedule(static)
@@ -62,6 +84,11 @@ void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, i
     }
   }
 }
+
+// The sum of the element sizes of the call's roles: params and grads in the param dtype,
+// states in the state dtype, masters (4) or remainders (2) of the storage modes that keep them;
+// a role the call leaves out (an empty list) counts nothing. The call is checked already.
+int64_t call_bytes_per_element(const Call& call);
 
 // Sum of term(i) over [0, n): element i adds into lane i % kReduceLanes, lanes combine in the
 // fixed tree of reduction.h. term may also write memory (the Adai update pass does).

@@ -45,11 +45,12 @@ struct Chunk {
   }
 };
 
-// Calls body(chunk, chunk_index) for every chunk of the call's lists on call.num_threads
-// threads (plan: the call's plan_chunks, whose chunk indices body may use).
+// Calls body(chunk, chunk_index) for every chunk of the call's lists on at most
+// call.num_threads threads, as many as the call's bytes pay for (driver.h's threads_for; plan:
+// the call's plan_chunks, whose chunk indices body may use).
 template <class Body>
 void for_each_call_chunk(const Call& call, const ChunkPlan& plan, const ParamStorage& storage, Body&& body) {
-  for_each_chunk(plan, call.numels, call.num_threads, [&](ChunkSpan s, int64_t c) {
+  for_each_chunk(plan, call.numels, call_bytes_per_element(call), call.num_threads, [&](ChunkSpan s, int64_t c) {
     body(Chunk{&call.lists, s.tensor, s.begin, s.size, storage.chunk(s.tensor, s.begin)}, c);
   });
 }
