@@ -7,6 +7,7 @@ runs them compiled on CUDA tensors instead. An explicit setting in the environme
 """
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -32,10 +33,19 @@ SLOW_FILES = {"test_triton_backend.py", "test_distributed.py", "test_compile.py"
 
 
 def pytest_collection_modifyitems(config, items):
-    import pytest
-
     slow = pytest.mark.slow
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if item.path.name in SLOW_FILES or params.get("backend") == "triton":
             item.add_marker(slow)
+
+
+@pytest.fixture
+def every_chunk_on_the_threads():
+    """The byte policy off: every call with more than one chunk spreads over torch's threads
+    (what bench/thread_crossover.py times as "2 threads")."""
+    from fused_optim import _cpu as cpu
+
+    cpu.set_bytes_per_thread(1)
+    yield
+    cpu.set_bytes_per_thread(cpu.default_bytes_per_thread)

@@ -152,7 +152,7 @@ def _subnormal_run(name, backend, threads, flush):
 
 @pytest.mark.parametrize("flush", [False, True], ids=["ieee", "flush_denormal"])
 @pytest.mark.parametrize("name", ["Adam", "AdaMomentum", "Adai"])
-def test_results_do_not_depend_on_the_thread_count(name, flush, restore_fp_mode):
+def test_results_do_not_depend_on_the_thread_count(name, flush, restore_fp_mode, every_chunk_on_the_threads):
     """MXCSR (FTZ/DAZ) is per thread: the OpenMP workers must compute in the caller's mode,
     or the chunks a worker runs would keep subnormals the caller's chunks flush."""
     one = _subnormal_run(name, "cpu", 1, flush)
@@ -164,7 +164,7 @@ def test_results_do_not_depend_on_the_thread_count(name, flush, restore_fp_mode)
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdaMomentum", "Adai"])
-def test_flush_denormal_mode_gives_the_references_result(name, restore_fp_mode):
+def test_flush_denormal_mode_gives_the_references_result(name, restore_fp_mode, every_chunk_on_the_threads):
     """Under torch.set_flush_denormal(True), the cpu backend on 2 threads against the reference
     in fp32 (the torch backend) on 1 thread, where torch's own ops all run on the caller's
     thread and so in its mode. atol 0: the flushed elements are 0 on both sides, and an

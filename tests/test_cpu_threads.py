@@ -1,13 +1,12 @@
 """The cpu backend's thread policy (csrc/cpu/driver.h): a call runs on one thread per
 bytes_per_thread of its tensors, so small steps never open a parallel region (on a busy
 machine each one waits a scheduler slice for its workers), and results stay bitwise the same on
-any thread count, also when workers do run. No timing is asserted."""
+any thread count, also when workers do run (the every_chunk_on_the_threads fixture of
+conftest.py, which test_cpu_regimes and test_semantics use too). No timing is asserted."""
 import pytest
 import torch
 
 import fused_optim
-
-from .test_cpu_regimes import _subnormal_run, restore_fp_mode  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(not fused_optim.availability("cpu")[0], reason="the native cpu backend is not built")
 
@@ -19,16 +18,6 @@ def _cpu():
     from fused_optim import _cpu
 
     return _cpu
-
-
-@pytest.fixture
-def every_chunk_on_the_threads():
-    """The byte policy off: every call with more than one chunk spreads over torch's threads
-    (what bench/thread_crossover.py times as "2 threads")."""
-    cpu = _cpu()
-    cpu.set_bytes_per_thread(1)
-    yield
-    cpu.set_bytes_per_thread(cpu.default_bytes_per_thread)
 
 
 def _call_bytes(numels, roles, dtype=FP32, **fields):
@@ -89,21 +78,6 @@ def test_bytes_per_thread_is_settable_and_checked():
         assert cpu.bytes_per_thread() == 12345
     finally:
         cpu.set_bytes_per_thread(cpu.default_bytes_per_thread)
-
-
-@pytest.mark.parametrize("flush", [False, True], ids=["ieee", "flush_denormal"])
-@pytest.mark.parametrize("name", ["Adam", "AdaMomentum", "Adai"])
-def test_results_do_not_depend_on_the_thread_count_when_workers_run(name, flush, restore_fp_mode,
-                                                                   every_chunk_on_the_threads):
-    """test_cpu_regimes' check with the policy off, so the 2-thread run really hands chunks to
-    a worker (its 3-chunk tensors are below what the default gives a second thread): the
-    worker computes in the caller's denormal mode and the per-chunk sums combine alike."""
-    one = _subnormal_run(name, "cpu", 1, flush)
-    two = _subnormal_run(name, "cpu", 2, flush)
-    assert torch.equal(one[0], two[0])
-    assert one[1].keys() == two[1].keys()
-    for key, value in one[1].items():
-        assert torch.equal(value, two[1][key]), key
 
 
 def test_adai_sums_do_not_depend_on_the_thread_count(every_chunk_on_the_threads):

@@ -182,7 +182,7 @@ def test_per_group_hyperparameters(name, backend):
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="the native cpu backend is not built")
 @pytest.mark.parametrize("name", NAMES)
-def test_cpu_backend_is_bitwise_deterministic_across_runs_and_thread_counts(name):
+def test_cpu_backend_is_bitwise_deterministic_across_runs_and_thread_counts(name, every_chunk_on_the_threads):
     results = []
     threads = torch.get_num_threads()
     try:
