@@ -57,12 +57,15 @@ class Twins:
         change(self.planned, self.params)
         change(self.full, self.full_params)
 
-    def step(self, expect_planned=None):
+    def step(self, expect_planned=None, after_grads=None):
         """One step of both on equal grads; expect_planned: whether the planned twin's step
-        (every group of it) must take its plan."""
+        (every group of it) must take its plan; after_grads(optimizer, params): a change
+        applied to both once the grads are set."""
         self.seed += 1
         for ps in (self.params, self.full_params):
             _grads(ps, self.seed)
+        if after_grads is not None:
+            self.both(after_grads)
         used = _count_planned(self.planned)
         self.planned.step()
         self.full.step()
@@ -222,14 +225,7 @@ def test_params_added_to_or_removed_from_a_group():
         opt.param_groups[0]["params"].pop(0)
 
     twins.both(remove)
-    twins.seed += 1
-    for ps in (twins.params, twins.full_params):
-        _grads(ps, twins.seed)
-    used = _count_planned(twins.planned)
-    twins.planned.step()
-    twins.full.step()
-    assert used() == 0
-    twins.assert_equal()
+    twins.step(expect_planned=False)
 
 
 def test_params_swapped_in_a_group():
@@ -262,15 +258,7 @@ def test_a_group_option_that_shapes_the_step_makes_a_new_plan():
 def test_grads_appearing_and_disappearing():
     twins = Twins()
     twins.step()
-    twins.seed += 1
-    for ps in (twins.params, twins.full_params):
-        _grads(ps, twins.seed)
-        ps[2].grad = None
-    used = _count_planned(twins.planned)
-    twins.planned.step()
-    twins.full.step()
-    assert used() == 0
-    twins.assert_equal()
+    twins.step(expect_planned=False, after_grads=lambda opt, ps: setattr(ps[2], "grad", None))
     twins.step(expect_planned=False)  # every grad again: not the pattern planned
     twins.step(expect_planned=True)
 
@@ -295,15 +283,7 @@ def test_a_non_contiguous_grad_is_staged():
         g = ps[1].grad
         ps[1].grad = g.t().contiguous().t()
 
-    twins.seed += 1
-    for ps in (twins.params, twins.full_params):
-        _grads(ps, twins.seed)
-    twins.both(transposed_grad)
-    used = _count_planned(twins.planned)
-    twins.planned.step()
-    twins.full.step()
-    assert used() == 0
-    twins.assert_equal()
+    twins.step(expect_planned=False, after_grads=transposed_grad)
 
 
 def test_a_failed_planned_step_changes_nothing():
