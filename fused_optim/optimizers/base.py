@@ -488,7 +488,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         """hyper(group, index), validated again only when an entry of the group changed: its
         entries (but the params) by type and value are the key. A group holding a tensor (an
         lr tensor, written in place; tensor betas) or anything unhashable is validated at every
-        step."""
+        step, and so is every compiled step (torch.compile guards on what it traced instead)."""
+        if torch.compiler.is_compiling():
+            return self.hyper(group, index)
         key = []
         for name, value in group.items():
             if name == "params" or name == "last_grad_norm":
