@@ -5,7 +5,7 @@ csrc/cpu/driver.h's kDefaultBytesPerThread comes from it (bench/NOTES.md has the
 
 The sweep times each size as one tensor and as tensors of SMALL_TENSOR elements, with:
   1 thread     torch.set_num_threads(1)
-  2 threads    torch.set_num_threads(2), the byte policy off (set_bytes_per_thread(1)): every
+  2 threads    torch.set_num_threads(2), the byte policy off (set_bytes_per_thread(1, 1)): every
                call with more than one chunk runs on 2 threads, as before the policy
   policy       torch.set_num_threads(2) with the module's default bytes_per_thread
   fused        torch.optim.AdamW(fused=True) on 2 threads, the peer the policy must not lose to
@@ -59,7 +59,10 @@ def _params(shapes: List[List[int]]) -> List[torch.Tensor]:
 def _apply_settings(config: str) -> None:
     threads, bytes_per_thread = SETTINGS[config]
     torch.set_num_threads(threads)
-    _cpu.set_bytes_per_thread(bytes_per_thread or _cpu.default_bytes_per_thread)
+    if bytes_per_thread is None:
+        _cpu.set_bytes_per_thread(_cpu.default_quiet_bytes_per_thread, _cpu.default_busy_bytes_per_thread)
+    else:
+        _cpu.set_bytes_per_thread(bytes_per_thread, bytes_per_thread)
 
 
 def _ours(optimizer: str, shapes: List[List[int]]) -> Callable[[], None]:
@@ -179,7 +182,8 @@ def main(argv=None) -> None:
         p.error(f"--layouts: choose from {LAYOUTS}, got {args.layouts!r}")
     threads = torch.get_num_threads()
     print(f"fused_optim {fused_optim.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"default bytes_per_thread {_cpu.default_bytes_per_thread} ({_cpu.default_bytes_per_thread / 1e6:.2f} MB)")
+          f"default bytes_per_thread {_cpu.default_quiet_bytes_per_thread / 2**20:.0f} MiB quiet, "
+          f"{_cpu.default_busy_bytes_per_thread / 2**20:.0f} MiB busy")
     try:
         if not args.loaded_only:
             print("\n".join(measure("idle", sizes, layouts, args.rounds)), flush=True)
@@ -187,7 +191,7 @@ def main(argv=None) -> None:
             print("\n".join(measure(f"loaded ({load.processes} busy-loop processes)", sizes, layouts, args.rounds)))
     finally:
         torch.set_num_threads(threads)
-        _cpu.set_bytes_per_thread(_cpu.default_bytes_per_thread)
+        _cpu.set_bytes_per_thread(_cpu.default_quiet_bytes_per_thread, _cpu.default_busy_bytes_per_thread)
 
 
 if __name__ == "__main__":

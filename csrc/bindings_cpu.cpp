@@ -20,9 +20,19 @@ PYBIND11_MODULE(_cpu, m) {
     for (int64_t n : call.numels) elements += n;
     return elements * fused_optim::cpu::call_bytes_per_element(call);
   }, py::arg("call"), "The bytes of a checked call's tensors, what threads_for is given.");
-  m.def("bytes_per_thread", &fused_optim::cpu::bytes_per_thread);
-  m.def("set_bytes_per_thread", &fused_optim::cpu::set_bytes_per_thread, py::arg("bytes"));
-  m.attr("default_bytes_per_thread") = fused_optim::cpu::kDefaultBytesPerThread;
+  m.def("bytes_per_thread", &fused_optim::cpu::bytes_per_thread,
+        "The bytes per thread calls use now: the busy setting while the machine is marked busy.");
+  m.def("set_bytes_per_thread", &fused_optim::cpu::set_bytes_per_thread, py::arg("quiet"), py::arg("busy"),
+        "The bytes per thread on a quiet machine and on a busy one (both >= 1; equal: no adaptation).");
+  m.def("quiet_bytes_per_thread", &fused_optim::cpu::quiet_bytes_per_thread);
+  m.def("busy_bytes_per_thread", &fused_optim::cpu::busy_bytes_per_thread);
+  m.def("machine_busy", &fused_optim::cpu::machine_busy,
+        "Whether a worker of a recent parallel region started late (the busy setting applies).");
+  m.def("note_worker_start", &fused_optim::cpu::note_worker_start, py::arg("late_ns"),
+        "Records how late a region's last worker started: over 1 ms marks the machine busy for 2 s, "
+        "less marks it quiet.");
+  m.attr("default_quiet_bytes_per_thread") = fused_optim::cpu::kQuietBytesPerThread;
+  m.attr("default_busy_bytes_per_thread") = fused_optim::cpu::kBusyBytesPerThread;
   m.def("tensor_sums", &fused_optim::cpu::tensor_sums, release, py::arg("lists"), py::arg("numels"),
         py::arg("dtype"), py::arg("num_threads"));
 }

@@ -46,6 +46,6 @@ def every_chunk_on_the_threads():
     (what bench/thread_crossover.py times as "2 threads")."""
     from fused_optim import _cpu as cpu
 
-    cpu.set_bytes_per_thread(1)
+    cpu.set_bytes_per_thread(1, 1)
     yield
-    cpu.set_bytes_per_thread(cpu.default_bytes_per_thread)
+    cpu.set_bytes_per_thread(cpu.default_quiet_bytes_per_thread, cpu.default_busy_bytes_per_thread)

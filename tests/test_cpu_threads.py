@@ -1,6 +1,7 @@
 """The cpu backend's thread policy (csrc/cpu/driver.h): a call runs on one thread per
-bytes_per_thread of its tensors, so small steps never open a parallel region (on a busy
-machine each one waits a scheduler slice for its workers), and results stay bitwise the same on
+bytes_per_thread of its tensors, a larger amount once a late worker showed the machine busy,
+so small steps never open a parallel region and, under load, neither do steps a second thread
+does not pay for (each waits a scheduler slice for its workers), and results stay bitwise the same on
 any thread count, also when workers do run (the every_chunk_on_the_threads fixture of
 conftest.py, which test_cpu_regimes and test_semantics use too). No timing is asserted."""
 import pytest
@@ -53,31 +54,54 @@ def test_call_bytes_sum_the_element_sizes_of_the_roles():
     assert _call_bytes([10], ["p", "g", "m", "v", None], dtype=BF16, state_dtype=BF16) == 10 * 8
 
 
-def test_small_steps_stay_on_one_thread_by_default():
-    """The default keeps every fp32 step of up to 2M elements on the calling thread (on a busy
-    2-core machine a second thread does not pay below that: bench/NOTES.md), and gives a
-    large one the threads it asks for."""
+@pytest.fixture
+def default_policy():
     cpu = _cpu()
-    default = cpu.default_bytes_per_thread
-    assert cpu.bytes_per_thread() == default
+    cpu.set_bytes_per_thread(cpu.default_quiet_bytes_per_thread, cpu.default_busy_bytes_per_thread)
+    cpu.note_worker_start(0)
+    yield cpu
+    cpu.set_bytes_per_thread(cpu.default_quiet_bytes_per_thread, cpu.default_busy_bytes_per_thread)
+
+
+def test_the_defaults_keep_small_steps_on_one_thread(default_policy):
+    """Quiet: a second thread from 4 MiB of fp32 AdamW (256K elements, where it pays on an idle
+    machine); busy: every fp32 step of up to 2M elements on the calling thread (on a loaded
+    2-core machine a second thread does not pay below that: bench/NOTES.md)."""
+    cpu = default_policy
+    quiet, busy = cpu.default_quiet_bytes_per_thread, cpu.default_busy_bytes_per_thread
     adamw = ["p", "g", "m", "v", None]
     adai = ["p", "g", "m", "v", "beta1_prod"]
-    for numels in ([20] * 8, [20, 1], [1 << 20], [1024] * 1024, [1 << 21]):
-        assert cpu.threads_for(_call_bytes(numels, adamw), 2, default) == 1
-        assert cpu.threads_for(_call_bytes(numels, adai), 2, default) == 1
-    assert cpu.threads_for(_call_bytes([1 << 24], adamw), 2, default) == 2
+    for numels in ([20] * 8, [20, 1], [1 << 16], [1024] * 64):
+        assert cpu.threads_for(_call_bytes(numels, adamw), 2, quiet) == 1
+        assert cpu.threads_for(_call_bytes(numels, adai), 2, quiet) == 1
+    assert cpu.threads_for(_call_bytes([1 << 18], adamw), 2, quiet) == 2
+    for numels in ([1 << 20], [1024] * 1024, [1 << 21]):
+        assert cpu.threads_for(_call_bytes(numels, adamw), 2, busy) == 1
+        assert cpu.threads_for(_call_bytes(numels, adai), 2, busy) == 1
+    assert cpu.threads_for(_call_bytes([1 << 22], adamw), 2, busy) == 2
 
 
-def test_bytes_per_thread_is_settable_and_checked():
-    cpu = _cpu()
-    try:
-        cpu.set_bytes_per_thread(12345)
-        assert cpu.bytes_per_thread() == 12345
-        with pytest.raises(ValueError, match="bytes_per_thread"):
-            cpu.set_bytes_per_thread(0)
-        assert cpu.bytes_per_thread() == 12345
-    finally:
-        cpu.set_bytes_per_thread(cpu.default_bytes_per_thread)
+def test_a_late_worker_marks_the_machine_busy(default_policy):
+    """A region whose worker started more than 1 ms after the caller (it waited for a core):
+    the busy setting applies to the next calls; a prompt one changes nothing."""
+    cpu = default_policy
+    assert not cpu.machine_busy()
+    assert cpu.bytes_per_thread() == cpu.default_quiet_bytes_per_thread
+    cpu.note_worker_start(50_000)  # 50 us: an idle team's wake-up
+    assert not cpu.machine_busy()
+    cpu.note_worker_start(12_000_000)  # a scheduler slice
+    assert cpu.machine_busy()
+    assert cpu.bytes_per_thread() == cpu.default_busy_bytes_per_thread
+
+
+def test_bytes_per_thread_is_settable_and_checked(default_policy):
+    cpu = default_policy
+    cpu.set_bytes_per_thread(12345, 67890)
+    assert (cpu.quiet_bytes_per_thread(), cpu.busy_bytes_per_thread()) == (12345, 67890)
+    assert cpu.bytes_per_thread() == 12345
+    with pytest.raises(ValueError, match="bytes_per_thread"):
+        cpu.set_bytes_per_thread(0, 1)
+    assert cpu.bytes_per_thread() == 12345
 
 
 def test_adai_sums_do_not_depend_on_the_thread_count(every_chunk_on_the_threads):

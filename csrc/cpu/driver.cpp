@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <string>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -43,7 +44,9 @@ FollowDenormalMode::~FollowDenormalMode() {
 }
 
 namespace {
-std::atomic<int64_t> g_bytes_per_thread{kDefaultBytesPerThread};
+std::atomic<int64_t> g_quiet_bytes_per_thread{kQuietBytesPerThread};
+std::atomic<int64_t> g_busy_bytes_per_thread{kBusyBytesPerThread};
+std::atomic<int64_t> g_busy_until_ns{0};
 }  // namespace
 
 int threads_for(int64_t bytes, int num_threads, int64_t bytes_per_thread) {
@@ -52,11 +55,26 @@ int threads_for(int64_t bytes, int num_threads, int64_t bytes_per_thread) {
   return int(std::min<int64_t>(std::max(num_threads, 1), wanted));
 }
 
-int64_t bytes_per_thread() { return g_bytes_per_thread.load(std::memory_order_relaxed); }
+int64_t monotonic_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
-void set_bytes_per_thread(int64_t bytes) {
-  if (bytes < 1) fail("fused_optim._cpu.set_bytes_per_thread", "bytes_per_thread must be >= 1");
-  g_bytes_per_thread.store(bytes, std::memory_order_relaxed);
+bool machine_busy() { return monotonic_ns() < g_busy_until_ns.load(std::memory_order_relaxed); }
+
+void note_worker_start(int64_t late_ns) {
+  g_busy_until_ns.store(late_ns > kLateWorkerNs ? monotonic_ns() + kBusyForNs : 0, std::memory_order_relaxed);
+}
+
+int64_t quiet_bytes_per_thread() { return g_quiet_bytes_per_thread.load(std::memory_order_relaxed); }
+int64_t busy_bytes_per_thread() { return g_busy_bytes_per_thread.load(std::memory_order_relaxed); }
+
+int64_t bytes_per_thread() { return machine_busy() ? busy_bytes_per_thread() : quiet_bytes_per_thread(); }
+
+void set_bytes_per_thread(int64_t quiet, int64_t busy) {
+  if (quiet < 1 || busy < 1) fail("fused_optim._cpu.set_bytes_per_thread", "bytes_per_thread must be >= 1");
+  g_quiet_bytes_per_thread.store(quiet, std::memory_order_relaxed);
+  g_busy_bytes_per_thread.store(busy, std::memory_order_relaxed);
 }
 
 int64_t call_bytes_per_element(const Call& call) {

@@ -49,22 +49,37 @@ class FollowDenormalMode {
 // cores other processes keep busy, the wait for each descheduled worker: a scheduler time
 // slice, milliseconds, more than a small step's whole work. So a call runs on one thread per
 // bytes_per_thread() bytes of its tensors (elements times the element sizes of its roles), at
-// least 1 and at most num_threads. The default gives a second thread only to calls at least as
-// large as where a second thread stops losing on a loaded machine (bench/thread_crossover.py,
-// bench/NOTES.md): a thread too few costs at most a factor of the thread count on an idle
-// machine, a thread too many costs milliseconds per call on a busy one. Results do not depend
-// on it: the chunks and the trees their sums combine in are the same on any thread count.
-constexpr int64_t kDefaultBytesPerThread = int64_t(32) << 20;
+// least 1 and at most num_threads, and which bytes_per_thread applies depends on the machine:
+// - quiet: from where a second thread pays on an idle machine (bench/thread_crossover.py,
+//   bench/NOTES.md: 1.5x at 4 MiB of fp32 AdamW, 256K elements);
+// - busy: a worker of a recent region started late (kLateWorkerNs after the caller: it was
+//   waiting for a core), so for kBusyForNs every call takes the busy value, where a second
+//   thread stops losing on a loaded machine; then a region probes again (a region whose
+//   workers start promptly marks the machine quiet at once). Under load that costs one late
+//   worker per kBusyForNs instead of one per call.
+// Results do not depend on any of it: the chunks and the trees their sums combine in are the
+// same on any thread count.
+constexpr int64_t kQuietBytesPerThread = int64_t(2) << 20;
+constexpr int64_t kBusyBytesPerThread = int64_t(32) << 20;
+constexpr int64_t kLateWorkerNs = 1000000;   // an idle team wakes in tens of microseconds
+constexpr int64_t kBusyForNs = 2000000000;
 int threads_for(int64_t bytes, int num_threads, int64_t bytes_per_thread);
 
-// The process-wide bytes_per_thread the entry points use (kDefaultBytesPerThread until set;
-// >= 1). bench/thread_crossover.py sets it to 1 to time every size on the threads it asks for.
+// The bytes_per_thread calls use now (the busy one while the machine is marked busy), the two
+// settings (>= 1; tests and bench/thread_crossover.py set both to 1 to run every size on the
+// threads they ask for), and the contention record.
 int64_t bytes_per_thread();
-void set_bytes_per_thread(int64_t bytes);
+void set_bytes_per_thread(int64_t quiet, int64_t busy);
+int64_t quiet_bytes_per_thread();
+int64_t busy_bytes_per_thread();
+bool machine_busy();
+void note_worker_start(int64_t late_ns);  // busy when late_ns > kLateWorkerNs, else quiet
+int64_t monotonic_ns();
 
 // Runs body(ChunkSpan, chunk_index) for every chunk of the list, on the threads threads_for
 // gives the list's bytes (bytes_per_element: the sum of the element sizes of the call's roles)
-// and at most one per chunk.
+// and at most one per chunk. Chunks are handed out dynamically: on a list of tensors of very
+// different sizes (a ResNet's), a static split gives one thread most of the bytes.
 template <class Body>
 void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, int64_t bytes_per_element,
                     int num_threads, Body&& body) {
@@ -75,14 +90,22 @@ void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, i
   const int wanted = threads_for(elements * bytes_per_element, num_threads, bytes_per_thread());
   const int threads = int(std::min<int64_t>(wanted, std::max<int64_t>(nchunks, 1)));
   const unsigned mode = denormal_mode();
+  const int64_t begun = threads > 1 ? monotonic_ns() : 0;
+  int64_t latest_start = begun;  // of the team's workers
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
+    if (threads > 1) {
+      const int64_t start = monotonic_ns();
+#pragma omp critical(fused_optim_worker_start)
+      latest_start = std::max(latest_start, start);
+    }
     const FollowDenormalMode follow(mode);  // every thread computes as the caller does
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (int64_t c = 0; c < nchunks; ++c) {
       body(locate_chunk(plan.prefix.data(), numels.data(), ntensors, kChunkElems, c), c);
     }
   }
+  if (threads > 1) note_worker_start(latest_start - begun);
 }
 
 // The sum of the element sizes of the call's roles: params and grads in the param dtype,

@@ -6,6 +6,7 @@ No update math lives here: subclasses hand their batches to a backend's step fun
 import contextlib
 import copy
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -34,6 +35,14 @@ def _native_advance():
     if backends.availability("cpu")[0]:
         return backends.implementation("cpu").advance_steps
     return None
+
+
+_IMMUTABLE = (int, float, bool, str, type(None), torch.dtype)
+
+
+def _immutable(value) -> bool:
+    """Whether a group entry cannot change without being replaced (_group_hyper)."""
+    return type(value) in _IMMUTABLE or (type(value) is tuple and all(type(v) in _IMMUTABLE for v in value))
 
 
 @contextlib.contextmanager
@@ -158,7 +167,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         # group index -> its step plan (_step_plan.GroupPlan), made after a step collected it
         # the full way and checked at each step before it is used
         self._plans: Dict[int, Any] = {}
-        # group index -> (its entries, hyper() of them) (_group_hyper)
+        # group index -> (its values, its keys, hyper() of them) (_group_hyper)
         self._hypers: Dict[int, tuple] = {}
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -485,29 +494,23 @@ class FusedOptimizer(torch.optim.Optimizer):
         return batches
 
     def _group_hyper(self, group: Dict[str, Any], index: int) -> Dict[str, Any]:
-        """hyper(group, index), validated again only when an entry of the group changed: its
-        entries (but the params) by type and value are the key. A group holding a tensor (an
-        lr tensor, written in place; tensor betas) or anything unhashable is validated at every
-        step, and so is every compiled step (torch.compile guards on what it traced instead)."""
+        """hyper(group, index), validated again only when an entry of the group changed: the
+        same keys holding the very same objects, all immutable (numbers, flags, strings,
+        dtypes, tuples of them), give the same hyperparameters. A group holding a tensor (an lr
+        tensor written in place; tensor betas) or a list or dict is validated at every step,
+        and so is every compiled step (torch.compile guards on what it traced instead)."""
         if torch.compiler.is_compiling():
             return self.hyper(group, index)
-        key = []
-        for name, value in group.items():
-            if name == "params" or name == "last_grad_norm":
-                continue
-            if (torch.is_tensor(value) or type(value) in (list, dict)
-                    or (type(value) is tuple and any(map(torch.is_tensor, value)))):
-                return self.hyper(group, index)
-            key.append((name, type(value), value))
-        key = tuple(key)
-        try:
-            cached = self._hypers.get(index)
-            if cached is not None and cached[0] == key:
-                return dict(cached[1])
-        except TypeError:  # an unhashable or incomparable value
-            return self.hyper(group, index)
+        values = list(group.values())
+        cached = self._hypers.get(index)
+        if (cached is not None and len(values) == len(cached[0]) and all(map(operator.is_, values, cached[0]))
+                and tuple(group) == cached[1]):
+            return dict(cached[2])
         hyper = self.hyper(group, index)
-        self._hypers[index] = (key, dict(hyper))
+        if all(_immutable(value) for key, value in group.items() if key not in ("params", "last_grad_norm")):
+            self._hypers[index] = (values, tuple(group), dict(hyper))
+        else:
+            self._hypers.pop(index, None)
         return hyper
 
     def _planned_batches(self, index: int, group: Dict[str, Any], hyper: Dict[str, Any], offset: int,
