@@ -27,10 +27,10 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("quiet_bytes_per_thread", &fused_optim::cpu::quiet_bytes_per_thread);
   m.def("busy_bytes_per_thread", &fused_optim::cpu::busy_bytes_per_thread);
   m.def("machine_busy", &fused_optim::cpu::machine_busy,
-        "Whether a worker of a recent parallel region started late (the busy setting applies).");
-  m.def("note_worker_start", &fused_optim::cpu::note_worker_start, py::arg("late_ns"),
-        "Records how late a region's last worker started: over 1 ms marks the machine busy for 2 s, "
-        "less marks it quiet.");
+        "Whether a recent parallel region waited for a worker (the busy setting applies).");
+  m.def("note_worker_wait", &fused_optim::cpu::note_worker_wait, py::arg("wait_ns"),
+        "Records how long a region's caller waited for its workers at the end: over 1 ms marks the "
+        "machine busy for 2 s, less marks it quiet.");
   m.attr("default_quiet_bytes_per_thread") = fused_optim::cpu::kQuietBytesPerThread;
   m.attr("default_busy_bytes_per_thread") = fused_optim::cpu::kBusyBytesPerThread;
   m.def("tensor_sums", &fused_optim::cpu::tensor_sums, release, py::arg("lists"), py::arg("numels"),

@@ -58,7 +58,7 @@ def test_call_bytes_sum_the_element_sizes_of_the_roles():
 def default_policy():
     cpu = _cpu()
     cpu.set_bytes_per_thread(cpu.default_quiet_bytes_per_thread, cpu.default_busy_bytes_per_thread)
-    cpu.note_worker_start(0)
+    cpu.note_worker_wait(0)
     yield cpu
     cpu.set_bytes_per_thread(cpu.default_quiet_bytes_per_thread, cpu.default_busy_bytes_per_thread)
 
@@ -81,17 +81,19 @@ def test_the_defaults_keep_small_steps_on_one_thread(default_policy):
     assert cpu.threads_for(_call_bytes([1 << 22], adamw), 2, busy) == 2
 
 
-def test_a_late_worker_marks_the_machine_busy(default_policy):
-    """A region whose worker started more than 1 ms after the caller (it waited for a core):
-    the busy setting applies to the next calls; a prompt one changes nothing."""
+def test_a_wait_for_a_worker_marks_the_machine_busy(default_policy):
+    """A region whose caller, out of chunks, waited over 1 ms for a worker (it waited for a
+    core): the busy setting applies to the next calls; a short wait marks the machine quiet."""
     cpu = default_policy
     assert not cpu.machine_busy()
     assert cpu.bytes_per_thread() == cpu.default_quiet_bytes_per_thread
-    cpu.note_worker_start(50_000)  # 50 us: an idle team's wake-up
+    cpu.note_worker_wait(50_000)  # 50 us: a chunk's work
     assert not cpu.machine_busy()
-    cpu.note_worker_start(12_000_000)  # a scheduler slice
+    cpu.note_worker_wait(12_000_000)  # a scheduler slice
     assert cpu.machine_busy()
     assert cpu.bytes_per_thread() == cpu.default_busy_bytes_per_thread
+    cpu.note_worker_wait(20_000)
+    assert not cpu.machine_busy()
 
 
 def test_bytes_per_thread_is_settable_and_checked(default_policy):

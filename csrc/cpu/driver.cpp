@@ -62,8 +62,8 @@ int64_t monotonic_ns() {
 
 bool machine_busy() { return monotonic_ns() < g_busy_until_ns.load(std::memory_order_relaxed); }
 
-void note_worker_start(int64_t late_ns) {
-  g_busy_until_ns.store(late_ns > kLateWorkerNs ? monotonic_ns() + kBusyForNs : 0, std::memory_order_relaxed);
+void note_worker_wait(int64_t wait_ns) {
+  g_busy_until_ns.store(wait_ns > kLateWorkerNs ? monotonic_ns() + kBusyForNs : 0, std::memory_order_relaxed);
 }
 
 int64_t quiet_bytes_per_thread() { return g_quiet_bytes_per_thread.load(std::memory_order_relaxed); }

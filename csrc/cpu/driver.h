@@ -2,6 +2,8 @@
 // chunks, and the dispatch on the parameter dtype (the argument checks are both modules':
 // fused_optim/checks.h). Knows no optimizer.
 #pragma once
+#include <omp.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
@@ -52,16 +54,17 @@ class FollowDenormalMode {
 // least 1 and at most num_threads, and which bytes_per_thread applies depends on the machine:
 // - quiet: from where a second thread pays on an idle machine (bench/thread_crossover.py,
 //   bench/NOTES.md: 1.5x at 4 MiB of fp32 AdamW, 256K elements);
-// - busy: a worker of a recent region started late (kLateWorkerNs after the caller: it was
-//   waiting for a core), so for kBusyForNs every call takes the busy value, where a second
-//   thread stops losing on a loaded machine; then a region probes again (a region whose
-//   workers start promptly marks the machine quiet at once). Under load that costs one late
-//   worker per kBusyForNs instead of one per call.
+// - busy: the caller of a recent region, out of chunks (they are handed out dynamically),
+//   waited over kLateWorkerNs for a worker (one that started late or lost its core mid-chunk:
+//   on a quiet machine the wait is at most one chunk's work, tens of microseconds), so for
+//   kBusyForNs every call takes the busy value, where a second thread stops losing on a loaded
+//   machine; then a region probes again (one without such a wait marks the machine quiet at
+//   once). Under load that costs one wait per kBusyForNs instead of one per call.
 // Results do not depend on any of it: the chunks and the trees their sums combine in are the
 // same on any thread count.
 constexpr int64_t kQuietBytesPerThread = int64_t(2) << 20;
 constexpr int64_t kBusyBytesPerThread = int64_t(32) << 20;
-constexpr int64_t kLateWorkerNs = 1000000;   // an idle team wakes in tens of microseconds
+constexpr int64_t kLateWorkerNs = 1000000;
 constexpr int64_t kBusyForNs = 2000000000;
 int threads_for(int64_t bytes, int num_threads, int64_t bytes_per_thread);
 
@@ -73,7 +76,7 @@ void set_bytes_per_thread(int64_t quiet, int64_t busy);
 int64_t quiet_bytes_per_thread();
 int64_t busy_bytes_per_thread();
 bool machine_busy();
-void note_worker_start(int64_t late_ns);  // busy when late_ns > kLateWorkerNs, else quiet
+void note_worker_wait(int64_t wait_ns);  // busy when wait_ns > kLateWorkerNs, else quiet
 int64_t monotonic_ns();
 
 // Runs body(ChunkSpan, chunk_index) for every chunk of the list, on the threads threads_for
@@ -90,22 +93,18 @@ void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, i
   const int wanted = threads_for(elements * bytes_per_element, num_threads, bytes_per_thread());
   const int threads = int(std::min<int64_t>(wanted, std::max<int64_t>(nchunks, 1)));
   const unsigned mode = denormal_mode();
-  const int64_t begun = threads > 1 ? monotonic_ns() : 0;
-  int64_t latest_start = begun;  // of the team's workers
+  int64_t caller_done = 0;  // when the calling thread ran out of chunks
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    if (threads > 1) {
-      const int64_t start = monotonic_ns();
-#pragma omp critical(fused_optim_worker_start)
-      latest_start = std::max(latest_start, start);
-    }
     const FollowDenormalMode follow(mode);  // every thread computes as the caller does
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(dynamic) nowait
     for (int64_t c = 0; c < nchunks; ++c) {
       body(locate_chunk(plan.prefix.data(), numels.data(), ntensors, kChunkElems, c), c);
     }
+    if (threads > 1 && omp_get_thread_num() == 0) caller_done = monotonic_ns();
   }
-  if (threads > 1) note_worker_start(latest_start - begun);
+  // the wait at the region's end: a worker that started late, or lost its core mid-chunk
+  if (threads > 1) note_worker_wait(monotonic_ns() - caller_done);
 }
 
 // The sum of the element sizes of the call's roles: params and grads in the param dtype,
