@@ -403,3 +403,23 @@ def test_tensor_hyperparameters_are_read_at_every_step():
     twins.step()
     twins.both(lambda opt, ps: (opt.param_groups[0]["lr"].fill_(0.5), opt.param_groups[0]["betas"][0].fill_(0.5)))
     twins.step(expect_planned=True)
+
+
+def test_no_plan_while_a_zero_partition_is_registered():
+    """fused_optim.zero.attach can change a param's shard group (whether its norm and Adai's
+    mean are all-reduced), which a plan would not see: while any partition is registered,
+    every step goes the full way."""
+    from fused_optim.optimizers import _sharding
+
+    twins = Twins()
+    twins.step()
+    twins.step(expect_planned=True)
+    elsewhere = torch.zeros(4)
+    _sharding.register_partition(elsewhere, None, 4)
+    try:
+        assert _sharding.partitions_registered()
+        twins.step(expect_planned=False)
+    finally:
+        del elsewhere  # (the registry forgets a partition when its tensor dies)
+    assert not _sharding.partitions_registered()
+    twins.step(expect_planned=True)

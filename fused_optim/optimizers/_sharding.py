@@ -88,6 +88,12 @@ def register_partitioned_optimizer(optimizer, group) -> None:
     _remember(_PARTITIONED_OPTIMIZERS, optimizer, group)
 
 
+def partitions_registered() -> bool:
+    """Whether any ZeRO partition is registered in this process: a param's shard group can then
+    change when fused_optim.zero.attach runs, so no step plan (_step_plan.py) is made or used."""
+    return bool(_PARTITIONS) or bool(_PARTITIONED_OPTIMIZERS)
+
+
 def partition_group(optimizer):
     """The group an optimizer's params are a ZeRO partition over (fused_optim.zero), or None."""
     entry = _lookup(_PARTITIONED_OPTIMIZERS, optimizer) if _PARTITIONED_OPTIMIZERS else None

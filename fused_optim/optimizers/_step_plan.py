@@ -17,6 +17,9 @@ step of that group goes the full way again (which raises on bad input, or makes 
 - each param's state dict, looked up in the optimizer's state (a state replaced by
   load_state_dict or by hand), and the address of every state tensor the calls read (a state
   tensor replaced in its dict, or given new data).
+No plan is made or used while a ZeRO partition is registered (fused_optim.zero.attach can
+change a param's shard group, which decides whether its norm and Adai's mean are all-reduced):
+those steps hand over a few flat tensors, where a plan saves nothing.
 The plan holds the tensors it was made from, so their memory stays allocated: an unchanged
 address is the memory the plan was made for, never another tensor's. What is read per step:
 the grads (their addresses go into the calls), the addresses above and the hyperparameters.

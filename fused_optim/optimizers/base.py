@@ -25,7 +25,7 @@ from ._clipping import clip_settings, clipped_scale, total_norm
 from ._options import FusedOptions, spell_out_signature
 from ._options import resolve as resolve_options
 from ._overlap import check_params as check_no_shared_memory
-from ._sharding import local, partition_group, shard_group, zero_caller
+from ._sharding import local, partition_group, partitions_registered, shard_group, zero_caller
 from . import _step_plan
 from ._uninterrupted import HeldInterrupts
 
@@ -469,7 +469,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         batches: List[Batch] = []
         device = None
         name = type(self).__name__
-        planning = not torch.compiler.is_compiling()
+        planning = not torch.compiler.is_compiling() and not partitions_registered()
         unplanned = self._this_step["unplanned"] = {}
         offset = 0
         for index, group in enumerate(self.param_groups):
