@@ -104,10 +104,20 @@ def _interrupt_after(real, args, kwargs):
     signal.raise_signal(signal.SIGINT)
 
 
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler for the test: a process started in the background by a
+    shell without job control (nohup cmd &) inherits SIGINT ignored, and an ignored Ctrl-C is
+    rightly not delivered after the step either."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 @pytest.mark.parametrize("call", [1, 2])
-def test_a_ctrl_c_during_the_step_arrives_after_a_complete_step(name, backend, call, monkeypatch):
+def test_a_ctrl_c_during_the_step_arrives_after_a_complete_step(name, backend, call, monkeypatch, default_sigint):
     opt, params = _two_groups(name, backend)
     reference, twins = _two_groups(name, backend)
     for step in (1, 2):
