@@ -80,7 +80,8 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], Tuple[float
 def time_interleaved(calls: Dict[str, Callable[[], object]], device: torch.device, repeats: int,
                      budget_s: float, stop_at: Optional[float] = None,
                      give_up_at: Optional[float] = None) -> Tuple[Dict[str, Timing], bool]:
-    """WARMUP more untimed calls of each, then rounds of one timed call of each until every one is
+    """WARMUP more untimed calls of each, then rounds of one timed call of each (each round in
+    the order of the last, turned by one) until every one is
     done (`repeats` samples, or at least MIN_REPEATS and budget_s of timed work), or until
     time.perf_counter() passes stop_at once every one has MIN_REPEATS samples, or passes
     give_up_at (then with fewer, maybe). Returns the timings and whether a time cut the rounds
@@ -93,8 +94,14 @@ def time_interleaved(calls: Dict[str, Callable[[], object]], device: torch.devic
     timer = _timer(device)
     timings = {name: Timing() for name in calls}
     active = list(calls)
+    rounds = 0
     while active:
-        for name in active:
+        # each round starts one call later: a step right after the yardstick (which streams far
+        # more than any cache holds, leaving it full of dirty lines) would otherwise always meet
+        # cold, dirty caches, and its followers warm ones, which decides small steps' ratios
+        start = rounds % len(active)
+        rounds += 1
+        for name in active[start:] + active[:start]:
             device_s, host_s = timer(calls[name])
             timings[name].samples_s.append(device_s)
             if host_s is not None:
