@@ -51,7 +51,7 @@ class Staged:
                     self._write_back.append((original, column[i]))
         self.addresses = [[t.data_ptr() for t in c] for c in columns]
         # the staged copies must outlive the native call that reads them by address (the
-        # read-only ones have no other reference); the triton backend builds its table from them
+        # read-only ones have no other reference)
         self.columns = columns
 
     def finish(self) -> None:

@@ -32,6 +32,7 @@ import torch
 
 from .._staging import Prepared
 from . import _mixed_precision as mixed
+from ._sharding import _PLAIN
 
 _TENSOR = torch._C.TensorBase
 _GRAD = operator.attrgetter("grad")
@@ -40,7 +41,6 @@ _SHAPE = _TENSOR.shape.__get__
 _ADDRESS = _TENSOR.data_ptr
 _CONTIGUOUS = _TENSOR.is_contiguous
 _DEVICE_INDEX = _TENSOR.get_device
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 # the backends whose calls take address lists (Prepared)
 FUSED_BACKENDS = ("cpu", "cuda", "triton")

@@ -693,11 +693,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._advance(batch.column("step"), batch.impl, addresses)
         self._batch_done(batch)
 
-    @staticmethod
-    def _column(states: List[Dict[str, Any]], key: str) -> List[torch.Tensor]:
-        """One state of every param of a batch, as the kernels see it (local shards)."""
-        return [local(s[key]) for s in states]
-
     # ----- state_dict ------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """torch.optim's state dict, without the logged grad norm the param groups carry (a
