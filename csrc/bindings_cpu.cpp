@@ -20,6 +20,11 @@ PYBIND11_MODULE(_cpu, m) {
     for (int64_t n : call.numels) elements += n;
     return elements * fused_optim::cpu::call_bytes_per_element(call);
   }, py::arg("call"), "The bytes of a checked call's tensors, what threads_for is given.");
+  m.def("elementwise_units", [](const std::vector<int64_t>& numels, int threads) {
+    const auto plan = fused_optim::cpu::plan_elementwise(numels, threads);
+    return std::make_pair(plan.unit, plan.total());
+  }, py::arg("numels"), py::arg("threads"),
+        "(elements per unit, units) of a one-pass call over tensors of these sizes on `threads` threads.");
   m.def("bytes_per_thread", &fused_optim::cpu::bytes_per_thread,
         "The bytes per thread calls use now: the busy setting while the machine is marked busy.");
   m.def("set_bytes_per_thread", &fused_optim::cpu::set_bytes_per_thread, py::arg("quiet"), py::arg("busy"),

@@ -64,21 +64,37 @@ def default_policy():
 
 
 def test_the_defaults_keep_small_steps_on_one_thread(default_policy):
-    """Quiet: a second thread from 4 MiB of fp32 AdamW (256K elements, where it pays on an idle
-    machine); busy: every fp32 step of up to 2M elements on the calling thread (on a loaded
-    2-core machine a second thread does not pay below that: bench/NOTES.md)."""
+    """Quiet: a second thread from 1 MiB of fp32 AdamW (64K elements, where it pays on an idle
+    machine once a single tensor's elements can be split); busy: every fp32 step of up to 2M
+    elements on the calling thread (on a loaded 2-core machine a second thread does not pay
+    below that: bench/NOTES.md)."""
     cpu = default_policy
     quiet, busy = cpu.default_quiet_bytes_per_thread, cpu.default_busy_bytes_per_thread
     adamw = ["p", "g", "m", "v", None]
     adai = ["p", "g", "m", "v", "beta1_prod"]
-    for numels in ([20] * 8, [20, 1], [1 << 16], [1024] * 64):
+    for numels in ([20] * 8, [20, 1], [1 << 14], [1024] * 32):
         assert cpu.threads_for(_call_bytes(numels, adamw), 2, quiet) == 1
         assert cpu.threads_for(_call_bytes(numels, adai), 2, quiet) == 1
-    assert cpu.threads_for(_call_bytes([1 << 18], adamw), 2, quiet) == 2
+    assert cpu.threads_for(_call_bytes([1 << 16], adamw), 2, quiet) == 2
     for numels in ([1 << 20], [1024] * 1024, [1 << 21]):
         assert cpu.threads_for(_call_bytes(numels, adamw), 2, busy) == 1
         assert cpu.threads_for(_call_bytes(numels, adai), 2, busy) == 1
     assert cpu.threads_for(_call_bytes([1 << 22], adamw), 2, busy) == 2
+
+
+def test_one_pass_calls_cut_a_tensor_for_the_threads():
+    """(elements per unit, units) of a one-pass call: the 64K-element chunks, halved (down to
+    4096 elements) only while there are fewer than the threads."""
+    units = _cpu().elementwise_units
+    assert units([1 << 16], 1) == (1 << 16, 1)
+    assert units([1 << 16], 2) == (1 << 15, 2)
+    assert units([1 << 16], 4) == (1 << 14, 4)
+    assert units([40001], 2) == (1 << 15, 2)
+    assert units([5000], 2) == (4096, 2)
+    assert units([100], 2) == (4096, 1)
+    assert units([1 << 20], 2) == (1 << 16, 16)
+    assert units([1 << 16, 1 << 16], 2) == (1 << 16, 2)
+    assert units([1024] * 3, 8) == (4096, 3)
 
 
 def test_a_wait_for_a_worker_marks_the_machine_busy(default_policy):
@@ -116,3 +132,40 @@ def test_adai_sums_do_not_depend_on_the_thread_count(every_chunk_on_the_threads)
     two = cpu.tensor_sums(lists, numels, dtype=FP32, num_threads=2)
     assert one == two
     assert one == pytest.approx([float(s.double().sum()) for s in states], rel=1e-12)
+
+
+ONE_PASS = ["AdamW", "Adam", "AdaMomentum", "InvAdam", "DualAdam", "Lion"]
+PARAM_MODES = {"fp32": (torch.float32, {}), "bf16 masters": (torch.bfloat16, {"master_weights": True}),
+               "bf16 remainders": (torch.bfloat16, {"param_remainders": True}),
+               "bf16 stochastic": (torch.bfloat16, {"stochastic_rounding": True})}
+
+
+def _one_pass_run(name, dtype, options, threads):
+    """Three steps of a single 40001-element tensor (one chunk, cut in two units on 2 threads)
+    on `threads` threads: the param and its states."""
+    gen = torch.Generator().manual_seed(3)
+    p = torch.nn.Parameter(torch.randn(40001, generator=gen).to(dtype))
+    opt = getattr(fused_optim, name)([p], lr=1e-2, weight_decay=1e-2, backend="cpu", **options)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(3):
+            p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+            opt.step()
+    finally:
+        torch.set_num_threads(before)
+    return p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
+
+
+@pytest.mark.parametrize("mode", PARAM_MODES)
+@pytest.mark.parametrize("name", ONE_PASS)
+def test_a_tensor_cut_for_the_threads_gives_the_same_bits(name, mode, every_chunk_on_the_threads):
+    """A single tensor's units on 2 threads, stochastic rounding keyed by element index included,
+    give the bits one thread gives."""
+    dtype, options = PARAM_MODES[mode]
+    one = _one_pass_run(name, dtype, options, 1)
+    two = _one_pass_run(name, dtype, options, 2)
+    assert torch.equal(one[0], two[0])
+    assert one[1].keys() == two[1].keys()
+    for key, value in one[1].items():
+        assert torch.equal(value, two[1][key]), key

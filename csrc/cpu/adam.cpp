@@ -44,7 +44,7 @@ std::vector<double> adam_step(const Call& call, const math::AdamStepArgs& a) {
       with_constant<2>(int(a.amsgrad), [&](auto amsgrad) {
         dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
           constexpr bool AMSGRAD = decltype(amsgrad)::value;
-          for_each_call_chunk(call, storage, [&](const Chunk& c, int64_t) {
+          for_each_call_element_chunk(call, storage, [&](const Chunk& c) {
             const auto& sc = scalars[size_t(c.tensor)];
             adam_chunk<AMSGRAD, decltype(decay)::value, decltype(mode)::value, P>(
                 c.role<P>(0), c.role<const P>(1), c.role<T>(2), c.role<T>(3), AMSGRAD ? c.role<T>(4) : nullptr, c.size,

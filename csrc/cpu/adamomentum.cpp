@@ -45,7 +45,7 @@ std::vector<double> adamomentum_step(const Call& call, const math::AdaMomentumSt
       with_constant<2>(int(a.amsgrad), [&](auto amsgrad) {
         dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
           constexpr bool AMSGRAD = decltype(amsgrad)::value;
-          for_each_call_chunk(call, storage, [&](const Chunk& c, int64_t) {
+          for_each_call_element_chunk(call, storage, [&](const Chunk& c) {
             const auto& sc = scalars[size_t(c.tensor)];
             with_constant<3>(sc.denominator, [&](auto denominator) {
               adamomentum_chunk<AMSGRAD, decltype(decay)::value, decltype(denominator)::value,

@@ -100,12 +100,24 @@ void advance_counters(const std::vector<uintptr_t>& addresses) {
   for (uintptr_t a : addresses) *reinterpret_cast<float*>(a) += 1.0f;
 }
 
-ChunkPlan plan_chunks(const std::vector<int64_t>& numels) {
+int64_t list_bytes(const std::vector<int64_t>& numels, int64_t bytes_per_element) {
+  int64_t elements = 0;
+  for (int64_t n : numels) elements += n;
+  return elements * bytes_per_element;
+}
+
+ChunkPlan plan_chunks(const std::vector<int64_t>& numels, int64_t unit) {
   ChunkPlan plan;
+  plan.unit = unit;
   plan.prefix.resize(numels.size() + 1);
   plan.prefix[0] = 0;
-  for (size_t t = 0; t < numels.size(); ++t)
-    plan.prefix[t + 1] = plan.prefix[t] + chunks_in(numels[t], kChunkElems);
+  for (size_t t = 0; t < numels.size(); ++t) plan.prefix[t + 1] = plan.prefix[t] + chunks_in(numels[t], unit);
+  return plan;
+}
+
+ChunkPlan plan_elementwise(const std::vector<int64_t>& numels, int threads) {
+  ChunkPlan plan = plan_chunks(numels);
+  while (plan.total() < threads && plan.unit / 2 >= kMinElementwiseUnit) plan = plan_chunks(numels, plan.unit / 2);
   return plan;
 }
 

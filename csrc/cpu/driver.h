@@ -19,12 +19,22 @@
 
 namespace fused_optim::cpu {
 
-// Chunk prefix of a list (see chunking.h). Zero-size tensors own no chunk.
+// Chunk prefix of a list (see chunking.h) for chunks of `unit` elements. Zero-size tensors own
+// no chunk.
 struct ChunkPlan {
   std::vector<int64_t> prefix;
+  int64_t unit = kChunkElems;
   int64_t total() const { return prefix.back(); }
 };
-ChunkPlan plan_chunks(const std::vector<int64_t>& numels);
+ChunkPlan plan_chunks(const std::vector<int64_t>& numels, int64_t unit = kChunkElems);
+
+// The plan of a call whose elements are independent of each other (no sums): the chunks of
+// chunking.h, or where the list has fewer of them than `threads` (a single tensor of 64K-256K
+// elements), halved down to kMinElementwiseUnit elements until every thread gets one. The
+// elements each thread computes do not depend on the cut, so neither do the results; calls
+// that sum keep the fixed chunks, whose partial sums combine in a fixed tree.
+constexpr int64_t kMinElementwiseUnit = 4096;
+ChunkPlan plan_elementwise(const std::vector<int64_t>& numels, int threads);
 
 // The flush-to-zero and denormals-are-zero bits of the calling thread's floating-point
 // control (x86 MXCSR, set e.g. by torch.set_flush_denormal; 0 elsewhere, where there is no
@@ -52,8 +62,9 @@ class FollowDenormalMode {
 // slice, milliseconds, more than a small step's whole work. So a call runs on one thread per
 // bytes_per_thread() bytes of its tensors (elements times the element sizes of its roles), at
 // least 1 and at most num_threads, and which bytes_per_thread applies depends on the machine:
-// - quiet: from where a second thread pays on an idle machine (bench/thread_crossover.py,
-//   bench/NOTES.md: 1.5x at 4 MiB of fp32 AdamW, 256K elements);
+// - quiet: from where a second thread pays on an idle machine (bench/thread_crossover.py and
+//   bench/NOTES.md: from 512 KiB of fp32 AdamW, 32K elements, once a single tensor's elements
+//   can be split, plan_elementwise);
 // - busy: the caller of a recent region, out of chunks (they are handed out dynamically),
 //   waited over kLateWorkerNs for a worker (one that started late or lost its core mid-chunk:
 //   on a quiet machine the wait is at most one chunk's work, tens of microseconds), so for
@@ -62,11 +73,13 @@ class FollowDenormalMode {
 //   once). Under load that costs one wait per kBusyForNs instead of one per call.
 // Results do not depend on any of it: the chunks and the trees their sums combine in are the
 // same on any thread count.
-constexpr int64_t kQuietBytesPerThread = int64_t(2) << 20;
+constexpr int64_t kQuietBytesPerThread = int64_t(512) << 10;
 constexpr int64_t kBusyBytesPerThread = int64_t(32) << 20;
 constexpr int64_t kLateWorkerNs = 1000000;
 constexpr int64_t kBusyForNs = 2000000000;
 int threads_for(int64_t bytes, int num_threads, int64_t bytes_per_thread);
+// The bytes a call over tensors of these element counts moves, bytes_per_element per element.
+int64_t list_bytes(const std::vector<int64_t>& numels, int64_t bytes_per_element);
 
 // The bytes_per_thread calls use now (the busy one while the machine is marked busy), the two
 // settings (>= 1; tests and bench/thread_crossover.py set both to 1 to run every size on the
@@ -88,9 +101,7 @@ void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, i
                     int num_threads, Body&& body) {
   const int64_t nchunks = plan.total();
   const int64_t ntensors = int64_t(numels.size());
-  int64_t elements = 0;
-  for (int64_t n : numels) elements += n;
-  const int wanted = threads_for(elements * bytes_per_element, num_threads, bytes_per_thread());
+  const int wanted = threads_for(list_bytes(numels, bytes_per_element), num_threads, bytes_per_thread());
   const int threads = int(std::min<int64_t>(wanted, std::max<int64_t>(nchunks, 1)));
   const unsigned mode = denormal_mode();
   int64_t caller_done = 0;  // when the calling thread ran out of chunks
@@ -99,7 +110,7 @@ void for_each_chunk(const ChunkPlan& plan, const std::vector<int64_t>& numels, i
     const FollowDenormalMode follow(mode);  // every thread computes as the caller does
 #pragma omp for schedule(dynamic) nowait
     for (int64_t c = 0; c < nchunks; ++c) {
-      body(locate_chunk(plan.prefix.data(), numels.data(), ntensors, kChunkElems, c), c);
+      body(locate_chunk(plan.prefix.data(), numels.data(), ntensors, plan.unit, c), c);
     }
     if (threads > 1 && omp_get_thread_num() == 0) caller_done = monotonic_ns();
   }

@@ -36,7 +36,7 @@ std::vector<double> dualadam_step(const Call& call, const math::DualAdamStepArgs
     with_constant<2>(weight_decay_mode(h), [&](auto decay) {
       with_constant<2>(int(blend), [&](auto blending) {
         dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
-          for_each_call_chunk(call, storage, [&](const Chunk& c, int64_t) {
+          for_each_call_element_chunk(call, storage, [&](const Chunk& c) {
             dualadam_chunk<decltype(decay)::value, bool(decltype(blending)::value), decltype(mode)::value, P>(
                 c.role<P>(0), c.role<const P>(1), c.role<T>(2), c.role<T>(3), c.size, h, T(call.grad_divisor),
                 c.extra);

@@ -55,9 +55,14 @@ void for_each_call_chunk(const Call& call, const ChunkPlan& plan, const ParamSto
   });
 }
 
+// The same for a call whose elements are independent (the one-pass updates): its chunks may be
+// cut smaller (plan_elementwise), so body must not depend on the chunk index.
 template <class Body>
-void for_each_call_chunk(const Call& call, const ParamStorage& storage, Body&& body) {
-  for_each_call_chunk(call, plan_chunks(call.numels), storage, std::forward<Body>(body));
+void for_each_call_element_chunk(const Call& call, const ParamStorage& storage, Body&& body) {
+  const int64_t bytes_per_element = call_bytes_per_element(call);
+  const int threads = threads_for(list_bytes(call.numels, bytes_per_element), call.num_threads, bytes_per_thread());
+  for_each_call_chunk(call, plan_elementwise(call.numels, threads), storage,
+                      [&](const Chunk& c, int64_t) { body(c); });
 }
 
 }  // namespace fused_optim::cpu

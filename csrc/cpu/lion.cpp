@@ -27,7 +27,7 @@ std::vector<double> lion_step(const Call& call, const math::LionStepArgs& a) {
     const auto h = math::lion_hyper<T>(a.lr, a.beta1, a.beta2, a.weight_decay);
     with_constant<2>(int(h.apply_decay), [&](auto decay) {
       dispatch_storage_mode<P>(call.storage_mode, [&](auto mode) {
-        for_each_call_chunk(call, storage, [&](const Chunk& c, int64_t) {
+        for_each_call_element_chunk(call, storage, [&](const Chunk& c) {
           lion_chunk<bool(decltype(decay)::value), decltype(mode)::value, P>(
               c.role<P>(0), c.role<const P>(1), c.role<T>(2), c.size, h, T(call.grad_divisor), c.extra);
         });
