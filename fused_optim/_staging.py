@@ -83,6 +83,9 @@ class Prepared:
         self.steps = list(named["steps"]) if "steps" in named else None
         self.step_addresses = list(map(_ADDRESS, self.steps)) if self.steps is not None else None
         self.mutated = [t for n in declaration.mutated if n in named for t in named[n]]
+        # what a backend keeps for these lists between steps (the cpu backend: its native Call),
+        # shared by the per-step copies for_grads makes
+        self.kept = {}
 
     def addresses_of(self, names):
         """The address lists of the named roles, then those of the param storage."""

@@ -229,7 +229,15 @@ def _bump_versions_one_by_one(tensors: List[torch.Tensor]) -> None:
         torch._C._increment_version(t)
 
 
-_bump_versions = torch._C._increment_version if _increment_versions_at_once() else _bump_versions_one_by_one
+# bump_versions(tensors): what the dispatcher does for the tensors an operation wrote
+bump_versions = torch._C._increment_version if _increment_versions_at_once() else _bump_versions_one_by_one
+
+
+def plain_eager() -> bool:
+    """Neither traced by torch.compile nor under a dispatch mode (fake tensors,
+    functionalization, make_fx, a TorchDispatchMode): the backends' functions then run
+    directly, and only then do they take param storage modes and prepared address lists."""
+    return not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
 
 
 class _Call:
@@ -248,7 +256,7 @@ class _Call:
         self.__doc__ = declaration.doc
 
     def __call__(self, *args: Any, storage: Any = None, prepared: Any = None, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        if not plain_eager():
             if storage is not None or prepared is not None:
                 raise RuntimeError(f"{self.declaration.name}: param storage modes and prepared address lists run in "
                                    "eager steps only")
@@ -265,7 +273,7 @@ class _Call:
         for name in self._mutated_keywords:
             mutated.extend(kwargs.get(name) or ())
         if mutated:
-            _bump_versions(mutated)
+            bump_versions(mutated)
         return result
 
 

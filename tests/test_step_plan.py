@@ -84,7 +84,8 @@ class Twins:
 
 
 def _count_planned(optimizer):
-    """A counter of the batches the next step takes from a plan."""
+    """A counter of the batches the next step takes from a plan, through the general path or
+    the step lane (_step_lane.py: all of them at once)."""
     seen = []
     original = optimizer._planned_batches
 
@@ -95,6 +96,17 @@ def _count_planned(optimizer):
         return batches
 
     optimizer._planned_batches = spy
+    lane = optimizer._lane
+    if lane is not None:
+        lane_step = lane.step
+
+        def lane_spy(opt):
+            taken = lane_step(opt)
+            if taken:
+                seen.extend(lane.calls)
+            return taken
+
+        lane.step = lane_spy
     return lambda: len(seen)
 
 

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from .. import operations
 from .._param_storage import OPTION_MODES, ParamStorage, pcg
 from ._sharding import local
 
@@ -211,7 +212,7 @@ class ParamStorageStep:
             option = mode(batch.group, batch.tensors[0].dtype) if batch.tensors else None
             if option is None or batch.plan is not None:  # (a step plan's batch has its storage)
                 continue
-            if (batch.backend in FUSED_BACKENDS and not torch.compiler.is_compiling()
+            if (batch.backend in FUSED_BACKENDS and operations.plain_eager()
                     and all(p.is_contiguous() for p in batch.tensors)):
                 self._fuse(optimizer, batch, option)
                 continue

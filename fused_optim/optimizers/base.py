@@ -26,7 +26,7 @@ from ._options import FusedOptions, spell_out_signature
 from ._options import resolve as resolve_options
 from ._overlap import check_params as check_no_shared_memory
 from ._sharding import local, partition_group, partitions_registered, shard_group, zero_caller
-from . import _step_plan
+from . import _step_lane, _step_plan
 from ._uninterrupted import HeldInterrupts
 
 
@@ -169,6 +169,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._plans: Dict[int, Any] = {}
         # group index -> (its values, its keys, hyper() of them) (_group_hyper)
         self._hypers: Dict[int, tuple] = {}
+        # the whole step's lane while the plans hold (_step_lane.py)
+        self._lane: Optional[_step_lane.StepLane] = None
 
     def __getstate__(self) -> Dict[str, Any]:
         saved = super().__getstate__()
@@ -315,6 +317,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._lane is not None and not torch.compiler.is_compiling() and self._lane.step(self):
+            return loss
         batches = self._collect()
         self._this_step["scaling"] = self._scaling_for(batches)
         fresh = [key for b in batches if b.plan is None for key in b.params if not self.state.get(key)]
@@ -337,6 +341,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise
         if updated:
             self._make_plans(batches)
+            self._lane = _step_lane.make(self, batches) if all(b.plan is not None for b in batches) else None
         return loss
 
     # ----- step plans (_step_plan.py) ----------------------------------------------------------
@@ -469,7 +474,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         batches: List[Batch] = []
         device = None
         name = type(self).__name__
-        planning = not torch.compiler.is_compiling() and not partitions_registered()
+        planning = operations.plain_eager() and not partitions_registered()
         unplanned = self._this_step["unplanned"] = {}
         offset = 0
         for index, group in enumerate(self.param_groups):

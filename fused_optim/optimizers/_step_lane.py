@@ -1,0 +1,145 @@
+"""The step lane: a whole step of the cpu backend in a few calls, while every group's step
+plan (_step_plan.py) holds and nothing around the plans asks for more.
+
+A planned step still walks the general path: per group its hyperparameters, options and
+signature, per batch a Batch, the operation's keyword plumbing, a scaling, a Ctrl-C hold, a
+commit. That is tens of microseconds of Python per step, a large share of a step over one
+tensor of 64K elements, and more than that right after a forward and backward pass, whose
+data has pushed the interpreter's own code and objects out of the caches. The lane keeps
+what those layers work out, and per step checks only what could make it wrong:
+- the optimizer's plans are still the lane's (any step that went the full way, a
+  load_state_dict or an add_param_group replaces or drops them), and no ZeRO partition is
+  registered (plans are not used then);
+- no GradScaler scale or inf flag is set on the optimizer, and the backend asked for is the
+  same;
+- each group is the same dict with the same keys holding the very same (immutable) values,
+  and as many params;
+- each group plan's own checks (GroupPlan.batch_parts: the grads, the params' addresses, the
+  states); a group that had no grads at all when the lane was made must still have none.
+On any difference the step goes the general way (which raises on bad input, or makes new
+plans) and the lane is made again after it where it can be.
+
+It is made after a whole step that used a plan for every batch, for optimizers with the one-pass
+update and per-param step counters (Adam/AdamW, AdaMomentum, InvAdam, Lion), where every batch
+runs on the cpu backend, no group clips (max_grad_norm) and every group's values are immutable
+(FusedOptimizer._group_hyper cached them). A step through it writes what the general path
+writes, in the same order: per batch the native update (the Call the cpu backend kept, with
+this step's grads and counts), the version counters of what it wrote, the step counters; a
+Ctrl-C is held back until all of it is done.
+"""
+import operator
+from itertools import repeat
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .. import operations
+from ._clipping import clip_settings
+from ._sharding import partitions_registered
+from ._uninterrupted import HeldInterrupts
+
+_GRAD = operator.attrgetter("grad")
+
+
+def _has_grads(params) -> bool:
+    return not all(map(operator.is_, map(_GRAD, params), repeat(None)))
+
+
+class _GroupEntry:
+    """A group as the lane was made for it: its dict, keys and values, param count, plan
+    (None: a group that had no grads, which must still have none)."""
+
+    def __init__(self, group: Dict[str, Any], plan):
+        self.group = group
+        self.keys = tuple(group)
+        self.values = list(group.values())
+        self.count = len(group["params"])
+        self.plan = plan
+
+    def holds(self, group: Dict[str, Any]) -> bool:
+        if group is not self.group or len(group["params"]) != self.count or tuple(group) != self.keys:
+            return False
+        values = list(group.values())
+        return len(values) == len(self.values) and all(map(operator.is_, values, self.values))
+
+
+class StepLane:
+    """The lane of one optimizer (see the module's docstring)."""
+
+    def __init__(self, optimizer, groups: List[_GroupEntry], calls: Dict[int, tuple]):
+        self.groups = groups
+        # id(batch plan) -> (operation, kept native Call, hyperparameters, its Prepared)
+        self.calls = calls
+        self.backend_request = optimizer._backend_request
+
+    def step(self, optimizer) -> bool:
+        """Takes the step through the lane and returns True, or returns False having read
+        and written nothing when the general path must take it."""
+        groups = optimizer.param_groups
+        if (not operations.plain_eager() or len(groups) != len(self.groups) or optimizer._backend_request != self.backend_request
+                or getattr(optimizer, "grad_scale", None) is not None
+                or getattr(optimizer, "found_inf", None) is not None or partitions_registered()):
+            return False
+        plans = optimizer._plans
+        state_of = optimizer.state.get
+        parts = []
+        for index, (group, entry) in enumerate(zip(groups, self.groups)):
+            if not entry.holds(group):
+                return False
+            if entry.plan is None:
+                if _has_grads(group["params"]):
+                    return False
+                continue
+            if plans.get(index) is not entry.plan:
+                return False
+            mine = entry.plan.batch_parts(state_of)
+            if mine is None:
+                return False
+            parts += mine
+        from .. import _cpu
+
+        threads = torch.get_num_threads()
+        calls = self.calls
+        with HeldInterrupts():
+            for plan, _, _, grad_addresses in parts:
+                name, call, hyper, prepared = calls[id(plan)]
+                _cpu.step_planned(name, call, prepared.grads_role, grad_addresses, prepared.step_addresses, threads,
+                                  1.0, hyper)
+                operations.bump_versions(prepared.mutated)
+                _cpu.advance_counters(prepared.step_addresses)
+        return True
+
+
+def make(optimizer, batches) -> Optional[StepLane]:
+    """The lane after a whole step whose batches all used a plan, or None where the lane does
+    not apply (see the module's docstring)."""
+    from .base import FusedOptimizer
+
+    if (type(optimizer)._update is not FusedOptimizer._update or not optimizer.per_param_step
+            or getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None
+            or partitions_registered()):
+        return None
+    if clip_settings(optimizer.param_groups, type(optimizer).__name__)[0] is not None:
+        return None
+    plans = optimizer._plans
+    groups = []
+    for index, group in enumerate(optimizer.param_groups):
+        entry = _GroupEntry(group, plans.get(index))
+        cached = optimizer._hypers.get(index)
+        if (cached is None or len(cached[0]) != len(entry.values)
+                or not all(map(operator.is_, entry.values, cached[0]))):
+            return None  # a value that is not immutable (a tensor lr) is validated at every step
+        if entry.plan is None and _has_grads(group["params"]):
+            return None
+        groups.append(entry)
+    name = optimizer.operation
+    kept = {}
+    for b in batches:
+        prepared = b.plan.prepared.get(name) if b.plan is not None else None
+        if b.backend != "cpu" or prepared is None or name not in prepared.kept:
+            return None
+        kept[id(b.plan)] = (name, prepared.kept[name], dict(b.hyper), prepared)
+    # every batch of every plan is one this step ran (so its call is kept)
+    if any(id(part) not in kept for entry in groups if entry.plan is not None for part in entry.plan.batches):
+        return None
+    return StepLane(optimizer, groups, kept)
