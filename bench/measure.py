@@ -74,7 +74,8 @@ def _group(group: Group, workload: impls.Workload, yard: Yardstick, yard_call: C
               "build_s": time.perf_counter() - t0, "rounds": 0}
     if built:
         calls = {YARDSTICK: yard_call, **{i.key: i.step for i in built}}
-        timings, stopped = time_interleaved(calls, device, args.repeats, args.budget, stop_at, give_up_at)
+        timings, stopped = time_interleaved(calls, device, args.repeats, args.budget, stop_at, give_up_at,
+                                             before=YARDSTICK)
         if min(len(t.samples_s) for t in timings.values()) < MIN_REPEATS:
             raise TooSlow(f"not finished: {MIN_REPEATS} timing rounds did not fit in the {args.time_limit:g}-s "
                           f"--time-limit and its {GRACE:.0%} grace")
@@ -83,7 +84,7 @@ def _group(group: Group, workload: impls.Workload, yard: Yardstick, yard_call: C
         record["rows"] = [report.row_record(group.case, group.config, group.optimizer, i, timings[i.key], yrec)
                           for i in built]
         record["yardstick_samples_s"] = yard_timing.samples_s
-        record["rounds"] = len(yard_timing.samples_s)
+        record["rounds"] = max(len(timings[i.key].samples_s) for i in built)
         if stopped:
             record["shortened"] = (f"timing stopped after {record['rounds']} rounds at the {stop_by}, "
                                    f"before every row had --repeats {args.repeats} samples")

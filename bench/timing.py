@@ -79,13 +79,22 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], Tuple[float
 
 def time_interleaved(calls: Dict[str, Callable[[], object]], device: torch.device, repeats: int,
                      budget_s: float, stop_at: Optional[float] = None,
-                     give_up_at: Optional[float] = None) -> Tuple[Dict[str, Timing], bool]:
+                     give_up_at: Optional[float] = None,
+                     before: Optional[str] = None) -> Tuple[Dict[str, Timing], bool]:
     """WARMUP more untimed calls of each, then rounds of one timed call of each (each round in
     the order of the last, turned by one) until every one is
     done (`repeats` samples, or at least MIN_REPEATS and budget_s of timed work), or until
     time.perf_counter() passes stop_at once every one has MIN_REPEATS samples, or passes
     give_up_at (then with fewer, maybe). Returns the timings and whether a time cut the rounds
-    short."""
+    short.
+
+    before: the name of a call (the yardstick) made, and timed, right before every other one,
+    so that each of them meets the same caches: the ones the yardstick's stream left, as a
+    training step meets those the forward and backward passes left. Without it a step's
+    predecessor varies with the round, and a small step right after the yardstick takes several
+    times longer than one after another small step; with only rotation, which call follows the
+    yardstick how often depends on the order (of three calls, one follows it in two rounds of
+    three and another in one), and that alone decided small steps' ratios."""
     for fn in calls.values():
         for _ in range(WARMUP):
             fn()
@@ -93,19 +102,23 @@ def time_interleaved(calls: Dict[str, Callable[[], object]], device: torch.devic
         torch.cuda.synchronize(device)
     timer = _timer(device)
     timings = {name: Timing() for name in calls}
-    active = list(calls)
+
+    def timed(name: str) -> None:
+        device_s, host_s = timer(calls[name])
+        timings[name].samples_s.append(device_s)
+        if host_s is not None:
+            timings[name].host_samples_s.append(host_s)
+
+    active = [name for name in calls if name != before]
     rounds = 0
     while active:
-        # each round starts one call later: a step right after the yardstick (which streams far
-        # more than any cache holds, leaving it full of dirty lines) would otherwise always meet
-        # cold, dirty caches, and its followers warm ones, which decides small steps' ratios
+        # each round starts one call later, so the drift of the round's time hits every call alike
         start = rounds % len(active)
         rounds += 1
         for name in active[start:] + active[:start]:
-            device_s, host_s = timer(calls[name])
-            timings[name].samples_s.append(device_s)
-            if host_s is not None:
-                timings[name].host_samples_s.append(host_s)
+            if before is not None:
+                timed(before)
+            timed(name)
         active = [name for name in active if not timings[name].done(repeats, budget_s)]
         if not active:
             break

@@ -284,6 +284,21 @@ def test_group_limit_keeps_three_samples():
     assert stopped and all(len(t.samples_s) == 1 for t in timings.values())
 
 
+def test_every_call_can_follow_the_yardstick():
+    """before=: that call is made, and timed, right before each of the others, in every round."""
+    import torch
+
+    from bench.timing import WARMUP, time_interleaved
+
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("y", "a", "b", "c")}
+    timings, _ = time_interleaved(calls, torch.device("cpu"), repeats=4, budget_s=10.0, before="y")
+    timed = order[4 * WARMUP:]
+    assert len(timed) == 2 * 3 * 4 and timed[0::2] == ["y"] * 12
+    assert sorted(timed[1::2]) == sorted(["a", "b", "c"] * 4)
+    assert [len(timings[n].samples_s) for n in ("y", "a", "b", "c")] == [12, 4, 4, 4]
+
+
 def test_verdicts():
     assert summary.compare(1.16, True, "torch.optim fused") == "1.16x faster than torch.optim fused"
     assert summary.compare(0.5, True, "torch.optim fused") == "2.00x slower than torch.optim fused"

@@ -71,6 +71,9 @@ class StepLane:
         # id(batch plan) -> (operation, kept native Call, hyperparameters, its Prepared)
         self.calls = calls
         self.backend_request = optimizer._backend_request
+        from .. import _cpu  # (made only for batches the cpu backend ran: the module is there)
+
+        self.native = _cpu
 
     def step(self, optimizer) -> bool:
         """Takes the step through the lane and returns True, or returns False having read
@@ -96,17 +99,14 @@ class StepLane:
             if mine is None:
                 return False
             parts += mine
-        from .. import _cpu
-
-        threads = torch.get_num_threads()
-        calls = self.calls
+        native, threads, calls = self.native, torch.get_num_threads(), self.calls
         with HeldInterrupts():
             for plan, _, _, grad_addresses in parts:
                 name, call, hyper, prepared = calls[id(plan)]
-                _cpu.step_planned(name, call, prepared.grads_role, grad_addresses, prepared.step_addresses, threads,
+                native.step_planned(name, call, prepared.grads_role, grad_addresses, prepared.step_addresses, threads,
                                   1.0, hyper)
                 operations.bump_versions(prepared.mutated)
-                _cpu.advance_counters(prepared.step_addresses)
+                native.advance_counters(prepared.step_addresses)
         return True
 
 
