@@ -14,7 +14,7 @@ import fused_optim
 from fused_optim.optimizers.base import FusedOptimizer
 from fused_optim.registry import OPTIMIZERS
 
-from .test_step_plan import Twins, _grads, _params
+from .test_step_plan import Twins, _grads
 
 pytestmark = pytest.mark.skipif(not fused_optim.availability("cpu")[0], reason="the native cpu backend is not built")
 
@@ -185,14 +185,7 @@ def test_a_loaded_state_dict_leaves_the_lane():
 
 def test_a_group_added_leaves_the_lane():
     twins = in_the_lane()
-    new = {id(twins.planned): _params(1, seed=7)[0]}
-    new[id(twins.full)] = torch.nn.Parameter(new[id(twins.planned)].detach().clone())
-
-    def add(opt, ps):
-        ps.append(new[id(opt)])
-        opt.add_param_group({"params": [new[id(opt)]]})
-
-    twins.both(add)
+    twins.add_group()
     step(twins, False)
     step(twins, False)
     step(twins, True)

@@ -57,6 +57,17 @@ class Twins:
         change(self.planned, self.params)
         change(self.full, self.full_params)
 
+    def add_group(self, seed=7):
+        """A new group of one new param (equal in both twins) added to each twin."""
+        new = {id(self.planned): _params(1, seed=seed)[0]}
+        new[id(self.full)] = torch.nn.Parameter(new[id(self.planned)].detach().clone())
+
+        def add(opt, ps):
+            ps.append(new[id(opt)])
+            opt.add_param_group({"params": [new[id(opt)]]})
+
+        self.both(add)
+
     def step(self, expect_planned=None, after_grads=None):
         """One step of both on equal grads; expect_planned: whether the planned twin's step
         (every group of it) must take its plan; after_grads(optimizer, params): a change
@@ -323,14 +334,7 @@ def test_several_groups_and_a_group_added():
     twins = Twins(groups=[([0, 1], {}), ([2, 3, 4], {"lr": 0.01})])
     twins.step()
     twins.step(expect_planned=True)
-    new = {id(twins.planned): _params(1, seed=7)[0]}
-    new[id(twins.full)] = torch.nn.Parameter(new[id(twins.planned)].detach().clone())
-
-    def add(opt, ps):
-        ps.append(new[id(opt)])
-        opt.add_param_group({"params": [new[id(opt)]]})
-
-    twins.both(add)
+    twins.add_group()
     twins.step(expect_planned=False)
     twins.step(expect_planned=True)
 
