@@ -2,7 +2,8 @@
 // translation, the Call of fused_optim/call.h with every field a keyword, and the generic
 // entry points over the module's registry of operations:
 //   step(name, call, hyper) -> list[float]   run one operation (hyper: {name: number})
-//   step_planned(name, call, role, addresses, step_addresses, num_threads, grad_divisor, hyper)
+//   step_planned(name, call, role, addresses, step_addresses, global_step, num_threads,
+//                grad_divisor, hyper)
 //                                          the same on a Call kept between steps
 //   operations() -> {name: [hyperparameter names]}
 //   storage_modes() -> {"PLAIN": 0, ...}, dtype_codes() -> {"float32": 0, ...}
@@ -102,8 +103,8 @@ inline void bind_common(py::module_& m, const std::string& module_name) {
   m.def(
       "step_planned",
       [module_name](const std::string& name, Call& call, size_t role, const std::vector<uintptr_t>& addresses,
-                    const std::vector<uintptr_t>& step_addresses, int num_threads, double grad_divisor,
-                    const py::dict& hyper) {
+                    const std::vector<uintptr_t>& step_addresses, double global_step, int num_threads,
+                    double grad_divisor, const py::dict& hyper) {
         const auto& registered = operations();
         const auto found = registered.find(name);
         if (found == registered.end())
@@ -114,16 +115,18 @@ inline void bind_common(py::module_& m, const std::string& module_name) {
         const Hyper values = hyperparameters(call.where, hyper);
         call.lists[role] = addresses;
         call.steps = read_counters(call.where, step_addresses);
+        call.global_step = global_step;
         call.num_threads = num_threads;
         call.grad_divisor = grad_divisor;
         const py::gil_scoped_release release;
         return found->second.run(call, values);
       },
       py::arg("name"), py::arg("call"), py::arg("role"), py::arg("addresses"), py::arg("step_addresses"),
-      py::arg("num_threads"), py::arg("grad_divisor"), py::arg("hyper"),
+      py::arg("global_step"), py::arg("num_threads"), py::arg("grad_divisor"), py::arg("hyper"),
       "step() on a Call kept from an earlier step (a step plan's), with what changes between steps: "
       "list `role`'s addresses (the grads'), the per-tensor counts read from the step counters at "
-      "step_addresses, the thread count and the grad divisor. Every other field is the kept call's.");
+      "step_addresses (none for an operation with a global step) and the global step, the thread "
+      "count and the grad divisor. Every other field is the kept call's.");
   m.def(
       "read_counters",
       [module_name](const std::vector<uintptr_t>& addresses) {

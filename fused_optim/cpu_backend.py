@@ -111,10 +111,11 @@ def _single_pass(operation: Operation):
         named = dict(zip(operation.lists, lists))
         if not named["params"] or skipped(found_inf):
             return
-        if prepared is not None and per_param_steps and name in prepared.kept:
+        if prepared is not None and name in prepared.kept:
             # a planned call after its first: the kept Call with this step's grads and counts
             _cpu.step_planned(name, prepared.kept[name], prepared.grads_role, prepared.addresses[prepared.grads_role],
-                              prepared.step_addresses, torch.get_num_threads(), _divisor(grad_scale), hyper)
+                              prepared.step_addresses or [], 0.0 if per_param_steps else float(global_step),
+                              torch.get_num_threads(), _divisor(grad_scale), hyper)
             return
         present = [n for n in roles if len(named[n]) or n in ("params", "grads")]
         tensors = [list(named[n]) for n in present]
@@ -137,7 +138,7 @@ def _single_pass(operation: Operation):
         _cpu.step(name, call, hyper)
         if staged is not None:
             staged.finish()
-        if prepared is not None and per_param_steps:
+        if prepared is not None:
             prepared.kept[name] = call
 
     run.__name__ = name

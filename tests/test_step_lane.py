@@ -11,15 +11,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_optim
-from fused_optim.optimizers.base import FusedOptimizer
+from fused_optim.optimizers._step_lane import counts_steps_globally
 from fused_optim.registry import OPTIMIZERS
 
 from .test_step_plan import Twins, _grads
 
 pytestmark = pytest.mark.skipif(not fused_optim.availability("cpu")[0], reason="the native cpu backend is not built")
 
-LANE = [name for name, spec in OPTIMIZERS.items()
-        if spec.cls._update is FusedOptimizer._update and spec.cls.per_param_step]
+LANE = [name for name, spec in OPTIMIZERS.items() if counts_steps_globally(spec.cls) is not None]
 NO_LANE = [name for name in OPTIMIZERS if name not in LANE]
 
 
@@ -55,7 +54,8 @@ def in_the_lane(name="AdamW", **kwargs):
 
 
 def test_the_one_pass_optimizers_take_the_lane():
-    assert set(LANE) == {"Adam", "AdamW", "AdaMomentum", "Lion"} & set(OPTIMIZERS)
+    """Per-param counters (Adam family, Lion) or DualAdam's global step; not Adai's two passes."""
+    assert set(LANE) == {"Adam", "AdamW", "AdaMomentum", "Lion", "DualAdam", "InvAdam"} & set(OPTIMIZERS)
 
 
 @pytest.mark.parametrize("name,case", [(n, c) for n in LANE for c in OPTIMIZERS[n].cases])
@@ -66,7 +66,7 @@ def test_every_case_in_the_lane_equals_the_full_path(name, case):
 
 
 @pytest.mark.parametrize("name", NO_LANE)
-def test_no_lane_for_two_pass_or_global_step_optimizers(name):
+def test_no_lane_for_two_pass_optimizers(name):
     twins = Twins(name, "cpu")
     for _ in range(4):
         twins.step()

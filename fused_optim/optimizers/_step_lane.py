@@ -20,12 +20,13 @@ On any difference the step goes the general way (which raises on bad input, or m
 plans) and the lane is made again after it where it can be.
 
 It is made after a whole step that used a plan for every batch, for optimizers with the one-pass
-update and per-param step counters (Adam/AdamW, AdaMomentum, InvAdam, Lion), where every batch
+update and per-param step counters (Adam/AdamW, AdaMomentum, Lion) or one global step
+(DualAdam, InvAdam: counts_steps_globally), where every batch
 runs on the cpu backend, no group clips (max_grad_norm) and every group's values are immutable
 (FusedOptimizer._group_hyper cached them). A step through it writes what the general path
 writes, in the same order: per batch the native update (the Call the cpu backend kept, with
-this step's grads and counts), the version counters of what it wrote, the step counters; a
-Ctrl-C is held back until all of it is done.
+this step's grads and counts), the version counters of what it wrote, the step counters (or
+the global step once, after every batch); a Ctrl-C is held back until all of it is done.
 """
 import operator
 from itertools import repeat
@@ -63,11 +64,26 @@ class _GroupEntry:
         return len(values) == len(self.values) and all(map(operator.is_, values, self.values))
 
 
+def counts_steps_globally(cls) -> Optional[bool]:
+    """How a class's steps can take the lane: False for the one-pass update with per-param
+    step counters (FusedOptimizer._update), True for a one-pass update with one global step
+    that advances once per step (a class that says so: DualAdam), None where the lane does
+    not apply (Adai's two passes)."""
+    from .base import FusedOptimizer
+
+    if cls._update is FusedOptimizer._update and cls.per_param_step:
+        return False
+    if getattr(cls, "one_pass_with_global_step", False):
+        return True
+    return None
+
+
 class StepLane:
     """The lane of one optimizer (see the module's docstring)."""
 
-    def __init__(self, optimizer, groups: List[_GroupEntry], calls: Dict[int, tuple]):
+    def __init__(self, optimizer, groups: List[_GroupEntry], calls: Dict[int, tuple], global_step: bool):
         self.groups = groups
+        self.global_step = global_step
         # id(batch plan) -> (operation, kept native Call, hyperparameters, its Prepared)
         self.calls = calls
         self.backend_request = optimizer._backend_request
@@ -99,24 +115,36 @@ class StepLane:
             if mine is None:
                 return False
             parts += mine
+        counter = optimizer._global_step if self.global_step else None
+        if counter is not None and not counter.is_cpu:
+            return False
         native, threads, calls = self.native, torch.get_num_threads(), self.calls
+        count = float(counter) if counter is not None else 0.0
         with HeldInterrupts():
-            for plan, _, _, grad_addresses in parts:
-                name, call, hyper, prepared = calls[id(plan)]
-                native.step_planned(name, call, prepared.grads_role, grad_addresses, prepared.step_addresses, threads,
-                                  1.0, hyper)
-                operations.bump_versions(prepared.mutated)
-                native.advance_counters(prepared.step_addresses)
+            done = 0
+            try:
+                for plan, _, _, grad_addresses in parts:
+                    name, call, hyper, prepared = calls[id(plan)]
+                    native.step_planned(name, call, prepared.grads_role, grad_addresses, prepared.step_addresses or [],
+                                        count, threads, 1.0, hyper)
+                    operations.bump_versions(prepared.mutated)
+                    if counter is None:
+                        native.advance_counters(prepared.step_addresses)
+                    done += 1
+            except BaseException:
+                if done and counter is not None:
+                    optimizer._partial_step_done()
+                raise
+            if counter is not None:
+                optimizer._advance([counter])
         return True
 
 
 def make(optimizer, batches) -> Optional[StepLane]:
     """The lane after a whole step whose batches all used a plan, or None where the lane does
     not apply (see the module's docstring)."""
-    from .base import FusedOptimizer
-
-    if (type(optimizer)._update is not FusedOptimizer._update or not optimizer.per_param_step
-            or getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None
+    global_step = counts_steps_globally(type(optimizer))
+    if (global_step is None or getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None
             or partitions_registered()):
         return None
     if clip_settings(optimizer.param_groups, type(optimizer).__name__)[0] is not None:
@@ -142,4 +170,4 @@ def make(optimizer, batches) -> Optional[StepLane]:
     # every batch of every plan is one this step ran (so its call is kept)
     if any(id(part) not in kept for entry in groups if entry.plan is not None for part in entry.plan.batches):
         return None
-    return StepLane(optimizer, groups, kept)
+    return StepLane(optimizer, groups, kept, global_step)

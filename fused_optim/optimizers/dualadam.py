@@ -19,6 +19,9 @@ class DualAdam(FusedOptimizer):
     state_initial_values = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
     state_aliases = {"m": "exp_avg", "v": "exp_avg_sq"}
     per_param_step = False
+    # one pass per batch with the global step, which advances once per step (_update): what
+    # the step lane (_step_lane.py) repeats
+    one_pass_with_global_step = True
     _pickled_attributes = FusedOptimizer._pickled_attributes + ("_global_step",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, switch_rate=0.01, weight_decay=0.0,
