@@ -46,6 +46,11 @@ def _has_grads(params) -> bool:
     return not all(map(operator.is_, map(_GRAD, params), repeat(None)))
 
 
+def _scaled(optimizer) -> bool:
+    """Whether GradScaler handed this step its scale or inf flag (the general path reads them)."""
+    return getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None
+
+
 class _GroupEntry:
     """A group as the lane was made for it: its dict, keys and values, param count, plan
     (None: a group that had no grads, which must still have none)."""
@@ -95,9 +100,8 @@ class StepLane:
         """Takes the step through the lane and returns True, or returns False having read
         and written nothing when the general path must take it."""
         groups = optimizer.param_groups
-        if (not operations.plain_eager() or len(groups) != len(self.groups) or optimizer._backend_request != self.backend_request
-                or getattr(optimizer, "grad_scale", None) is not None
-                or getattr(optimizer, "found_inf", None) is not None or partitions_registered()):
+        if (not operations.plain_eager() or len(groups) != len(self.groups)
+                or optimizer._backend_request != self.backend_request or _scaled(optimizer) or partitions_registered()):
             return False
         plans = optimizer._plans
         state_of = optimizer.state.get
@@ -144,8 +148,7 @@ def make(optimizer, batches) -> Optional[StepLane]:
     """The lane after a whole step whose batches all used a plan, or None where the lane does
     not apply (see the module's docstring)."""
     global_step = counts_steps_globally(type(optimizer))
-    if (global_step is None or getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None
-            or partitions_registered()):
+    if global_step is None or _scaled(optimizer) or partitions_registered():
         return None
     if clip_settings(optimizer.param_groups, type(optimizer).__name__)[0] is not None:
         return None
