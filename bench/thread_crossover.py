@@ -1,7 +1,8 @@
 """python -m bench.thread_crossover: from what size a second thread pays for one AdamW step of
 the cpu backend, on the machine as found ("idle") and with one busy-loop process per core
 (bench/load.py, "loaded"); then the small steps the byte policy is for, before and after it.
-csrc/cpu/driver.h's kDefaultBytesPerThread comes from it (bench/NOTES.md has the numbers).
+csrc/cpu/driver.h's kQuietBytesPerThread and kBusyBytesPerThread come from it (bench/NOTES.md
+has the numbers).
 
 The sweep times each size as one tensor and as tensors of SMALL_TENSOR elements, with:
   1 thread     torch.set_num_threads(1)
