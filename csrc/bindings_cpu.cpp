@@ -3,6 +3,7 @@
 // errors surface as ValueError before any memory is touched.
 #include "bindings.h"
 #include "cpu/driver.h"
+#include "cpu/prefetch.h"
 
 namespace py = pybind11;
 
@@ -38,6 +39,11 @@ PYBIND11_MODULE(_cpu, m) {
         "machine busy for 2 s, less marks it quiet.");
   m.attr("default_quiet_bytes_per_thread") = fused_optim::cpu::kQuietBytesPerThread;
   m.attr("default_busy_bytes_per_thread") = fused_optim::cpu::kBusyBytesPerThread;
+  m.def("prefetch_distance", &fused_optim::cpu::prefetch_distance,
+        "How many elements ahead the update loops prefetch their streams (0: no prefetches).");
+  m.def("set_prefetch_distance", &fused_optim::cpu::set_prefetch_distance, py::arg("elements"),
+        "Sets it for the process: a multiple of 64 in [0, 65536]. Results do not depend on it.");
+  m.attr("default_prefetch_distance") = fused_optim::cpu::kDefaultPrefetchDistance;
   m.def("tensor_sums", &fused_optim::cpu::tensor_sums, release, py::arg("lists"), py::arg("numels"),
         py::arg("dtype"), py::arg("num_threads"));
 }

@@ -13,6 +13,7 @@
 
 #include "adai_checks.h"
 #include "entry.h"
+#include "prefetch.h"
 
 namespace fused_optim::cpu {
 namespace {
@@ -61,15 +62,27 @@ FO_CPU_CLONES void adai_update_chunk(P* __restrict p, const P* __restrict g, T* 
                                      const math::AdaiHyper<T> hyper, const T bc2, const T vbar,
                                      const T grad_divisor, const ParamExtra x) {
   const auto h = fixed_weight_decay<DECAY>(hyper);
+  prefetched_blocks(
+      n,
+      [&](int64_t ahead) FO_LAMBDA_INLINE {
+        prefetch_param<MODE>(p, x, ahead);
+        prefetch_block<false>(g + ahead);
+        prefetch_block<true>(m + ahead);
+        prefetch_block<true>(v + ahead);
+        prefetch_block<true>(beta1_prod + ahead);
+      },
+      [&](int64_t begin, int64_t end) FO_LAMBDA_INLINE {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    T pi = load_param<MODE>(p, x, i), mi = m[i], vi = v[i], bpi = beta1_prod[i];
-    math::adai_update_element(pi, unscaled<SCALED>(T(load_value(g[i])), grad_divisor), mi, vi, bpi, h, bc2, vbar);
-    store_param<MODE>(p, x, i, pi);
-    m[i] = mi;
-    v[i] = vi;
-    beta1_prod[i] = normal_or_zero(bpi);
-  }
+        for (int64_t i = begin; i < end; ++i) {
+          T pi = load_param<MODE>(p, x, i), mi = m[i], vi = v[i], bpi = beta1_prod[i];
+          math::adai_update_element(pi, unscaled<SCALED>(T(load_value(g[i])), grad_divisor), mi, vi, bpi, h, bc2,
+                                    vbar);
+          store_param<MODE>(p, x, i, pi);
+          m[i] = mi;
+          v[i] = vi;
+          beta1_prod[i] = normal_or_zero(bpi);
+        }
+      });
 }
 
 // Pass 1. lists: param, grad[, masters/remainders]. call.v_sums: each tensor's sum of

@@ -12,6 +12,7 @@
 #include "driver.h"
 #include "fused_optim/checks.h"
 #include "fused_optim/math/rounding.h"
+#include "prefetch.h"
 
 namespace fused_optim::cpu {
 
@@ -46,6 +47,15 @@ FO_INLINE void store_param(P* p, const ParamExtra& x, int64_t i, T value) {
   } else {
     store_value(p[i], value);
   }
+}
+
+// Prefetches the param data of the kPrefetchBlock elements from i on (prefetch.h): the param,
+// and its master or remainder where the mode keeps one; all of it is written back.
+template <int MODE, class P>
+FO_INLINE void prefetch_param(const P* p, const ParamExtra& x, int64_t i) {
+  prefetch_block<true>(p + i);
+  if constexpr (MODE == math::kMasterStorage) prefetch_block<true>(static_cast<const float*>(x.values) + i);
+  if constexpr (MODE == math::kRemainderStorage) prefetch_block<true>(static_cast<const int16_t*>(x.values) + i);
 }
 
 // A call's param storage as the loops use it: the mode, the list of master/remainder
