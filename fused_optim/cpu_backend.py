@@ -181,19 +181,26 @@ def _steps_of(steps: List[torch.Tensor], prepared: Optional[Prepared]) -> List[f
     return _step_counts(steps) if prepared is None else _cpu.read_counters(prepared.step_addresses)
 
 
+# the lists of pass 1's Call (then the masters or remainders of the param storage)
+PASS1_ROLES = ("params", "grads")
+
+
 def _adai_pass1(name: str, params, grads, exp_avg_sqs, steps, grad_scale, v_sums, storage, hyper,
                 prepared: Optional[Prepared]) -> List[float]:
     # pass 1 writes nothing, so found_inf needs no check here (adai_update skips); it reads
     # params and grads (and the masters/remainders of the param storage), not exp_avg_sq
     if prepared is not None:
-        addresses, numels = prepared.addresses_of(("params", "grads")), prepared.numels
+        addresses, numels = prepared.addresses_of(PASS1_ROLES), prepared.numels
     else:
         staged = _staged(name, [list(params), list(grads)], [False, False], storage)
         addresses, numels = staged.addresses, staged.numels
     call = _call(addresses, numels, _dtypes(name, [params, grads, exp_avg_sqs]), storage,
                  grad_divisor=_divisor(grad_scale), steps=_steps_of(steps, prepared),
                  v_sums=_v_sum_values(exp_avg_sqs, v_sums, prepared))
-    return _cpu.step(name, call, hyper)
+    result = _cpu.step(name, call, hyper)
+    if prepared is not None:
+        prepared.kept[name] = call  # for Adai's step lane (optimizers/_adai_lane.py)
+    return result
 
 
 @implements(BACKEND, "adai_second_moment")
@@ -244,6 +251,8 @@ def adai_update(params, grads, exp_avgs, exp_avg_sqs, beta1_prods, steps, *, vba
     _cpu.step(name, call, hyper)
     if staged is not None:
         staged.finish()
+    if prepared is not None:
+        prepared.kept[name] = call
 
 
 def _native_operations() -> Dict[str, List[str]]:

@@ -72,8 +72,8 @@ class _GroupEntry:
 def counts_steps_globally(cls) -> Optional[bool]:
     """How a class's steps can take the lane: False for the one-pass update with per-param
     step counters (FusedOptimizer._update), True for a one-pass update with one global step
-    that advances once per step (a class that says so: DualAdam), None where the lane does
-    not apply (Adai's two passes)."""
+    that advances once per step (a class that says so: DualAdam), None where the one-pass
+    lane does not apply (Adai's two passes: its own lane, _adai_lane.py)."""
     from .base import FusedOptimizer
 
     if cls._update is FusedOptimizer._update and cls.per_param_step:
@@ -84,41 +84,77 @@ def counts_steps_globally(cls) -> Optional[bool]:
 
 
 class StepLane:
-    """The lane of one optimizer (see the module's docstring)."""
+    """A lane of one optimizer: the checks every lane makes (see the module's docstring);
+    a subclass runs the step (_run) with the native Calls it kept (kept_calls)."""
 
-    def __init__(self, optimizer, groups: List[_GroupEntry], calls: Dict[int, tuple], global_step: bool):
+    def __init__(self, optimizer, groups: List[_GroupEntry], calls: Dict[int, Any]):
         self.groups = groups
-        self.global_step = global_step
-        # id(batch plan) -> (operation, kept native Call, hyperparameters, its Prepared)
+        # id(batch plan) -> what kept_calls returned for it
         self.calls = calls
         self.backend_request = optimizer._backend_request
         from .. import _cpu  # (made only for batches the cpu backend ran: the module is there)
 
         self.native = _cpu
 
+    @classmethod
+    def kept_calls(cls, optimizer, batch) -> Optional[Any]:
+        """What the lane keeps of a batch the cpu backend has just stepped with a plan, or
+        None when a call it needs was not kept."""
+        raise NotImplementedError
+
     def step(self, optimizer) -> bool:
         """Takes the step through the lane and returns True, or returns False having read
         and written nothing when the general path must take it."""
+        parts = self._checked_parts(optimizer)
+        return parts is not None and self._run(optimizer, parts)
+
+    def _checked_parts(self, optimizer) -> Optional[list]:
+        """The batch parts of this step (GroupPlan.batch_parts), or None when a check fails."""
         groups = optimizer.param_groups
         if (not operations.plain_eager() or len(groups) != len(self.groups)
                 or optimizer._backend_request != self.backend_request or _scaled(optimizer) or partitions_registered()):
-            return False
+            return None
         plans = optimizer._plans
         state_of = optimizer.state.get
         parts = []
         for index, (group, entry) in enumerate(zip(groups, self.groups)):
             if not entry.holds(group):
-                return False
+                return None
             if entry.plan is None:
                 if _has_grads(group["params"]):
-                    return False
+                    return None
                 continue
             if plans.get(index) is not entry.plan:
-                return False
+                return None
             mine = entry.plan.batch_parts(state_of)
             if mine is None:
-                return False
+                return None
             parts += mine
+        return parts
+
+    def _run(self, optimizer, parts: list) -> bool:
+        """The step over the checked parts; False (nothing written) where it finds a reason
+        to leave it to the general path after all."""
+        raise NotImplementedError
+
+
+class OnePassLane(StepLane):
+    """The one-pass update: per batch one native call of the optimizer's operation."""
+
+    def __init__(self, optimizer, groups, calls):
+        super().__init__(optimizer, groups, calls)
+        self.global_step = counts_steps_globally(type(optimizer))
+
+    @classmethod
+    def kept_calls(cls, optimizer, batch):
+        """(operation, kept native Call, hyperparameters, its Prepared)."""
+        name = optimizer.operation
+        prepared = batch.plan.prepared.get(name)
+        if prepared is None or name not in prepared.kept:
+            return None
+        return name, prepared.kept[name], dict(batch.hyper), prepared
+
+    def _run(self, optimizer, parts):
         counter = optimizer._global_step if self.global_step else None
         if counter is not None and not counter.is_cpu:
             return False
@@ -144,11 +180,20 @@ class StepLane:
         return True
 
 
+def lane_class(cls):
+    """The lane a class's steps can take: its own (step_lane: Adai's two passes), the
+    one-pass lane (counts_steps_globally), or None."""
+    own = getattr(cls, "step_lane", None)
+    if own is not None:
+        return own
+    return OnePassLane if counts_steps_globally(cls) is not None else None
+
+
 def make(optimizer, batches) -> Optional[StepLane]:
     """The lane after a whole step whose batches all used a plan, or None where the lane does
     not apply (see the module's docstring)."""
-    global_step = counts_steps_globally(type(optimizer))
-    if global_step is None or _scaled(optimizer) or partitions_registered():
+    lane = lane_class(type(optimizer))
+    if lane is None or _scaled(optimizer) or partitions_registered():
         return None
     if clip_settings(optimizer.param_groups, type(optimizer).__name__)[0] is not None:
         return None
@@ -163,14 +208,13 @@ def make(optimizer, batches) -> Optional[StepLane]:
         if entry.plan is None and _has_grads(group["params"]):
             return None
         groups.append(entry)
-    name = optimizer.operation
     kept = {}
     for b in batches:
-        prepared = b.plan.prepared.get(name) if b.plan is not None else None
-        if b.backend != "cpu" or prepared is None or name not in prepared.kept:
+        calls = lane.kept_calls(optimizer, b) if b.backend == "cpu" and b.plan is not None else None
+        if calls is None:
             return None
-        kept[id(b.plan)] = (name, prepared.kept[name], dict(b.hyper), prepared)
-    # every batch of every plan is one this step ran (so its call is kept)
+        kept[id(b.plan)] = calls
+    # every batch of every plan is one this step ran (so its calls are kept)
     if any(id(part) not in kept for entry in groups if entry.plan is not None for part in entry.plan.batches):
         return None
-    return StepLane(optimizer, groups, kept, global_step)
+    return lane(optimizer, groups, kept)

@@ -9,6 +9,7 @@ from typing_extensions import Unpack
 
 from . import _validation as check
 from ._clipping import NORM_EPS, clip_settings
+from ._adai_lane import AdaiLane
 from ._options import FusedOptions
 from ._sharding import (element_count, empty_part_device, global_clip_sums, global_mean, is_distributed_tensor,
                         partition_group, zero_caller)
@@ -22,6 +23,11 @@ from .base import FusedOptimizer
 # exp_avg_sq once.
 V_SUM = "exp_avg_sq_sum"
 _KEEPS_V_SUM = ("cpu",)
+
+
+def pass1_hyper(hyper):
+    """The hyperparameters of pass 1 (adai_second_moment) from a group's."""
+    return dict(beta2=hyper["beta2"], weight_decay=hyper["weight_decay"], decoupled=hyper["decoupled"])
 
 
 class Adai(FusedOptimizer):
@@ -44,6 +50,8 @@ class Adai(FusedOptimizer):
     fuses_grad_norm = True
     # betas[0] is beta0, the inertia's scale, not a momentum for OneCycleLR/CyclicLR to cycle
     hidden_from_schedulers = ("betas",)
+    # the step of planned cpu batches (_adai_lane.py)
+    step_lane = AdaiLane
 
     def __init__(self, params, lr, betas=(0.1, 0.99), eps=1e-3, weight_decay=0.0, decoupled=False,
                  **options: Unpack[FusedOptions]):
@@ -151,12 +159,10 @@ class Adai(FusedOptimizer):
         param with a grad, on all ranks when params are sharded (sums in a fixed order)."""
         parts = []
         for b, states, steps, v_sums in work:
-            h = b.hyper
             lists = [b.tensors, b.grads, b.column("exp_avg_sq"), steps]
             part = b.impl.adai_second_moment(
-                *lists, beta2=h["beta2"], weight_decay=h["weight_decay"], decoupled=h["decoupled"], **self.scaling(),
-                v_sums=v_sums, storage=b.storage, prepared=self._prepared(b, "adai_second_moment", lists),
-            )
+                *lists, **pass1_hyper(b.hyper), **self.scaling(), v_sums=v_sums, storage=b.storage,
+                prepared=self._prepared(b, "adai_second_moment", lists))
             parts.append((b.shard_group, part, element_count(b.params, b.tensors)))
         return global_mean(parts)
 
