@@ -183,8 +183,8 @@ def main(argv=None) -> None:
         p.error(f"--layouts: choose from {LAYOUTS}, got {args.layouts!r}")
     threads = torch.get_num_threads()
     print(f"fused_optim {fused_optim.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"default bytes_per_thread {_cpu.default_quiet_bytes_per_thread / 2**20:.0f} MiB quiet, "
-          f"{_cpu.default_busy_bytes_per_thread / 2**20:.0f} MiB busy")
+          f"default bytes_per_thread {_cpu.default_quiet_bytes_per_thread >> 10} KiB quiet, "
+          f"{_cpu.default_busy_bytes_per_thread >> 10} KiB busy")
     try:
         if not args.loaded_only:
             print("\n".join(measure("idle", sizes, layouts, args.rounds)), flush=True)
