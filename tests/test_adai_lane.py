@@ -127,35 +127,35 @@ def _assert_unchanged(opt, params, snapshot):
             assert torch.equal(opt.state[p][key], saved), key
 
 
+def _failed_step(operation, seed):
+    """Twins in the lane, then a step of the planned one whose second native call of
+    `operation` raises: (twins, the params and states before it)."""
+    twins = _in_the_lane(Twins("Adai", params=_mixed_params()))
+    opt, ps = twins.planned, twins.params
+    lane = opt._lane
+    lane.native = _FailingNative(lane.native, operation, 2)
+    _grads(ps, seed)
+    before = _snapshot(opt, ps)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        opt.step()
+    lane.native = lane.native.native
+    return twins, before
+
+
 def test_a_failure_in_pass_one_changes_nothing():
     """Pass 1 writes nothing: a failure at the second batch's pass 1 (after the first batch's)
     leaves params, states, counters and carried sums as they were, and the next step equals
     the full path's."""
-    twins = _in_the_lane(Twins("Adai", params=_mixed_params()))
-    opt, ps = twins.planned, twins.params
-    lane = opt._lane
-    lane.native = _FailingNative(lane.native, "adai_second_moment", 2)
-    _grads(ps, 50)
-    before = _snapshot(opt, ps)
-    with pytest.raises(RuntimeError, match="injected failure"):
-        opt.step()
-    _assert_unchanged(opt, ps, before)
-    lane.native = lane.native.native
+    twins, before = _failed_step("adai_second_moment", 50)
+    _assert_unchanged(twins.planned, twins.params, before)
     step(twins, True)
 
 
 def test_a_failure_in_an_update_leaves_each_param_stepped_or_untouched():
     """As in the general path: the batches updated before the failure are stepped with their
     counters and sums, the others untouched."""
-    params = _mixed_params()
-    twins = _in_the_lane(Twins("Adai", params=params))
+    twins, before = _failed_step("adai_update", 60)
     opt, ps = twins.planned, twins.params
-    lane = opt._lane
-    lane.native = _FailingNative(lane.native, "adai_update", 2)
-    _grads(ps, 60)
-    before = _snapshot(opt, ps)
-    with pytest.raises(RuntimeError, match="injected failure"):
-        opt.step()
     steps = [opt.state[p]["step"].item() - saved["step"].item() for p, (_, saved) in zip(ps, before)]
     assert sorted(set(steps)) == [0.0, 1.0]
     for p, advanced, (value, state) in zip(ps, steps, before):
