@@ -13,7 +13,10 @@ step of that group goes the full way again (which raises on bad input, or makes 
 - the group's settings that shape its batches (signature) and its param count, and the param
   count of the groups before it (stochastic rounding keys each param by its overall index);
 - which params have a grad, and each grad's dtype, shape, device and layout (contiguous);
-- each param's address: new data (.data =, a resize, a move) has a new one;
+- each param's address: new data (.data =, a growing resize, a move) has a new one; a resize
+  that shrinks a param in place keeps its address and is caught by its grad, whose shape must
+  be the plan's (torch's grad setter takes only a grad of the param's new shape; a grad given
+  the old shape through .data is a write torch does not check either, and is not caught);
 - each param's state dict, looked up in the optimizer's state (a state replaced by
   load_state_dict or by hand), and the address of every state tensor the calls read (a state
   tensor replaced in its dict, or given new data).
