@@ -11,7 +11,7 @@ import torch
 import fused_optim
 from fused_optim.optimizers.adai import V_SUM
 
-from .test_step_lane import in_the_lane, step
+from .test_step_lane import assert_unchanged, in_the_lane, snapshot, step
 from .test_step_plan import Twins, _grads
 
 pytestmark = pytest.mark.skipif(not fused_optim.availability("cpu")[0], reason="the native cpu backend is not built")
@@ -115,18 +115,6 @@ class _FailingNative:
         return self.native.step_planned(name, *args)
 
 
-def _snapshot(opt, params):
-    return [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
-
-
-def _assert_unchanged(opt, params, snapshot):
-    for p, (value, state) in zip(params, snapshot):
-        assert torch.equal(p.detach(), value)
-        assert opt.state[p].keys() == state.keys()
-        for key, saved in state.items():
-            assert torch.equal(opt.state[p][key], saved), key
-
-
 def _failed_step(operation, seed):
     """Twins in the lane, then a step of the planned one whose second native call of
     `operation` raises: (twins, the params and states before it)."""
@@ -135,7 +123,7 @@ def _failed_step(operation, seed):
     lane = opt._lane
     lane.native = _FailingNative(lane.native, operation, 2)
     _grads(ps, seed)
-    before = _snapshot(opt, ps)
+    before = snapshot(opt, ps)
     with pytest.raises(RuntimeError, match="injected failure"):
         opt.step()
     lane.native = lane.native.native
@@ -147,7 +135,7 @@ def test_a_failure_in_pass_one_changes_nothing():
     leaves params, states, counters and carried sums as they were, and the next step equals
     the full path's."""
     twins, before = _failed_step("adai_second_moment", 50)
-    _assert_unchanged(twins.planned, twins.params, before)
+    assert_unchanged(twins.planned, twins.params, before)
     step(twins, True)
 
 

@@ -55,6 +55,18 @@ def in_the_lane(name="AdamW", **kwargs):
     return twins
 
 
+def snapshot(opt, params):
+    return [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+
+
+def assert_unchanged(opt, params, snapshot):
+    for p, (value, state) in zip(params, snapshot):
+        assert torch.equal(p.detach(), value)
+        assert opt.state[p].keys() == state.keys()
+        for key, saved in state.items():
+            assert torch.equal(opt.state[p][key], saved), key
+
+
 def test_every_optimizer_takes_a_lane():
     """The one-pass lane for per-param counters (Adam family, Lion) and DualAdam's global
     step; Adai's own for its two passes."""
@@ -253,7 +265,7 @@ def test_refusals_in_the_lane_change_nothing(name):
     general path refuses the step before anything is written."""
     twins = in_the_lane(name)
     opt, ps = twins.planned, twins.params
-    snapshot = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in ps]
+    before = snapshot(opt, ps)
     _grads(ps, 99)
     ps[0].grad.data = ps[0].grad.data.double()
     with pytest.raises(ValueError, match="a gradient of dtype torch.float64"):
@@ -269,9 +281,7 @@ def test_refusals_in_the_lane_change_nothing(name):
     p.grad = torch.ones(100)
     with pytest.raises(ValueError, match="does not fit its parameter"):
         opt.step()
-    for q, (value, state) in zip(ps[:3], snapshot[:3]):
-        assert torch.equal(q.detach(), value)
-        assert all(torch.equal(state[k], v) for k, v in opt.state[q].items())
+    assert_unchanged(opt, ps[:3], before[:3])
 
 
 @pytest.mark.parametrize("name", KINDS)
@@ -288,3 +298,21 @@ def test_what_the_lane_writes_has_its_version_bumped(name):
     full_written = [p for p in twins.full_params] + [
         v for p in twins.full_params for k, v in twins.full.state[p].items() if k != "step"]
     assert [t._version for t in written] == [t._version for t in full_written]
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_a_param_shrunk_in_place_is_refused_in_the_lane(name):
+    """A resize that shrinks keeps the param's address: its new grad's shape is what the plan
+    sees change, and the general path refuses the step before anything is written."""
+    twins = in_the_lane(name)
+    opt, ps = twins.planned, twins.params
+    p = ps[3]
+    address = p.data_ptr()
+    with torch.no_grad():
+        p.requires_grad_(False).resize_(p.numel() // 2).requires_grad_(True)
+    assert p.data_ptr() == address
+    _grads(ps, 101)
+    before = snapshot(opt, ps)
+    with pytest.raises(ValueError, match="does not fit its parameter"):
+        opt.step()
+    assert_unchanged(opt, ps, before)
