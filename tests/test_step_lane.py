@@ -56,15 +56,17 @@ def in_the_lane(name="AdamW", **kwargs):
 
 
 def snapshot(opt, params):
+    """Copies of the params and of their states."""
     return [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
 
 
-def assert_unchanged(opt, params, snapshot):
-    for p, (value, state) in zip(params, snapshot):
+def assert_unchanged(opt, params, saved):
+    """Params and states equal to their snapshot, no state added or removed."""
+    for p, (value, state) in zip(params, saved):
         assert torch.equal(p.detach(), value)
         assert opt.state[p].keys() == state.keys()
-        for key, saved in state.items():
-            assert torch.equal(opt.state[p][key], saved), key
+        for key, copy_ in state.items():
+            assert torch.equal(opt.state[p][key], copy_), key
 
 
 def test_every_optimizer_takes_a_lane():
