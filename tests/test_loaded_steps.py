@@ -15,7 +15,9 @@ def test_statistics_of_known_step_times():
     stats = loaded_steps._stats(times)
     assert stats["mean"] == pytest.approx(2.2e-3)
     assert stats["median"] == pytest.approx(1e-3)
-    assert stats["p90"] == pytest.approx(4e-3)  # the 9th of 10 in order
+    assert stats["p90"] == pytest.approx(4e-3)  # the 9th of 10 in order (nearest rank)
+    two = loaded_steps._stats([1e-3, 3e-3])
+    assert two["median"] == pytest.approx(2e-3) and two["p90"] == pytest.approx(3e-3)
     assert stats["stalled"] == pytest.approx(0.2)
     assert stats["steps"] == 10
 
