@@ -29,6 +29,7 @@ this step's grads and counts), the version counters of what it wrote, the step c
 the global step once, after every batch); a Ctrl-C is held back until all of it is done.
 """
 import operator
+from abc import ABC, abstractmethod
 from itertools import repeat
 from typing import Any, Dict, List, Optional
 
@@ -83,7 +84,7 @@ def counts_steps_globally(cls) -> Optional[bool]:
     return None
 
 
-class StepLane:
+class StepLane(ABC):
     """A lane of one optimizer: the checks every lane makes (see the module's docstring);
     a subclass runs the step (_run) with the native Calls it kept (kept_calls)."""
 
@@ -97,10 +98,10 @@ class StepLane:
         self.native = _cpu
 
     @classmethod
+    @abstractmethod
     def kept_calls(cls, optimizer, batch) -> Optional[Any]:
         """What the lane keeps of a batch the cpu backend has just stepped with a plan, or
         None when a call it needs was not kept."""
-        raise NotImplementedError
 
     def step(self, optimizer) -> bool:
         """Takes the step through the lane and returns True, or returns False having read
@@ -132,10 +133,10 @@ class StepLane:
             parts += mine
         return parts
 
+    @abstractmethod
     def _run(self, optimizer, parts: list) -> bool:
         """The step over the checked parts; False (nothing written) where it finds a reason
         to leave it to the general path after all."""
-        raise NotImplementedError
 
 
 class OnePassLane(StepLane):
