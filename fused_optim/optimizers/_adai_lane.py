@@ -3,8 +3,8 @@ every lane makes are _step_lane.py's).
 
 Adai's general step costs more host time than a one-pass step: two operations per batch, each
 through the keyword plumbing, the carried sums checked, the mean of vhat taken in 0-dim
-tensors. On a small model that is most of the step (nn.Linear(20, 1): about 130 us of Python
-against torch's fused AdamW's whole step of 50). The lane runs what the general path runs on
+tensors. On a small model that is most of the step, several times torch's whole fused AdamW
+step (bench/NOTES.md has the numbers). The lane runs what the general path runs on
 planned batches, in the same order and arithmetic:
 - before anything: each batch's carried sums are its plan's column, and every exp_avg_sq is as
   the last update left it (the versions Adai._keep_sums recorded; else the general path reads
