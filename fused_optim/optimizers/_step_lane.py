@@ -19,11 +19,12 @@ what those layers work out, and per step checks only what could make it wrong:
 On any difference the step goes the general way (which raises on bad input, or makes new
 plans) and the lane is made again after it where it can be.
 
-It is made after a whole step that used a plan for every batch, for optimizers with the one-pass
-update and per-param step counters (Adam/AdamW, AdaMomentum, Lion) or one global step
-(DualAdam, InvAdam: counts_steps_globally), where every batch
-runs on the cpu backend, no group clips (max_grad_norm) and every group's values are immutable
-(FusedOptimizer._group_hyper cached them). A step through it writes what the general path
+It is made after a whole step that used a plan for every batch, where every batch runs on the
+cpu backend, no group clips (max_grad_norm) and every group's values are immutable
+(FusedOptimizer._group_hyper cached them). OnePassLane serves the one-pass update with
+per-param step counters (Adam/AdamW, AdaMomentum, Lion) or one global step (DualAdam,
+InvAdam: counts_steps_globally); a class may name its own (step_lane: Adai's two passes,
+_adai_lane.py). A step through OnePassLane writes what the general path
 writes, in the same order: per batch the native update (the Call the cpu backend kept, with
 this step's grads and counts), the version counters of what it wrote, the step counters (or
 the global step once, after every batch); a Ctrl-C is held back until all of it is done.
